@@ -1,0 +1,200 @@
+//! The JSON shapes of the HTTP API, shared by the node (which serves them)
+//! and the wallet (which sends and reads them). Only these edge types know
+//! about JSON; hashes, keys and signatures appear as lowercase hex.
+
+use serde::{Deserialize, Serialize};
+
+use crate::tx::{SignedTransaction, Transfer};
+use crate::types::ParseHexError;
+
+/// A signed transfer as `POST /v1/transactions` takes it and `sign-transfer`
+/// prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxJson {
+    pub chain_id: String,
+    pub from: String,
+    pub to: String,
+    pub amount: u64,
+    pub nonce: u64,
+    pub signature: String,
+}
+
+/// Why a [`TxJson`] is not a well-formed transaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxJsonError {
+    #[error("field `{field}`: {error}")]
+    BadHex {
+        field: &'static str,
+        error: ParseHexError,
+    },
+    #[error("chain id longer than {} bytes", crate::limits::CHAIN_ID_BYTES_MAX)]
+    ChainIdTooLong,
+}
+
+impl TxJsonError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            TxJsonError::BadHex { field: "from" | "to", .. } => "invalid_address",
+            TxJsonError::BadHex { .. } => "invalid_signature",
+            TxJsonError::ChainIdTooLong => "wrong_chain",
+        }
+    }
+}
+
+impl From<&SignedTransaction> for TxJson {
+    fn from(tx: &SignedTransaction) -> Self {
+        TxJson {
+            chain_id: tx.transfer.chain_id.clone(),
+            from: tx.transfer.from.to_hex(),
+            to: tx.transfer.to.to_hex(),
+            amount: tx.transfer.amount,
+            nonce: tx.transfer.nonce,
+            signature: tx.signature.to_hex(),
+        }
+    }
+}
+
+impl TryFrom<&TxJson> for SignedTransaction {
+    type Error = TxJsonError;
+
+    fn try_from(json: &TxJson) -> Result<Self, Self::Error> {
+        let hex = |field: &'static str, value: &str| -> Result<_, TxJsonError> {
+            value.parse().map_err(|error| TxJsonError::BadHex { field, error })
+        };
+        if json.chain_id.len() > crate::limits::CHAIN_ID_BYTES_MAX {
+            return Err(TxJsonError::ChainIdTooLong);
+        }
+        Ok(SignedTransaction {
+            transfer: Transfer {
+                chain_id: json.chain_id.clone(),
+                from: hex("from", &json.from)?,
+                to: hex("to", &json.to)?,
+                amount: json.amount,
+                nonce: json.nonce,
+            },
+            signature: json
+                .signature
+                .parse()
+                .map_err(|error| TxJsonError::BadHex { field: "signature", error })?,
+        })
+    }
+}
+
+/// Every error body: `{"error": "...", "code": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorJson {
+    pub error: String,
+    pub code: String,
+}
+
+/// `202` answer of `POST /v1/transactions`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitJson {
+    pub hash: String,
+}
+
+/// One entry of the `POST /v1/transactions/batch` answer: `hash` when the
+/// transaction was accepted, `error` and `code` when it was not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchEntryJson {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub code: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountJson {
+    pub address: String,
+    pub balance: u64,
+    pub nonce: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusJson {
+    pub chain_id: String,
+    pub node_id: String,
+    pub height: u64,
+    pub latest_block_hash: String,
+    pub view: u64,
+    pub leader: String,
+    pub validators: Vec<String>,
+    pub peers: usize,
+    pub mempool_size: usize,
+    pub syncing: bool,
+}
+
+/// `GET /v1/transactions/{hash}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxStatusJson {
+    pub hash: String,
+    /// `pending`, `committed` or `rejected`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub height: Option<u64>,
+    /// Why a rejected transaction was rejected.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockTxJson {
+    pub hash: String,
+    #[serde(flatten)]
+    pub tx: TxJson,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitSignatureJson {
+    /// The validator's public key.
+    pub validator: String,
+    pub signature: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockJson {
+    pub height: u64,
+    pub hash: String,
+    pub parent_hash: String,
+    pub view: u64,
+    pub proposer: String,
+    pub timestamp_ms: u64,
+    pub tx_root: String,
+    pub state_root: String,
+    pub transactions: Vec<BlockTxJson>,
+    pub commit: Vec<CommitSignatureJson>,
+}
+
+/// The data of one SSE `block` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockEventJson {
+    pub height: u64,
+    pub hash: String,
+    pub tx_count: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Keypair;
+
+    #[test]
+    fn tx_json_round_trip_and_errors() {
+        let key = Keypair::from_seed([5; 32]);
+        let tx = SignedTransaction::sign(
+            Transfer { chain_id: "c".into(), from: key.public(), to: key.public(), amount: 1, nonce: 2 },
+            &key,
+        );
+        let json = TxJson::from(&tx);
+        assert_eq!(SignedTransaction::try_from(&json), Ok(tx));
+        let mut bad = json.clone();
+        bad.to = "xyz".into();
+        assert_eq!(SignedTransaction::try_from(&bad).unwrap_err().code(), "invalid_address");
+        let mut bad = json;
+        bad.signature.pop();
+        assert_eq!(SignedTransaction::try_from(&bad).unwrap_err().code(), "invalid_signature");
+    }
+}

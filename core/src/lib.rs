@@ -1,0 +1,54 @@
+//! Cairn core: the types every other crate shares, the one canonical codec,
+//! ed25519 signing with domain separation, and the state transition.
+//!
+//! This crate does no IO: no files, sockets, clocks or thread RNG. Everything
+//! here is a deterministic function of its inputs, which is what lets every
+//! validator reach the same verdict and the simulator replay any run.
+//!
+//! ```
+//! use cairn_core::{Keypair, Transfer, SignedTransaction};
+//! let alice = Keypair::from_seed([1; 32]);
+//! let bob = Keypair::from_seed([2; 32]);
+//! let tx = Transfer { chain_id: "demo".into(), from: alice.public(), to: bob.public(), amount: 5, nonce: 0 };
+//! let signed = SignedTransaction::sign(tx, &alice);
+//! assert!(signed.verify_signature().is_ok());
+//! ```
+
+pub mod api;
+mod block;
+pub mod codec;
+mod crypto;
+pub mod limits;
+pub mod state;
+mod tx;
+mod types;
+
+pub use block::{
+    tx_root, Block, BlockHeader, Certificate, CertificateError, CommitSignature, Vote, VoteKind,
+};
+pub use crypto::{verify, verify_batch, Keypair, SignatureError};
+pub use tx::{SignedTransaction, Transfer, TxError};
+pub use types::{Hash, Height, ParseHexError, PublicKey, Signature, ValidatorIndex, View};
+
+/// Number of faults tolerated by `n` validators: `f = (n - 1) / 3`.
+pub fn max_faulty(n: usize) -> usize {
+    n.saturating_sub(1) / 3
+}
+
+/// Matching votes needed by `n` validators: `2f + 1`.
+pub fn quorum(n: usize) -> usize {
+    2 * max_faulty(n) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_sizes() {
+        assert_eq!((quorum(1), quorum(2), quorum(3)), (1, 1, 1));
+        assert_eq!((quorum(4), quorum(5), quorum(7)), (3, 3, 5));
+        assert_eq!(max_faulty(4), 1);
+        assert_eq!(max_faulty(7), 2);
+    }
+}

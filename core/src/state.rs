@@ -1,0 +1,250 @@
+//! Account state and the state transition.
+//!
+//! State is a map from address to [`Account`]. A block's transactions are
+//! applied to an [`Overlay`] over the committed state; the overlay's changes
+//! are what storage writes in one batch. The state root chains: it hashes the
+//! parent root with every account the block touched, so it is a commitment to
+//! the whole state (given genesis) that costs O(touched accounts) per block.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tx::{SignedTransaction, TxError};
+use crate::types::{Hash, PublicKey};
+
+/// Domain tag of state roots.
+pub const STATE_DOMAIN: &[u8] = b"cairn/state/v1\0";
+
+/// An account: its balance and the nonce its next transaction must carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub balance: u64,
+    pub nonce: u64,
+}
+
+/// Read access to committed state. An address never seen is the zero account.
+pub trait StateView {
+    fn account(&self, address: &PublicKey) -> Account;
+}
+
+/// A plain in-memory state, for tests and the simulator.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryState {
+    pub accounts: BTreeMap<PublicKey, Account>,
+}
+
+impl StateView for MemoryState {
+    fn account(&self, address: &PublicKey) -> Account {
+        self.accounts.get(address).copied().unwrap_or_default()
+    }
+}
+
+impl MemoryState {
+    pub fn apply_changes(&mut self, changes: &BTreeMap<PublicKey, Account>) {
+        for (address, account) in changes {
+            self.accounts.insert(*address, *account);
+        }
+    }
+
+    pub fn total_supply(&self) -> u128 {
+        self.accounts.values().map(|a| a.balance as u128).sum()
+    }
+}
+
+/// Pending changes on top of a base state.
+pub struct Overlay<'a, S: StateView + ?Sized> {
+    base: &'a S,
+    changes: BTreeMap<PublicKey, Account>,
+}
+
+impl<'a, S: StateView + ?Sized> Overlay<'a, S> {
+    pub fn new(base: &'a S) -> Self {
+        Overlay {
+            base,
+            changes: BTreeMap::new(),
+        }
+    }
+
+    pub fn account(&self, address: &PublicKey) -> Account {
+        match self.changes.get(address) {
+            Some(account) => *account,
+            None => self.base.account(address),
+        }
+    }
+
+    /// Applies one transfer whose signature the caller has already verified.
+    /// Checks chain, amount, nonce and balance; on error nothing changes.
+    /// Money is only moved, never made or destroyed.
+    pub fn apply(&mut self, tx: &SignedTransaction, chain_id: &str) -> Result<(), TxError> {
+        tx.check_stateless(chain_id)?;
+        let t = &tx.transfer;
+        let mut sender = self.account(&t.from);
+        if t.nonce < sender.nonce {
+            return Err(TxError::NonceTooLow {
+                expected: sender.nonce,
+                got: t.nonce,
+            });
+        }
+        if t.nonce > sender.nonce {
+            return Err(TxError::NonceTooHigh {
+                expected: sender.nonce,
+                got: t.nonce,
+            });
+        }
+        if sender.balance < t.amount {
+            return Err(TxError::InsufficientFunds {
+                balance: sender.balance,
+                amount: t.amount,
+            });
+        }
+        sender.balance -= t.amount;
+        sender.nonce += 1;
+        if t.to == t.from {
+            sender.balance += t.amount;
+            self.changes.insert(t.from, sender);
+            return Ok(());
+        }
+        let mut receiver = self.account(&t.to);
+        receiver.balance = receiver
+            .balance
+            .checked_add(t.amount)
+            .ok_or(TxError::BalanceOverflow)?;
+        self.changes.insert(t.from, sender);
+        self.changes.insert(t.to, receiver);
+        Ok(())
+    }
+
+    pub fn changes(&self) -> &BTreeMap<PublicKey, Account> {
+        &self.changes
+    }
+
+    pub fn into_changes(self) -> BTreeMap<PublicKey, Account> {
+        self.changes
+    }
+}
+
+/// The state root of genesis: a hash over every funded account in address
+/// order.
+pub fn genesis_state_root(accounts: &BTreeMap<PublicKey, Account>) -> Hash {
+    next_state_root(&Hash::ZERO, accounts)
+}
+
+/// The state root after a block that changed `changes` (in address order, as
+/// a BTreeMap iterates) on top of `parent_root`.
+pub fn next_state_root(parent_root: &Hash, changes: &BTreeMap<PublicKey, Account>) -> Hash {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(STATE_DOMAIN);
+    hasher.update(parent_root.0);
+    for (address, account) in changes {
+        hasher.update(address.0);
+        hasher.update(account.balance.to_le_bytes());
+        hasher.update(account.nonce.to_le_bytes());
+    }
+    Hash(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Keypair;
+    use crate::tx::Transfer;
+    use proptest::prelude::*;
+
+    const CHAIN: &str = "prop-chain";
+
+    fn keys() -> Vec<Keypair> {
+        (0..4u8).map(|i| Keypair::from_seed([i + 1; 32])).collect()
+    }
+
+    fn state(balances: &[u64]) -> MemoryState {
+        let mut s = MemoryState::default();
+        for (k, b) in keys().iter().zip(balances) {
+            s.accounts.insert(k.public(), Account { balance: *b, nonce: 0 });
+        }
+        s
+    }
+
+    #[test]
+    fn self_transfer_only_bumps_nonce() {
+        let ks = keys();
+        let base = state(&[10]);
+        let mut overlay = Overlay::new(&base);
+        let tx = SignedTransaction::sign(
+            Transfer { chain_id: CHAIN.into(), from: ks[0].public(), to: ks[0].public(), amount: 7, nonce: 0 },
+            &ks[0],
+        );
+        overlay.apply(&tx, CHAIN).unwrap();
+        assert_eq!(overlay.account(&ks[0].public()), Account { balance: 10, nonce: 1 });
+    }
+
+    proptest! {
+        /// Any sequence of transfers, valid or not: supply is conserved,
+        /// a rejected transfer changes nothing, an accepted one carried the
+        /// sender's exact nonce and did not overdraw.
+        #[test]
+        fn transition_conserves_and_never_overdraws(
+            balances in prop::collection::vec(0u64..1_000_000, 4),
+            ops in prop::collection::vec((0usize..4, 0usize..4, 0u64..400_000, 0u64..6), 1..60),
+        ) {
+            let ks = keys();
+            let base = state(&balances);
+            let supply: u128 = base.total_supply();
+            let mut overlay = Overlay::new(&base);
+            for (from, to, amount, nonce) in ops {
+                let before_from = overlay.account(&ks[from].public());
+                let before_to = overlay.account(&ks[to].public());
+                let tx = SignedTransaction::sign(
+                    Transfer { chain_id: CHAIN.into(), from: ks[from].public(), to: ks[to].public(), amount, nonce },
+                    &ks[from],
+                );
+                let result = overlay.apply(&tx, CHAIN);
+                let after_from = overlay.account(&ks[from].public());
+                match result {
+                    Ok(()) => {
+                        prop_assert_eq!(nonce, before_from.nonce);
+                        prop_assert!(amount > 0 && amount <= before_from.balance);
+                        prop_assert_eq!(after_from.nonce, before_from.nonce + 1);
+                    }
+                    Err(_) => {
+                        prop_assert_eq!(after_from, before_from);
+                        prop_assert_eq!(overlay.account(&ks[to].public()), before_to);
+                    }
+                }
+                let mut now = base.clone();
+                now.apply_changes(overlay.changes());
+                prop_assert_eq!(now.total_supply(), supply);
+            }
+        }
+
+        /// A nonce once used is never accepted again.
+        #[test]
+        fn reused_nonce_is_rejected(count in 1u64..10, reuse in 0u64..10) {
+            let ks = keys();
+            let base = state(&[1_000]);
+            let mut overlay = Overlay::new(&base);
+            let tx = |nonce| SignedTransaction::sign(
+                Transfer { chain_id: CHAIN.into(), from: ks[0].public(), to: ks[1].public(), amount: 1, nonce },
+                &ks[0],
+            );
+            for n in 0..count {
+                prop_assert_eq!(overlay.apply(&tx(n), CHAIN), Ok(()));
+            }
+            let reuse = reuse % count;
+            let is_nonce_too_low = matches!(overlay.apply(&tx(reuse), CHAIN), Err(TxError::NonceTooLow { .. }));
+            prop_assert!(is_nonce_too_low);
+        }
+    }
+
+    #[test]
+    fn state_root_depends_on_every_change() {
+        let mut changes = BTreeMap::new();
+        changes.insert(PublicKey([1; 32]), Account { balance: 5, nonce: 1 });
+        let a = next_state_root(&Hash::ZERO, &changes);
+        changes.insert(PublicKey([1; 32]), Account { balance: 5, nonce: 2 });
+        let b = next_state_root(&Hash::ZERO, &changes);
+        assert_ne!(a, b);
+        assert_ne!(a, next_state_root(&Hash([1; 32]), &BTreeMap::new()));
+    }
+}
