@@ -35,7 +35,10 @@ pub enum TxJsonError {
 impl TxJsonError {
     pub fn code(&self) -> &'static str {
         match self {
-            TxJsonError::BadHex { field: "from" | "to", .. } => "invalid_address",
+            TxJsonError::BadHex {
+                field: "from" | "to",
+                ..
+            } => "invalid_address",
             TxJsonError::BadHex { .. } => "invalid_signature",
             TxJsonError::ChainIdTooLong => "wrong_chain",
         }
@@ -60,7 +63,9 @@ impl TryFrom<&TxJson> for SignedTransaction {
 
     fn try_from(json: &TxJson) -> Result<Self, Self::Error> {
         let hex = |field: &'static str, value: &str| -> Result<_, TxJsonError> {
-            value.parse().map_err(|error| TxJsonError::BadHex { field, error })
+            value
+                .parse()
+                .map_err(|error| TxJsonError::BadHex { field, error })
         };
         if json.chain_id.len() > crate::limits::CHAIN_ID_BYTES_MAX {
             return Err(TxJsonError::ChainIdTooLong);
@@ -76,7 +81,10 @@ impl TryFrom<&TxJson> for SignedTransaction {
             signature: json
                 .signature
                 .parse()
-                .map_err(|error| TxJsonError::BadHex { field: "signature", error })?,
+                .map_err(|error| TxJsonError::BadHex {
+                    field: "signature",
+                    error,
+                })?,
         })
     }
 }
@@ -185,16 +193,28 @@ mod tests {
     fn tx_json_round_trip_and_errors() {
         let key = Keypair::from_seed([5; 32]);
         let tx = SignedTransaction::sign(
-            Transfer { chain_id: "c".into(), from: key.public(), to: key.public(), amount: 1, nonce: 2 },
+            Transfer {
+                chain_id: "c".into(),
+                from: key.public(),
+                to: key.public(),
+                amount: 1,
+                nonce: 2,
+            },
             &key,
         );
         let json = TxJson::from(&tx);
         assert_eq!(SignedTransaction::try_from(&json), Ok(tx));
         let mut bad = json.clone();
         bad.to = "xyz".into();
-        assert_eq!(SignedTransaction::try_from(&bad).unwrap_err().code(), "invalid_address");
+        assert_eq!(
+            SignedTransaction::try_from(&bad).unwrap_err().code(),
+            "invalid_address"
+        );
         let mut bad = json;
         bad.signature.pop();
-        assert_eq!(SignedTransaction::try_from(&bad).unwrap_err().code(), "invalid_signature");
+        assert_eq!(
+            SignedTransaction::try_from(&bad).unwrap_err().code(),
+            "invalid_signature"
+        );
     }
 }

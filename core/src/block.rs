@@ -226,7 +226,10 @@ mod tests {
         let keys: Vec<_> = (0..4u8).map(|i| Keypair::from_seed([i; 32])).collect();
         let validators: Vec<_> = keys.iter().map(|k| k.public()).collect();
         let h = header();
-        assert_eq!(certificate(&keys, &[0, 1, 2], &h).verify("c", &validators, &h), Ok(()));
+        assert_eq!(
+            certificate(&keys, &[0, 1, 2], &h).verify("c", &validators, &h),
+            Ok(())
+        );
         assert_eq!(
             certificate(&keys, &[0, 1], &h).verify("c", &validators, &h),
             Err(CertificateError::TooFewSignatures { got: 2, needed: 3 })

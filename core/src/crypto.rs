@@ -122,13 +122,19 @@ mod tests {
         let key = Keypair::from_seed([3; 32]);
         let sig = key.sign(DOMAIN, b"hello");
         assert_eq!(verify(&key.public(), DOMAIN, b"hello", &sig), Ok(()));
-        assert_eq!(verify(&key.public(), DOMAIN, b"hellp", &sig), Err(SignatureError));
+        assert_eq!(
+            verify(&key.public(), DOMAIN, b"hellp", &sig),
+            Err(SignatureError)
+        );
         assert_eq!(
             verify(&key.public(), b"cairn/other/v1", b"hello", &sig),
             Err(SignatureError)
         );
         let other = Keypair::from_seed([4; 32]);
-        assert_eq!(verify(&other.public(), DOMAIN, b"hello", &sig), Err(SignatureError));
+        assert_eq!(
+            verify(&other.public(), DOMAIN, b"hello", &sig),
+            Err(SignatureError)
+        );
     }
 
     #[test]

@@ -161,7 +161,13 @@ mod tests {
     fn state(balances: &[u64]) -> MemoryState {
         let mut s = MemoryState::default();
         for (k, b) in keys().iter().zip(balances) {
-            s.accounts.insert(k.public(), Account { balance: *b, nonce: 0 });
+            s.accounts.insert(
+                k.public(),
+                Account {
+                    balance: *b,
+                    nonce: 0,
+                },
+            );
         }
         s
     }
@@ -172,11 +178,23 @@ mod tests {
         let base = state(&[10]);
         let mut overlay = Overlay::new(&base);
         let tx = SignedTransaction::sign(
-            Transfer { chain_id: CHAIN.into(), from: ks[0].public(), to: ks[0].public(), amount: 7, nonce: 0 },
+            Transfer {
+                chain_id: CHAIN.into(),
+                from: ks[0].public(),
+                to: ks[0].public(),
+                amount: 7,
+                nonce: 0,
+            },
             &ks[0],
         );
         overlay.apply(&tx, CHAIN).unwrap();
-        assert_eq!(overlay.account(&ks[0].public()), Account { balance: 10, nonce: 1 });
+        assert_eq!(
+            overlay.account(&ks[0].public()),
+            Account {
+                balance: 10,
+                nonce: 1
+            }
+        );
     }
 
     proptest! {
@@ -240,9 +258,21 @@ mod tests {
     #[test]
     fn state_root_depends_on_every_change() {
         let mut changes = BTreeMap::new();
-        changes.insert(PublicKey([1; 32]), Account { balance: 5, nonce: 1 });
+        changes.insert(
+            PublicKey([1; 32]),
+            Account {
+                balance: 5,
+                nonce: 1,
+            },
+        );
         let a = next_state_root(&Hash::ZERO, &changes);
-        changes.insert(PublicKey([1; 32]), Account { balance: 5, nonce: 2 });
+        changes.insert(
+            PublicKey([1; 32]),
+            Account {
+                balance: 5,
+                nonce: 2,
+            },
+        );
         let b = next_state_root(&Hash::ZERO, &changes);
         assert_ne!(a, b);
         assert_ne!(a, next_state_root(&Hash([1; 32]), &BTreeMap::new()));

@@ -142,7 +142,10 @@ mod tests {
     #[test]
     fn stateless_checks() {
         assert_eq!(transfer(1, 0).check_stateless("test-chain"), Ok(()));
-        assert_eq!(transfer(0, 0).check_stateless("test-chain"), Err(TxError::ZeroAmount));
+        assert_eq!(
+            transfer(0, 0).check_stateless("test-chain"),
+            Err(TxError::ZeroAmount)
+        );
         assert!(matches!(
             transfer(1, 0).check_stateless("other"),
             Err(TxError::WrongChain { .. })

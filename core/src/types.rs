@@ -199,7 +199,10 @@ mod tests {
         assert_eq!(h.to_hex().parse::<Hash>(), Ok(h));
         assert_eq!(
             "ab".parse::<Hash>(),
-            Err(ParseHexError::Length { expected: 64, got: 2 })
+            Err(ParseHexError::Length {
+                expected: 64,
+                got: 2
+            })
         );
         let upper = h.to_hex().to_uppercase();
         if upper != h.to_hex() {

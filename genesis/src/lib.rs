@@ -1,1 +1,329 @@
-//! placeholder
+//! The Cairn genesis file, its validation, key files and node home folders.
+//!
+//! A genesis file names the chain, its validators (keys and addresses), the
+//! funded accounts and the consensus parameters. [`Genesis::load`] parses and
+//! validates one; [`Genesis::hash`] identifies it. `testnet` writes a
+//! ready-to-run network of node home folders ([`NodeConfig`]) and funded
+//! account key files ([`keyfile`]).
+
+pub mod keyfile;
+mod testnet;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use cairn_core::state::{genesis_state_root, Account};
+use cairn_core::{Block, BlockHeader, Hash, Height, PublicKey, View};
+
+pub use testnet::{write_testnet, TestnetOptions};
+
+/// Domain tag of the genesis hash.
+pub const GENESIS_DOMAIN: &[u8] = b"cairn/genesis/v1\0";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    pub chain_id: String,
+    pub genesis_time_ms: u64,
+    pub validators: Vec<ValidatorInfo>,
+    pub accounts: Vec<AccountInfo>,
+    /// Keys allowed to administer the chain. Reserved: no admin operation
+    /// exists yet, so total supply is constant.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    pub params: Params,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorInfo {
+    pub name: String,
+    /// ed25519 public key, 64 hex characters.
+    pub public_key: String,
+    /// Where peers reach this validator, `host:port`.
+    pub p2p_address: String,
+    /// Where this validator serves its HTTP API, `host:port`.
+    pub api_address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountInfo {
+    pub address: String,
+    pub balance: u64,
+}
+
+/// Consensus and node parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Least time between two proposals.
+    pub block_interval_ms: u64,
+    /// Most transactions in one block.
+    pub block_txs_max: usize,
+    /// View-change timeout (doubles per consecutive failed view).
+    pub view_timeout_ms: u64,
+    /// Most transactions a node's mempool holds.
+    pub mempool_txs_max: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            block_interval_ms: 50,
+            block_txs_max: 10_000,
+            view_timeout_ms: 2_000,
+            mempool_txs_max: 200_000,
+        }
+    }
+}
+
+/// What is wrong with a genesis file.
+#[derive(Debug, thiserror::Error)]
+pub enum GenesisError {
+    #[error("cannot read {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path} is not a valid genesis file: {error}")]
+    Parse {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    #[error("invalid genesis: {0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> GenesisError {
+    GenesisError::Invalid(message.into())
+}
+
+/// A genesis file that passed validation, with its keys parsed.
+#[derive(Clone, Debug)]
+pub struct ValidGenesis {
+    pub genesis: Genesis,
+    pub validators: Vec<PublicKey>,
+    pub p2p_addresses: Vec<SocketAddr>,
+    pub api_addresses: Vec<SocketAddr>,
+    pub accounts: BTreeMap<PublicKey, Account>,
+    pub hash: Hash,
+}
+
+impl Genesis {
+    /// Reads, parses and validates a genesis file.
+    pub fn load(path: &Path) -> Result<ValidGenesis, GenesisError> {
+        let text = std::fs::read_to_string(path).map_err(|error| GenesisError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let genesis: Genesis =
+            serde_json::from_str(&text).map_err(|error| GenesisError::Parse {
+                path: path.to_path_buf(),
+                error,
+            })?;
+        genesis.validate()
+    }
+
+    /// Checks everything a node relies on and returns the parsed form.
+    pub fn validate(self) -> Result<ValidGenesis, GenesisError> {
+        use cairn_core::limits::{BLOCK_TXS_MAX, CHAIN_ID_BYTES_MAX, VALIDATORS_MAX};
+        if self.chain_id.is_empty() || self.chain_id.len() > CHAIN_ID_BYTES_MAX {
+            return Err(invalid(format!(
+                "chain_id must be 1 to {CHAIN_ID_BYTES_MAX} bytes"
+            )));
+        }
+        if !self
+            .chain_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(invalid(
+                "chain_id may hold only letters, digits, '-', '_' and '.'",
+            ));
+        }
+        if self.validators.is_empty() {
+            return Err(invalid("fewer than 1 validator"));
+        }
+        if self.validators.len() > VALIDATORS_MAX {
+            return Err(invalid(format!("more than {VALIDATORS_MAX} validators")));
+        }
+        let mut validators = Vec::new();
+        let mut p2p_addresses = Vec::new();
+        let mut api_addresses = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut listen = BTreeSet::new();
+        for (i, v) in self.validators.iter().enumerate() {
+            let key: PublicKey = v.public_key.parse().map_err(|e| {
+                invalid(format!(
+                    "validator {i} ({}): public_key: bad hex: {e}",
+                    v.name
+                ))
+            })?;
+            if validators.contains(&key) {
+                return Err(invalid(format!(
+                    "duplicate validator key {} (validator {i}, {})",
+                    v.public_key, v.name
+                )));
+            }
+            if v.name.is_empty() || !names.insert(v.name.clone()) {
+                return Err(invalid(format!(
+                    "validator {i}: empty or duplicate name {:?}",
+                    v.name
+                )));
+            }
+            let p2p = parse_address(&v.p2p_address, i, "p2p_address")?;
+            let api = parse_address(&v.api_address, i, "api_address")?;
+            for address in [p2p, api] {
+                if !listen.insert(address) {
+                    return Err(invalid(format!(
+                        "validator {i}: address {address} is used twice"
+                    )));
+                }
+            }
+            validators.push(key);
+            p2p_addresses.push(p2p);
+            api_addresses.push(api);
+        }
+        let mut accounts = BTreeMap::new();
+        let mut supply: u64 = 0;
+        for (j, a) in self.accounts.iter().enumerate() {
+            let address: PublicKey = a
+                .address
+                .parse()
+                .map_err(|e| invalid(format!("account {j}: address: bad hex: {e}")))?;
+            if accounts.contains_key(&address) {
+                return Err(invalid(format!("duplicate account {}", a.address)));
+            }
+            supply = supply
+                .checked_add(a.balance)
+                .ok_or_else(|| invalid("total supply overflows a 64-bit unsigned integer"))?;
+            accounts.insert(
+                address,
+                Account {
+                    balance: a.balance,
+                    nonce: 0,
+                },
+            );
+        }
+        if supply == 0 {
+            return Err(invalid("zero total supply"));
+        }
+        for (k, admin) in self.admins.iter().enumerate() {
+            admin
+                .parse::<PublicKey>()
+                .map_err(|e| invalid(format!("admin {k}: bad hex: {e}")))?;
+        }
+        let p = &self.params;
+        if p.block_txs_max == 0 || p.block_txs_max > BLOCK_TXS_MAX {
+            return Err(invalid(format!(
+                "params.block_txs_max must be 1 to {BLOCK_TXS_MAX}"
+            )));
+        }
+        if p.block_interval_ms > 60_000 {
+            return Err(invalid("params.block_interval_ms must be at most 60000"));
+        }
+        if p.view_timeout_ms < 100 || p.view_timeout_ms > 600_000 {
+            return Err(invalid("params.view_timeout_ms must be 100 to 600000"));
+        }
+        if p.mempool_txs_max < p.block_txs_max || p.mempool_txs_max > 10_000_000 {
+            return Err(invalid(
+                "params.mempool_txs_max must be at least block_txs_max and at most 10000000",
+            ));
+        }
+        let hash = Hash::digest(&[GENESIS_DOMAIN, &cairn_core::codec::encode(&self)]);
+        Ok(ValidGenesis {
+            genesis: self,
+            validators,
+            p2p_addresses,
+            api_addresses,
+            accounts,
+            hash,
+        })
+    }
+}
+
+fn parse_address(text: &str, index: usize, field: &str) -> Result<SocketAddr, GenesisError> {
+    let address: SocketAddr = text.parse().map_err(|_| {
+        invalid(format!(
+            "validator {index}: {field} {text:?} is not ip:port"
+        ))
+    })?;
+    if address.port() == 0 {
+        return Err(invalid(format!("validator {index}: {field} has port 0")));
+    }
+    Ok(address)
+}
+
+impl ValidGenesis {
+    pub fn chain_id(&self) -> &str {
+        &self.genesis.chain_id
+    }
+
+    pub fn total_supply(&self) -> u64 {
+        self.accounts.values().map(|a| a.balance).sum()
+    }
+
+    pub fn index_of(&self, key: &PublicKey) -> Option<usize> {
+        self.validators.iter().position(|v| v == key)
+    }
+
+    /// The genesis block: height 0, parent hash = the genesis hash, state root
+    /// over the funded accounts, no transactions and no certificate.
+    pub fn block(&self) -> Block {
+        Block {
+            header: BlockHeader {
+                height: Height(0),
+                parent_hash: self.hash,
+                view: View(0),
+                proposer: PublicKey([0; 32]),
+                timestamp_ms: self.genesis.genesis_time_ms,
+                tx_root: cairn_core::tx_root([]),
+                state_root: genesis_state_root(&self.accounts),
+            },
+            transactions: vec![],
+        }
+    }
+}
+
+/// `node.json` in a node's home folder. Relative paths are relative to the
+/// home folder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The genesis file.
+    pub genesis: PathBuf,
+    /// This validator's key file.
+    pub key: PathBuf,
+    /// The sled database folder.
+    pub data: PathBuf,
+    /// Where to listen for peers; default: this validator's `p2p_address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p_listen: Option<SocketAddr>,
+    /// Where to serve the API; default: this validator's `api_address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<SocketAddr>,
+}
+
+pub const NODE_CONFIG_FILE: &str = "node.json";
+
+impl NodeConfig {
+    /// Reads `home/node.json` and resolves its paths against `home`.
+    pub fn load(home: &Path) -> Result<NodeConfig, String> {
+        let path = home.join(NODE_CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut config: NodeConfig = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a valid node config: {e}", path.display()))?;
+        config.genesis = home.join(&config.genesis);
+        config.key = home.join(&config.key);
+        config.data = home.join(&config.data);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests;
