@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use cairn_core::state::{genesis_state_root, Account};
 use cairn_core::{Block, BlockHeader, Hash, Height, PublicKey, View};
 
-pub use testnet::{write_testnet, TestnetOptions};
+pub use testnet::{
+    account_key_path, build_genesis, node_home, write_testnet, TestnetOptions, DATA_DIR,
+    GENESIS_FILE, TESTNET_ACCOUNTS_MAX, VALIDATOR_KEY_FILE,
+};
 
 /// Domain tag of the genesis hash.
 pub const GENESIS_DOMAIN: &[u8] = b"cairn/genesis/v1\0";

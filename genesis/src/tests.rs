@@ -1,1 +1,392 @@
+//! Unit tests of genesis validation, hashing, testnet writing and node configs.
 
+use super::*;
+use cairn_core::Keypair;
+
+fn key(i: u8) -> Keypair {
+    Keypair::from_seed([i; 32])
+}
+
+/// A valid genesis: three validators, two funded accounts, fixed time.
+fn sample() -> Genesis {
+    let options = TestnetOptions {
+        validators: 3,
+        accounts: 2,
+        ..TestnetOptions::default()
+    };
+    let validators = [key(1), key(2), key(3)];
+    let accounts = [key(10), key(11)];
+    build_genesis(&options, &validators, &accounts, 1_700_000_000_000).unwrap()
+}
+
+/// The validation error message of `genesis`, which must be invalid.
+fn error_of(genesis: Genesis) -> String {
+    match genesis.validate() {
+        Ok(_) => panic!("expected the genesis to be invalid"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn sample_is_valid() {
+    let valid = sample().validate().unwrap();
+    assert_eq!(valid.validators.len(), 3);
+    assert_eq!(valid.validators[1], key(2).public());
+    assert_eq!(valid.api_addresses[2].to_string(), "127.0.0.1:8082");
+    assert_eq!(valid.p2p_addresses[0].to_string(), "127.0.0.1:26600");
+    assert_eq!(valid.total_supply(), 2_000_000_000);
+    assert_eq!(valid.index_of(&key(3).public()), Some(2));
+    assert_eq!(valid.index_of(&key(9).public()), None);
+    assert_eq!(valid.block().header.parent_hash, valid.hash);
+}
+
+#[test]
+fn duplicate_validator_key() {
+    let mut g = sample();
+    g.validators[2].public_key = g.validators[0].public_key.clone();
+    assert!(error_of(g).contains("duplicate validator key"));
+}
+
+#[test]
+fn bad_hex() {
+    let mut g = sample();
+    g.validators[0].public_key = "zz".repeat(32);
+    assert!(error_of(g).contains("bad hex"));
+    let mut g = sample();
+    g.validators[0].public_key.pop();
+    assert!(error_of(g).contains("bad hex"));
+    let mut g = sample();
+    g.validators[0].public_key = g.validators[0].public_key.to_uppercase();
+    assert!(error_of(g).contains("bad hex"));
+    let mut g = sample();
+    g.accounts[1].address = "00".into();
+    assert!(error_of(g).contains("account 1"));
+    let mut g = sample();
+    g.admins = vec!["nope".into()];
+    assert!(error_of(g).contains("admin 0"));
+}
+
+#[test]
+fn empty_validator_set() {
+    let mut g = sample();
+    g.validators.clear();
+    assert!(error_of(g).contains("fewer than 1 validator"));
+}
+
+#[test]
+fn bad_and_duplicate_addresses() {
+    let mut g = sample();
+    g.validators[1].p2p_address = "localhost:26601".into();
+    assert!(error_of(g).contains("not ip:port"));
+    let mut g = sample();
+    g.validators[1].api_address = "127.0.0.1".into();
+    assert!(error_of(g).contains("not ip:port"));
+    let mut g = sample();
+    g.validators[1].api_address = g.validators[0].api_address.clone();
+    assert!(error_of(g).contains("used twice"));
+    let mut g = sample();
+    g.validators[0].api_address = g.validators[0].p2p_address.clone();
+    assert!(error_of(g).contains("used twice"));
+    let mut g = sample();
+    g.validators[0].p2p_address = "127.0.0.1:0".into();
+    assert!(error_of(g).contains("port 0"));
+}
+
+#[test]
+fn duplicate_names_and_accounts() {
+    let mut g = sample();
+    g.validators[1].name = "node0".into();
+    assert!(error_of(g).contains("duplicate name"));
+    let mut g = sample();
+    g.accounts[1].address = g.accounts[0].address.clone();
+    assert!(error_of(g).contains("duplicate account"));
+}
+
+#[test]
+fn supply_overflow_and_zero_supply() {
+    let mut g = sample();
+    g.accounts[0].balance = u64::MAX;
+    g.accounts[1].balance = 1;
+    assert!(error_of(g).contains("overflows"));
+    let mut g = sample();
+    g.accounts[0].balance = u64::MAX;
+    g.accounts[1].balance = 0;
+    assert_eq!(g.validate().unwrap().total_supply(), u64::MAX);
+    let mut g = sample();
+    for account in &mut g.accounts {
+        account.balance = 0;
+    }
+    assert!(error_of(g).contains("zero total supply"));
+    let mut g = sample();
+    g.accounts.clear();
+    assert!(error_of(g).contains("zero total supply"));
+}
+
+#[test]
+fn bad_chain_id() {
+    let mut g = sample();
+    g.chain_id = String::new();
+    assert!(error_of(g).contains("chain_id"));
+    let mut g = sample();
+    g.chain_id = "a".repeat(65);
+    assert!(error_of(g).contains("chain_id"));
+    let mut g = sample();
+    g.chain_id = "has space".into();
+    assert!(error_of(g).contains("chain_id"));
+}
+
+#[test]
+fn bad_params() {
+    let cases: [(fn(&mut Params), &str); 6] = [
+        (|p| p.block_txs_max = 0, "block_txs_max"),
+        (
+            |p| p.block_txs_max = cairn_core::limits::BLOCK_TXS_MAX + 1,
+            "block_txs_max",
+        ),
+        (|p| p.block_interval_ms = 60_001, "block_interval_ms"),
+        (|p| p.view_timeout_ms = 99, "view_timeout_ms"),
+        (
+            |p| p.mempool_txs_max = p.block_txs_max - 1,
+            "mempool_txs_max",
+        ),
+        (|p| p.mempool_txs_max = 10_000_001, "mempool_txs_max"),
+    ];
+    for (change, field) in cases {
+        let mut g = sample();
+        change(&mut g.params);
+        let error = error_of(g);
+        assert!(error.contains(field), "{field}: {error}");
+    }
+}
+
+#[test]
+fn parse_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("genesis.json");
+    std::fs::write(&path, "{ not json").unwrap();
+    let error = Genesis::load(&path).unwrap_err().to_string();
+    assert!(error.contains("not a valid genesis file"), "{error}");
+    let mut value = serde_json::to_value(sample()).unwrap();
+    value["surprise"] = 1.into();
+    std::fs::write(&path, value.to_string()).unwrap();
+    assert!(Genesis::load(&path).is_err(), "unknown fields are refused");
+    let missing = dir.path().join("absent.json");
+    assert!(Genesis::load(&missing)
+        .unwrap_err()
+        .to_string()
+        .contains("cannot read"));
+}
+
+#[test]
+fn genesis_hash_is_stable_and_covers_content() {
+    let a = sample().validate().unwrap().hash;
+    assert_eq!(a, sample().validate().unwrap().hash);
+    let round_trip: Genesis =
+        serde_json::from_str(&serde_json::to_string_pretty(&sample()).unwrap()).unwrap();
+    assert_eq!(round_trip.validate().unwrap().hash, a);
+
+    let changes: [fn(&mut Genesis); 5] = [
+        |g| g.chain_id.push('x'),
+        |g| g.genesis_time_ms += 1,
+        |g| g.accounts[0].balance += 1,
+        |g| g.validators[0].api_address = "127.0.0.1:9999".into(),
+        |g| g.params.view_timeout_ms += 1,
+    ];
+    for change in changes {
+        let mut g = sample();
+        change(&mut g);
+        assert_ne!(g.validate().unwrap().hash, a);
+    }
+}
+
+fn options(validators: usize, accounts: usize) -> TestnetOptions {
+    TestnetOptions {
+        validators,
+        accounts,
+        balance: 500,
+        chain_id: "test-chain".into(),
+        api_port_base: 18080,
+        p2p_port_base: 36600,
+        host: "127.0.0.1".into(),
+    }
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn testnet_writes_a_runnable_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("net");
+    let valid = write_testnet(&out, &options(3, 2)).unwrap();
+    assert_eq!(valid.chain_id(), "test-chain");
+    assert_eq!(valid.total_supply(), 1000);
+    assert!(valid.genesis.admins.is_empty());
+    assert_eq!(valid.genesis.params, Params::default());
+
+    let loaded = Genesis::load(&out.join(GENESIS_FILE)).unwrap();
+    assert_eq!(loaded.hash, valid.hash);
+    for i in 0..3 {
+        let home = node_home(&out, i);
+        let config = NodeConfig::load(&home).unwrap();
+        assert_eq!(config.genesis, home.join("genesis.json"));
+        assert_eq!(config.data, home.join("data"));
+        assert_eq!(config.p2p_listen, None);
+        assert_eq!(Genesis::load(&config.genesis).unwrap().hash, valid.hash);
+        let key = keyfile::read(&config.key).unwrap();
+        assert_eq!(key.public(), valid.validators[i]);
+        assert_eq!(valid.genesis.validators[i].name, format!("node{i}"));
+        assert_eq!(valid.api_addresses[i].port(), 18080 + i as u16);
+        assert_eq!(valid.p2p_addresses[i].port(), 36600 + i as u16);
+        #[cfg(unix)]
+        assert_eq!(mode(&config.key), 0o600);
+    }
+    assert!(!node_home(&out, 3).exists());
+    for j in 0..2 {
+        let path = account_key_path(&out, j);
+        let key = keyfile::read(&path).unwrap();
+        assert_eq!(valid.accounts[&key.public()].balance, 500);
+        #[cfg(unix)]
+        assert_eq!(mode(&path), 0o600);
+    }
+}
+
+#[test]
+fn testnet_refuses_a_non_empty_dir_and_accepts_an_empty_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();
+    let error = write_testnet(dir.path(), &options(1, 1)).unwrap_err();
+    assert!(error.contains("not empty"), "{error}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    let empty = tempfile::tempdir().unwrap();
+    write_testnet(empty.path(), &options(1, 1)).unwrap();
+    let error = write_testnet(empty.path(), &options(1, 1)).unwrap_err();
+    assert!(error.contains("not empty"), "{error}");
+
+    let file = dir.path().join("keep.txt");
+    assert!(write_testnet(&file, &options(1, 1)).is_err());
+}
+
+#[test]
+fn testnet_option_errors_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("net");
+    let check = |options: TestnetOptions, expected: &str| {
+        let error = write_testnet(&out, &options).unwrap_err();
+        assert!(error.contains(expected), "{expected}: {error}");
+        assert!(!out.exists());
+    };
+    check(options(0, 1), "at least 1");
+    check(options(300, 1), "at most");
+    check(options(1, 0), "zero total supply");
+    check(
+        TestnetOptions {
+            balance: 0,
+            ..options(1, 1)
+        },
+        "zero total supply",
+    );
+    check(
+        TestnetOptions {
+            balance: u64::MAX,
+            ..options(1, 2)
+        },
+        "overflows",
+    );
+    check(
+        TestnetOptions {
+            api_port_base: 65534,
+            ..options(3, 1)
+        },
+        "above 65535",
+    );
+    check(
+        TestnetOptions {
+            p2p_port_base: 0,
+            ..options(1, 1)
+        },
+        "must not be 0",
+    );
+    check(
+        TestnetOptions {
+            api_port_base: 26601,
+            p2p_port_base: 26600,
+            ..options(2, 1)
+        },
+        "used twice",
+    );
+    check(
+        TestnetOptions {
+            host: "localhost".into(),
+            ..options(1, 1)
+        },
+        "not an IP address",
+    );
+    check(
+        TestnetOptions {
+            chain_id: "bad chain".into(),
+            ..options(1, 1)
+        },
+        "chain_id",
+    );
+}
+
+#[test]
+fn testnet_ipv6_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = write_testnet(
+        dir.path(),
+        &TestnetOptions {
+            host: "::1".into(),
+            ..options(2, 1)
+        },
+    )
+    .unwrap();
+    assert_eq!(valid.genesis.validators[1].api_address, "[::1]:18081");
+}
+
+#[test]
+fn node_config_resolves_paths_against_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    std::fs::write(
+        home.join(NODE_CONFIG_FILE),
+        r#"{"genesis": "g.json", "key": "/abs/v.key", "data": "db", "api_listen": "0.0.0.0:9000"}"#,
+    )
+    .unwrap();
+    let config = NodeConfig::load(home).unwrap();
+    assert_eq!(config.genesis, home.join("g.json"));
+    assert_eq!(config.key, PathBuf::from("/abs/v.key"));
+    assert_eq!(config.data, home.join("db"));
+    assert_eq!(config.api_listen, Some("0.0.0.0:9000".parse().unwrap()));
+
+    std::fs::write(home.join(NODE_CONFIG_FILE), r#"{"genesis": "g.json"}"#).unwrap();
+    assert!(NodeConfig::load(home)
+        .unwrap_err()
+        .contains("not a valid node config"));
+    let missing = NodeConfig::load(&home.join("nowhere")).unwrap_err();
+    assert!(missing.contains("cannot read"), "{missing}");
+}
+
+#[test]
+fn key_files_round_trip_and_refuse_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.key");
+    keyfile::write_new(&path, &key(7)).unwrap();
+    assert_eq!(keyfile::read(&path).unwrap().public(), key(7).public());
+    let error = keyfile::write_new(&path, &key(8)).unwrap_err();
+    assert!(error.contains("refusing to overwrite"), "{error}");
+    assert_eq!(keyfile::read(&path).unwrap().public(), key(7).public());
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let other = key(8).public().to_hex();
+    let mismatched = text.replace(&key(7).public().to_hex(), &other);
+    std::fs::write(&path, mismatched).unwrap();
+    assert!(keyfile::read(&path).unwrap_err().contains("does not match"));
+    std::fs::write(&path, "garbage").unwrap();
+    assert!(keyfile::read(&path).unwrap_err().contains("not a key file"));
+}
