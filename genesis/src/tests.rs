@@ -135,9 +135,12 @@ fn bad_chain_id() {
     assert!(error_of(g).contains("chain_id"));
 }
 
+/// Changes one parameter; the error must name `field`.
+type ParamCase = (fn(&mut Params), &'static str);
+
 #[test]
 fn bad_params() {
-    let cases: [(fn(&mut Params), &str); 6] = [
+    let cases: [ParamCase; 6] = [
         (|p| p.block_txs_max = 0, "block_txs_max"),
         (
             |p| p.block_txs_max = cairn_core::limits::BLOCK_TXS_MAX + 1,
