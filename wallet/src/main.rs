@@ -1,1 +1,361 @@
-fn main() {}
+//! `cairn-wallet`: key files, offline signing, transfers and queries against
+//! a Cairn node.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+
+use cairn_core::api::{AccountJson, BlockJson, StatusJson, TxJson, TxStatusJson};
+use cairn_core::Keypair;
+use cairn_genesis::keyfile;
+use cairn_wallet::{parse_address, parse_hash, sign_transfer, BlockId, Client, WalletError};
+
+/// Cairn wallet: keys, signing, sending transactions, queries.
+#[derive(Parser)]
+#[command(name = "cairn-wallet", version)]
+struct Cli {
+    /// The node's API URL.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_NODE",
+        value_name = "URL",
+        default_value = cairn_wallet::DEFAULT_NODE_URL
+    )]
+    node: String,
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new key file (mode 0600) and print its address.
+    Keygen {
+        /// Where to write the key; an existing file is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the address of a key file.
+    Address {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Show an account's balance and next nonce.
+    Balance {
+        #[arg(value_name = "ADDRESS")]
+        address: String,
+    },
+    /// Sign and submit a transfer; print its hash.
+    Transfer {
+        /// The sender's key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The receiver's address.
+        #[arg(long, value_name = "ADDRESS")]
+        to: String,
+        /// Amount to move (greater than zero).
+        #[arg(long, value_name = "N")]
+        amount: u64,
+        /// Nonce to use; default: the account's next nonce, asked of the node.
+        #[arg(long, value_name = "N")]
+        nonce: Option<u64>,
+        /// Return only once the transfer is committed.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Sign a transfer offline and print the JSON body `POST /v1/transactions`
+    /// accepts.
+    SignTransfer {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[arg(long, value_name = "ADDRESS")]
+        to: String,
+        #[arg(long, value_name = "N")]
+        amount: u64,
+        #[arg(long, value_name = "N")]
+        nonce: u64,
+        #[arg(long, value_name = "ID")]
+        chain_id: String,
+    },
+    /// Show a transaction's status.
+    Tx {
+        #[arg(value_name = "HASH")]
+        hash: String,
+    },
+    /// Show a block (default: the latest).
+    Block {
+        #[arg(value_name = "HEIGHT|latest", default_value = "latest")]
+        block: String,
+    },
+    /// Show the node's status.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), WalletError> {
+    let node = cli.node;
+    let client = || Client::new(&node);
+    match cli.command {
+        Command::Keygen { out } => keygen(&out, cli.json),
+        Command::Address { key } => {
+            let address = read_key(&key)?.public().to_hex();
+            if cli.json {
+                print_json(&json!({ "address": address }));
+            } else {
+                println!("{address}");
+            }
+            Ok(())
+        }
+        Command::Balance { address } => {
+            let address = parse_address(&address)?;
+            show(
+                &client()?,
+                &format!("/v1/accounts/{address}"),
+                cli.json,
+                print_account,
+            )
+        }
+        Command::Transfer {
+            key,
+            to,
+            amount,
+            nonce,
+            wait,
+            timeout,
+        } => {
+            let key = read_key(&key)?;
+            let to = parse_address(&to)?;
+            check_amount(amount)?;
+            let wait = wait.then(|| Duration::from_secs(timeout));
+            transfer(&client()?, &key, to, amount, nonce, wait, cli.json)
+        }
+        Command::SignTransfer {
+            key,
+            to,
+            amount,
+            nonce,
+            chain_id,
+        } => {
+            let key = read_key(&key)?;
+            let to = parse_address(&to)?;
+            check_amount(amount)?;
+            let tx = sign_transfer(&key, &chain_id, to, amount, nonce)?;
+            print_json(&TxJson::from(&tx));
+            Ok(())
+        }
+        Command::Tx { hash } => {
+            let hash = parse_hash(&hash)?;
+            show(
+                &client()?,
+                &format!("/v1/transactions/{hash}"),
+                cli.json,
+                print_tx_status,
+            )
+        }
+        Command::Block { block } => {
+            let id: BlockId = block.parse()?;
+            show(&client()?, &id.path(), cli.json, print_block)
+        }
+        Command::Status => show(&client()?, "/v1/status", cli.json, print_status),
+    }
+}
+
+/// Help and version go out as clap writes them; a usage error becomes one
+/// line on stderr.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let text = error.render().to_string();
+            let line = text
+                .lines()
+                .skip_while(|l| l.trim().is_empty())
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            if line.starts_with("error:") {
+                eprintln!("{line}");
+            } else {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_key(path: &Path) -> Result<Keypair, WalletError> {
+    keyfile::read(path).map_err(WalletError::Invalid)
+}
+
+fn check_amount(amount: u64) -> Result<(), WalletError> {
+    if amount == 0 {
+        return Err(WalletError::Invalid(
+            "amount must be greater than zero".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn keygen(out: &Path, json: bool) -> Result<(), WalletError> {
+    let key = keyfile::generate();
+    keyfile::write_new(out, &key).map_err(WalletError::Invalid)?;
+    let address = key.public().to_hex();
+    if json {
+        print_json(&json!({ "address": address, "key_file": out }));
+    } else {
+        println!("{address}");
+    }
+    Ok(())
+}
+
+fn transfer(
+    client: &Client,
+    key: &Keypair,
+    to: cairn_core::PublicKey,
+    amount: u64,
+    nonce: Option<u64>,
+    wait: Option<Duration>,
+    json: bool,
+) -> Result<(), WalletError> {
+    let sent = client.transfer(key, to, amount, nonce)?;
+    let Some(timeout) = wait else {
+        if json {
+            print_json(&json!({ "hash": sent.hash.to_hex(), "status": "pending" }));
+        } else {
+            println!("{}", sent.hash);
+        }
+        return Ok(());
+    };
+    if !json {
+        println!("{}", sent.hash);
+    }
+    let committed = client.wait_for_commit(&sent.hash, timeout)?;
+    let height = committed.height.ok_or_else(|| WalletError::BadResponse {
+        url: client.base_url().to_string(),
+        reason: "committed transaction without a height".into(),
+    })?;
+    if json {
+        print_json(&json!({
+            "hash": sent.hash.to_hex(),
+            "status": "committed",
+            "height": height,
+        }));
+    } else {
+        println!("committed at height {height}");
+    }
+    Ok(())
+}
+
+/// `GET path`: with `--json` the node's JSON as it came, else `human` of
+/// the parsed answer.
+fn show<T: DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    json: bool,
+    human: fn(&T),
+) -> Result<(), WalletError> {
+    if json {
+        print_json(&client.get::<serde_json::Value>(path)?);
+    } else {
+        human(&client.get::<T>(path)?);
+    }
+    Ok(())
+}
+
+fn print_json(value: &impl Serialize) {
+    match serde_json::to_string(value) {
+        Ok(text) => println!("{text}"),
+        Err(error) => eprintln!("error: cannot encode JSON: {error}"),
+    }
+}
+
+fn print_account(account: &AccountJson) {
+    println!("address: {}", account.address);
+    println!("balance: {}", account.balance);
+    println!("nonce:   {}", account.nonce);
+}
+
+fn print_tx_status(tx: &TxStatusJson) {
+    println!("hash:   {}", tx.hash);
+    println!("status: {}", tx.status);
+    if let Some(height) = tx.height {
+        println!("height: {height}");
+    }
+    if let Some(reason) = &tx.error {
+        println!("reason: {reason}");
+    }
+}
+
+fn print_block(block: &BlockJson) {
+    println!("height:       {}", block.height);
+    println!("hash:         {}", block.hash);
+    println!("parent hash:  {}", block.parent_hash);
+    println!("view:         {}", block.view);
+    println!("proposer:     {}", block.proposer);
+    println!("timestamp ms: {}", block.timestamp_ms);
+    println!("tx root:      {}", block.tx_root);
+    println!("state root:   {}", block.state_root);
+    println!("commit:       {} signatures", block.commit.len());
+    for signature in &block.commit {
+        println!("  {}", signature.validator);
+    }
+    println!("transactions: {}", block.transactions.len());
+    for tx in &block.transactions {
+        println!(
+            "  {}  {} -> {}  amount {}  nonce {}",
+            tx.hash, tx.tx.from, tx.tx.to, tx.tx.amount, tx.tx.nonce
+        );
+    }
+}
+
+fn print_status(status: &StatusJson) {
+    println!("chain id:     {}", status.chain_id);
+    println!("node id:      {}", status.node_id);
+    println!("height:       {}", status.height);
+    println!("latest block: {}", status.latest_block_hash);
+    println!("view:         {}", status.view);
+    println!("leader:       {}", status.leader);
+    println!("peers:        {}", status.peers);
+    println!("mempool size: {}", status.mempool_size);
+    println!(
+        "syncing:      {}",
+        if status.syncing { "yes" } else { "no" }
+    );
+    println!("validators:   {}", status.validators.len());
+    for validator in &status.validators {
+        println!("  {validator}");
+    }
+}
