@@ -1,1 +1,167 @@
-//! placeholder
+//! The Cairn validator: the runtime that drives the pure consensus replica.
+//!
+//! One OS thread owns the [`cairn_consensus::Replica`] and the
+//! [`ledger::NodeLedger`]; everything else talks to it through one bounded
+//! channel of [`Event`]s. It turns the replica's actions into IO: safety
+//! state flushed to sled before a vote leaves, frames handed to the p2p layer.
+//! The tokio runtime serves the p2p connections ([`p2p`]) and the warp HTTP
+//! API ([`api`]); both read committed state straight from sled ([`storage`])
+//! and admit transactions into the shared [`mempool`].
+
+pub mod admission;
+pub mod api;
+mod consensus_loop;
+pub mod ledger;
+pub mod localnet;
+pub mod mempool;
+pub mod metrics;
+pub mod p2p;
+pub mod storage;
+
+use std::path::Path;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::broadcast;
+
+use cairn_consensus::SignedMessage;
+use cairn_core::api::BlockEventJson;
+use cairn_core::{Block, Certificate, Keypair, ValidatorIndex, View};
+use cairn_genesis::{Genesis, NodeConfig, ValidGenesis};
+
+use crate::mempool::Mempool;
+use crate::metrics::Metrics;
+use crate::p2p::Network;
+use crate::storage::Storage;
+
+/// Events waiting for the consensus thread.
+pub const CONSENSUS_EVENTS_MAX: usize = 16_384;
+/// Block events buffered for slow SSE subscribers (they skip on overflow).
+pub const SSE_EVENTS_MAX: usize = 1_024;
+
+/// An input for the consensus thread.
+#[derive(Debug)]
+pub enum Event {
+    Message(SignedMessage),
+    SyncResponse {
+        from: ValidatorIndex,
+        blocks: Vec<(Block, Certificate)>,
+    },
+    /// New transactions arrived: a good moment to propose.
+    Nudge,
+    Shutdown,
+}
+
+/// What the API shows of consensus, refreshed by the consensus thread.
+#[derive(Clone, Debug, Default)]
+pub struct ConsensusStatus {
+    pub view: View,
+    pub leader: ValidatorIndex,
+    pub syncing: bool,
+}
+
+/// State shared by the consensus thread, the p2p tasks and the API.
+pub struct Node {
+    pub genesis: ValidGenesis,
+    pub key: Keypair,
+    pub me: ValidatorIndex,
+    pub storage: Storage,
+    pub mempool: Mutex<Mempool>,
+    pub metrics: Arc<Metrics>,
+    pub events: broadcast::Sender<BlockEventJson>,
+    pub status: RwLock<ConsensusStatus>,
+    pub network: Network,
+    consensus_events: SyncSender<Event>,
+}
+
+impl Node {
+    /// Hands an event to the consensus thread; drops it if the queue is full
+    /// (the protocol tolerates lost messages).
+    pub fn deliver(&self, event: Event) {
+        if let Err(TrySendError::Full(_)) = self.consensus_events.try_send(event) {
+            tracing::debug!("consensus queue full; event dropped");
+        }
+    }
+
+    pub fn nudge_consensus(&self) {
+        self.deliver(Event::Nudge);
+    }
+}
+
+/// Runs a validator from its home folder until SIGINT or SIGTERM.
+pub async fn run(home: &Path) -> Result<(), String> {
+    let config = NodeConfig::load(home)?;
+    let genesis = Genesis::load(&config.genesis).map_err(|e| e.to_string())?;
+    let key = cairn_genesis::keyfile::read(&config.key)?;
+    let me = genesis.index_of(&key.public()).ok_or_else(|| {
+        format!(
+            "key {} is not a validator in {}",
+            key.public(),
+            config.genesis.display()
+        )
+    })?;
+    let storage = Storage::open(&config.data, &genesis.block(), &genesis.accounts)
+        .map_err(|e| format!("cannot open data folder {}: {e}", config.data.display()))?;
+    let p2p_listen = config.p2p_listen.unwrap_or(genesis.p2p_addresses[me]);
+    let api_listen = config.api_listen.unwrap_or(genesis.api_addresses[me]);
+
+    let metrics = Arc::new(Metrics::default());
+    let (network, queues) = Network::new(genesis.validators.len(), me, metrics.clone());
+    let (consensus_events, consensus_inbox) = std::sync::mpsc::sync_channel(CONSENSUS_EVENTS_MAX);
+    let mempool = Mempool::new(
+        genesis.chain_id().to_string(),
+        genesis.genesis.params.mempool_txs_max,
+    );
+    let node = Arc::new(Node {
+        me: ValidatorIndex(me as u16),
+        key,
+        storage,
+        mempool: Mutex::new(mempool),
+        metrics,
+        events: broadcast::channel(SSE_EVENTS_MAX).0,
+        status: RwLock::new(ConsensusStatus::default()),
+        network,
+        consensus_events,
+        genesis,
+    });
+    let tip = node.storage.tip_height().map_err(|e| e.to_string())?;
+    node.metrics
+        .height
+        .store(tip.0, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        "validator {me} ({}) of chain {} starting at height {tip}",
+        node.key.public(),
+        node.genesis.chain_id()
+    );
+
+    let consensus = consensus_loop::start(node.clone(), consensus_inbox)?;
+    p2p::start(node.clone(), queues, p2p_listen)
+        .await
+        .map_err(|e| format!("cannot listen for peers on {p2p_listen}: {e}"))?;
+    let (api_address, api_server) = api::serve(node.clone(), api_listen, shutdown_signal())
+        .map_err(|e| format!("cannot serve the API on {api_listen}: {e}"))?;
+    tracing::info!("API listening on http://{api_address}");
+    api_server.await;
+
+    tracing::info!("shutting down");
+    let _ = node.consensus_events.send(Event::Shutdown);
+    let result = tokio::task::spawn_blocking(move || consensus.join())
+        .await
+        .map_err(|e| e.to_string())?;
+    if result.is_err() {
+        return Err("consensus thread panicked".into());
+    }
+    node.storage.flush().map_err(|e| e.to_string())?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

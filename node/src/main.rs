@@ -1,1 +1,56 @@
-fn main() {}
+//! `cairn-node`: run a validator, or a whole local testnet.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cairn-node", version, about = "A Cairn validator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one validator from a home folder written by `cairn-genesis testnet`.
+    Run {
+        /// The validator's home folder (holds node.json).
+        #[arg(long)]
+        home: PathBuf,
+    },
+    /// Create (or reuse) a local testnet and run all its validators until Ctrl-C.
+    Localnet {
+        /// Number of validators when creating the testnet.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        validators: u16,
+        /// Where the testnet lives.
+        #[arg(long, default_value = "./localnet")]
+        dir: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Run { home } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|runtime| runtime.block_on(cairn_node::run(&home))),
+        Command::Localnet { validators, dir } => {
+            cairn_node::localnet::run(validators as usize, &dir)
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,461 @@
+//! The HTTP API (warp): committed state from sled, submissions into the
+//! mempool, Server-Sent Events of commits, Prometheus metrics.
+//!
+//! Every error is `{"error", "code"}` with a 4xx status for bad input (5xx
+//! only when the node itself cannot answer). Request bodies are bounded by
+//! [`HTTP_BODY_BYTES_MAX`]. Only this module and the wallet know JSON.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use cairn_core::api::{
+    AccountJson, BatchEntryJson, BlockJson, BlockTxJson, CommitSignatureJson, ErrorJson,
+    StatusJson, SubmitJson, TxJson, TxStatusJson,
+};
+use cairn_core::limits::{HTTP_BATCH_TXS_MAX, HTTP_BODY_BYTES_MAX};
+use cairn_core::{Block, Certificate, Hash, Height, PublicKey, SignedTransaction};
+
+use crate::admission::Refusal;
+use crate::mempool::MempoolStatus;
+use crate::Node;
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    json_response(
+        status,
+        &ErrorJson {
+            error: message.into(),
+            code: code.into(),
+        },
+    )
+}
+
+fn refusal_response(refusal: &Refusal) -> Response {
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+    error_response(status, refusal.code, refusal.message.clone())
+}
+
+fn storage_failure(e: impl std::fmt::Display) -> Response {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_error",
+        format!("cannot read the database: {e}"),
+    )
+}
+
+/// Binds the API and returns its address and the server future, which ends
+/// after `shutdown` resolves and open requests finish.
+pub fn serve(
+    node: Arc<Node>,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, impl Future<Output = ()>), String> {
+    let (address, server) = warp::serve(routes(node))
+        .try_bind_with_graceful_shutdown(listen, shutdown)
+        .map_err(|e| e.to_string())?;
+    Ok((address, server))
+}
+
+/// Every route of the API.
+pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let with_node = warp::any().map(move || node.clone());
+    let body = warp::body::content_length_limit(HTTP_BODY_BYTES_MAX).and(warp::body::bytes());
+
+    let status = warp::path!("v1" / "status")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Arc<Node>| status(&node));
+    let account = warp::path!("v1" / "accounts" / String)
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|address: String, node: Arc<Node>| account(&node, &address));
+    let submit = warp::path!("v1" / "transactions")
+        .and(warp::post())
+        .and(with_node.clone())
+        .and(body)
+        .then(submit_one);
+    let submit_batch = warp::path!("v1" / "transactions" / "batch")
+        .and(warp::post())
+        .and(with_node.clone())
+        .and(body)
+        .then(submit_batch);
+    let transaction = warp::path!("v1" / "transactions" / String)
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|hash: String, node: Arc<Node>| transaction(&node, &hash));
+    let block = warp::path!("v1" / "blocks" / String)
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|which: String, node: Arc<Node>| block(&node, &which));
+    let events = warp::path!("v1" / "events")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Arc<Node>| events(&node));
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_node)
+        .map(|node: Arc<Node>| {
+            warp::reply::with_header(
+                node.metrics.render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response()
+        });
+
+    status
+        .or(account)
+        .unify()
+        .or(submit_batch)
+        .unify()
+        .or(submit)
+        .unify()
+        .or(transaction)
+        .unify()
+        .or(block)
+        .unify()
+        .or(events)
+        .unify()
+        .or(metrics)
+        .unify()
+        .recover(|rejection| async move { Ok::<_, Infallible>(rejection_response(rejection)) })
+        .unify()
+}
+
+/// Turns warp's own rejections (no route, wrong method, body too large) into
+/// the API's error shape.
+fn rejection_response(rejection: Rejection) -> Response {
+    if rejection.is_not_found() {
+        error_response(StatusCode::NOT_FOUND, "not_found", "no such route")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {HTTP_BODY_BYTES_MAX} bytes"),
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        error_response(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a Content-Length header is required",
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        )
+    } else {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{rejection:?}"),
+        )
+    }
+}
+
+fn status(node: &Node) -> Response {
+    let tip = match node.storage.tip_height() {
+        Ok(tip) => tip,
+        Err(e) => return storage_failure(e),
+    };
+    let latest = match node.storage.block(tip) {
+        Ok(Some(block)) => block.hash(),
+        Ok(None) => return storage_failure("tip block missing"),
+        Err(e) => return storage_failure(e),
+    };
+    let consensus = node.status.read().expect("status lock").clone();
+    let validators = &node.genesis.validators;
+    json_response(
+        StatusCode::OK,
+        &StatusJson {
+            chain_id: node.genesis.chain_id().to_string(),
+            node_id: node.key.public().to_hex(),
+            height: tip.0,
+            latest_block_hash: latest.to_hex(),
+            view: consensus.view.0,
+            leader: validators[consensus.leader.get() % validators.len()].to_hex(),
+            validators: validators.iter().map(|v| v.to_hex()).collect(),
+            peers: node
+                .metrics
+                .peers_connected
+                .load(std::sync::atomic::Ordering::Relaxed) as usize,
+            mempool_size: node.mempool.lock().expect("mempool lock").len(),
+            syncing: consensus.syncing,
+        },
+    )
+}
+
+fn account(node: &Node, address: &str) -> Response {
+    let key: PublicKey = match address.parse() {
+        Ok(key) => key,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_address",
+                format!("address must be 64 lowercase hex characters: {e}"),
+            )
+        }
+    };
+    match node.storage.account(&key) {
+        Ok(account) => json_response(
+            StatusCode::OK,
+            &AccountJson {
+                address: key.to_hex(),
+                balance: account.balance,
+                nonce: account.nonce,
+            },
+        ),
+        Err(e) => storage_failure(e),
+    }
+}
+
+/// Parses one JSON transaction, or says why it is not one.
+fn parse_transaction(value: serde_json::Value) -> Result<SignedTransaction, Refusal> {
+    let json: TxJson = serde_json::from_value(value).map_err(|e| {
+        Refusal::new(
+            400,
+            "invalid_json",
+            format!("not a signed transaction: {e}"),
+        )
+    })?;
+    SignedTransaction::try_from(&json).map_err(|e| Refusal::new(400, e.code(), e.to_string()))
+}
+
+async fn submit_one(node: Arc<Node>, body: bytes::Bytes) -> Response {
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("body is not JSON: {e}"),
+            )
+        }
+    };
+    let tx = match parse_transaction(value) {
+        Ok(tx) => tx,
+        Err(refusal) => return refusal_response(&refusal),
+    };
+    let verdict = tokio::task::spawn_blocking(move || node.submit(vec![tx], true).remove(0)).await;
+    match verdict {
+        Ok(Ok(hash)) => json_response(
+            StatusCode::ACCEPTED,
+            &SubmitJson {
+                hash: hash.to_hex(),
+            },
+        ),
+        Ok(Err(refusal)) => refusal_response(&refusal),
+        Err(e) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn submit_batch(node: Arc<Node>, body: bytes::Bytes) -> Response {
+    let values: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+        Ok(values) => values,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("body is not a JSON array: {e}"),
+            )
+        }
+    };
+    if values.len() > HTTP_BATCH_TXS_MAX {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("at most {HTTP_BATCH_TXS_MAX} transactions per batch"),
+        );
+    }
+    let parsed: Vec<Result<SignedTransaction, Refusal>> =
+        values.into_iter().map(parse_transaction).collect();
+    let well_formed: Vec<SignedTransaction> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
+    let verdicts = match tokio::task::spawn_blocking(move || node.submit(well_formed, true)).await {
+        Ok(verdicts) => verdicts,
+        Err(e) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        }
+    };
+    let mut verdicts = verdicts.into_iter();
+    let entries: Vec<BatchEntryJson> = parsed
+        .into_iter()
+        .map(|p| {
+            let verdict = match p {
+                Ok(_) => verdicts
+                    .next()
+                    .expect("one verdict per well-formed transaction"),
+                Err(refusal) => Err(refusal),
+            };
+            match verdict {
+                Ok(hash) => BatchEntryJson {
+                    hash: Some(hash.to_hex()),
+                    error: None,
+                    code: None,
+                },
+                Err(refusal) => BatchEntryJson {
+                    hash: None,
+                    error: Some(refusal.message),
+                    code: Some(refusal.code.to_string()),
+                },
+            }
+        })
+        .collect();
+    json_response(StatusCode::OK, &entries)
+}
+
+fn transaction(node: &Node, hash: &str) -> Response {
+    let hash: Hash = match hash.parse() {
+        Ok(hash) => hash,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_hash",
+                format!("hash must be 64 lowercase hex characters: {e}"),
+            )
+        }
+    };
+    let status = |status: &str, height: Option<u64>, error: Option<String>| TxStatusJson {
+        hash: hash.to_hex(),
+        status: status.into(),
+        height,
+        error,
+    };
+    match node.storage.tx_location(&hash) {
+        Err(e) => return storage_failure(e),
+        Ok(Some(location)) => {
+            return json_response(
+                StatusCode::OK,
+                &status("committed", Some(location.height.0), None),
+            )
+        }
+        Ok(None) => {}
+    }
+    let in_mempool = node.mempool.lock().expect("mempool lock").status(&hash);
+    match in_mempool {
+        MempoolStatus::Pending => json_response(StatusCode::OK, &status("pending", None, None)),
+        MempoolStatus::Rejected(reason) => {
+            json_response(StatusCode::OK, &status("rejected", None, Some(reason)))
+        }
+        MempoolStatus::Unknown => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("transaction {hash} is unknown"),
+        ),
+    }
+}
+
+fn block(node: &Node, which: &str) -> Response {
+    let height = if which == "latest" {
+        match node.storage.tip_height() {
+            Ok(tip) => tip,
+            Err(e) => return storage_failure(e),
+        }
+    } else {
+        match which.parse::<u64>() {
+            Ok(height) => Height(height),
+            Err(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_height",
+                    format!("{which:?} is not a height or \"latest\""),
+                )
+            }
+        }
+    };
+    let found = node
+        .storage
+        .block(height)
+        .and_then(|b| Ok((b, node.storage.certificate(height)?)));
+    match found {
+        Err(e) => storage_failure(e),
+        Ok((None, _)) => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no block at height {height}"),
+        ),
+        Ok((Some(block), certificate)) => json_response(
+            StatusCode::OK,
+            &block_json(node, &block, certificate.as_ref()),
+        ),
+    }
+}
+
+/// The API's view of a block (the genesis block has no certificate).
+pub fn block_json(node: &Node, block: &Block, certificate: Option<&Certificate>) -> BlockJson {
+    let h = &block.header;
+    let validators = &node.genesis.validators;
+    BlockJson {
+        height: h.height.0,
+        hash: block.hash().to_hex(),
+        parent_hash: h.parent_hash.to_hex(),
+        view: h.view.0,
+        proposer: h.proposer.to_hex(),
+        timestamp_ms: h.timestamp_ms,
+        tx_root: h.tx_root.to_hex(),
+        state_root: h.state_root.to_hex(),
+        transactions: block
+            .transactions
+            .iter()
+            .map(|tx| BlockTxJson {
+                hash: tx.hash().to_hex(),
+                tx: TxJson::from(tx),
+            })
+            .collect(),
+        commit: certificate
+            .map(|c| {
+                c.signatures
+                    .iter()
+                    .filter_map(|s| {
+                        Some(CommitSignatureJson {
+                            validator: validators.get(s.validator.get())?.to_hex(),
+                            signature: s.signature.to_hex(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn events(node: &Node) -> Response {
+    use futures::StreamExt;
+    let receiver = node.events.subscribe();
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) => {
+                    let sse = warp::sse::Event::default()
+                        .event("block")
+                        .json_data(&event)
+                        .unwrap_or_default();
+                    return Some((sse, receiver));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .map(Ok::<_, Infallible>);
+    warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
+}

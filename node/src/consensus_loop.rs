@@ -1,0 +1,105 @@
+//! The consensus thread: owns the replica and the ledger, feeds them events
+//! and ticks, and carries out their actions in order.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_consensus::{Action, Config, Input, Replica, SafetyState};
+use cairn_core::codec;
+
+use crate::ledger::{now_ms, NodeLedger};
+use crate::p2p::{Wire, SYNC_BLOCKS_MAX};
+use crate::{ConsensusStatus, Event, Node};
+
+/// How often the replica is ticked.
+const TICK: Duration = Duration::from_millis(10);
+
+pub fn start(
+    node: Arc<Node>,
+    inbox: Receiver<Event>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let safety = match node.storage.safety().map_err(|e| e.to_string())? {
+        None => SafetyState::default(),
+        Some(bytes) => codec::decode(&bytes)
+            .map_err(|e| format!("data folder is corrupt: safety state: {e}"))?,
+    };
+    let params = &node.genesis.genesis.params;
+    let config = Config {
+        chain_id: node.genesis.chain_id().to_string(),
+        validators: node.genesis.validators.clone(),
+        block_interval_ms: params.block_interval_ms,
+        view_timeout_ms: params.view_timeout_ms,
+    };
+    let replica = Replica::new(config, node.key.clone(), safety);
+    let ledger = NodeLedger::new(node.clone())?;
+    std::thread::Builder::new()
+        .name("consensus".into())
+        .spawn(move || run(node, replica, ledger, inbox))
+        .map_err(|e| e.to_string())
+}
+
+fn run(node: Arc<Node>, mut replica: Replica, mut ledger: NodeLedger, inbox: Receiver<Event>) {
+    let mut next_tick = Instant::now();
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let input = match inbox.recv_timeout(timeout) {
+            Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Event::Message(message)) => Some(Input::Message(message)),
+            Ok(Event::SyncResponse { from, blocks }) => Some(Input::SyncResponse { from, blocks }),
+            Ok(Event::Nudge) => Some(Input::Tick { now_ms: now_ms() }),
+            Err(RecvTimeoutError::Timeout) => None,
+        };
+        if let Some(input) = input {
+            step(&node, &mut replica, &mut ledger, input);
+        }
+        if Instant::now() >= next_tick {
+            step(
+                &node,
+                &mut replica,
+                &mut ledger,
+                Input::Tick { now_ms: now_ms() },
+            );
+            next_tick = Instant::now() + TICK;
+        }
+    }
+}
+
+fn step(node: &Node, replica: &mut Replica, ledger: &mut NodeLedger, input: Input) {
+    for action in replica.handle(ledger, input) {
+        execute(node, action);
+    }
+    let status = ConsensusStatus {
+        view: replica.view(),
+        leader: replica.primary(),
+        syncing: replica.is_syncing(),
+    };
+    node.metrics.view.store(status.view.0, Ordering::Relaxed);
+    *node.status.write().expect("status lock") = status;
+}
+
+fn execute(node: &Node, action: Action) {
+    match action {
+        Action::PersistSafety(state) => {
+            if let Err(e) = node.storage.persist_safety(&codec::encode(&state)) {
+                // Voting without a durable record could equivocate after a
+                // restart: stop instead.
+                tracing::error!("cannot persist the safety state: {e}; stopping");
+                std::process::exit(70);
+            }
+        }
+        Action::Broadcast(message) => node.network.broadcast(&Wire::Consensus(message)),
+        Action::Send { to, message } => node.network.send(to, &Wire::Consensus(message)),
+        Action::RequestSync { to, from_height } => node.network.send(
+            to,
+            &Wire::SyncRequest {
+                from_height,
+                max_blocks: SYNC_BLOCKS_MAX,
+            },
+        ),
+        Action::Committed { height, hash } => {
+            tracing::info!("committed block {height} {hash}");
+        }
+    }
+}

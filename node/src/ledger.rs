@@ -1,0 +1,222 @@
+//! The node's side of [`cairn_consensus::Ledger`]: builds proposals from the
+//! mempool, validates proposed blocks against committed state in sled, and
+//! commits blocks (block + certificate + state in one atomic write).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cairn_consensus::Ledger;
+use cairn_core::state::{next_state_root, Account, Overlay};
+use cairn_core::{
+    tx_root, Block, BlockHeader, Certificate, Hash, Height, PublicKey, SignedTransaction, View,
+};
+
+use crate::Node;
+
+/// How far ahead of this node's clock a proposal's timestamp may be.
+const TIMESTAMP_FUTURE_MS_MAX: u64 = 30_000;
+
+pub struct NodeLedger {
+    node: Arc<Node>,
+    tip: BlockHeader,
+    /// State changes of the last block validated or proposed, so committing
+    /// it does not execute it again.
+    executed: Option<(Hash, Vec<(PublicKey, Account)>)>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl NodeLedger {
+    pub fn new(node: Arc<Node>) -> Result<NodeLedger, String> {
+        let height = node.storage.tip_height().map_err(|e| e.to_string())?;
+        let tip = node
+            .storage
+            .block(height)
+            .map_err(|e| e.to_string())?
+            .ok_or("tip block missing")?
+            .header;
+        Ok(NodeLedger {
+            node,
+            tip,
+            executed: None,
+        })
+    }
+
+    /// Applies `transactions` on top of the tip. With `skip_invalid`, drops
+    /// the ones that fail (proposing); otherwise the first failure fails all.
+    fn execute(
+        &self,
+        transactions: &[SignedTransaction],
+        skip_invalid: bool,
+    ) -> Result<(Vec<usize>, BTreeMap<PublicKey, Account>), String> {
+        let chain_id = self.node.genesis.chain_id();
+        let mut overlay = Overlay::new(&self.node.storage);
+        let mut included = Vec::with_capacity(transactions.len());
+        for (i, tx) in transactions.iter().enumerate() {
+            match overlay.apply(tx, chain_id) {
+                Ok(()) => included.push(i),
+                Err(_) if skip_invalid => {}
+                Err(e) => return Err(format!("transaction {i} ({}): {e}", tx.hash())),
+            }
+        }
+        Ok((included, overlay.into_changes()))
+    }
+
+    /// Verifies the signatures of the transactions the mempool has not seen
+    /// (those it holds were verified on admission).
+    fn verify_unseen(&self, transactions: &[SignedTransaction]) -> Result<(), String> {
+        let unseen: Vec<&SignedTransaction> = {
+            let mempool = self.node.mempool.lock().expect("mempool lock");
+            transactions
+                .iter()
+                .filter(|tx| !mempool.contains(&tx.hash()))
+                .collect()
+        };
+        crate::admission::verify_signatures(&unseen)
+            .iter()
+            .position(|r| r.is_err())
+            .map_or(Ok(()), |i| {
+                Err(format!(
+                    "transaction {} has an invalid signature",
+                    unseen[i].hash()
+                ))
+            })
+    }
+}
+
+impl Ledger for NodeLedger {
+    fn tip(&self) -> (Height, Hash) {
+        (self.tip.height, self.tip.hash())
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.node.mempool.lock().expect("mempool lock").is_empty()
+    }
+
+    fn propose(&mut self, view: View, proposer: PublicKey, now_ms: u64) -> Option<Block> {
+        let block_txs_max = self.node.genesis.genesis.params.block_txs_max;
+        let candidates = {
+            let mempool = self.node.mempool.lock().expect("mempool lock");
+            mempool.candidates(block_txs_max, |a| {
+                self.node.storage.account(a).unwrap_or_default()
+            })
+        };
+        if candidates.is_empty() {
+            return None;
+        }
+        let (included, changes) = self.execute(&candidates, true).ok()?;
+        if included.is_empty() {
+            return None;
+        }
+        let transactions: Vec<SignedTransaction> = included
+            .into_iter()
+            .map(|i| candidates[i].clone())
+            .collect();
+        let hashes: Vec<Hash> = transactions.iter().map(|t| t.hash()).collect();
+        let header = BlockHeader {
+            height: self.tip.height.next(),
+            parent_hash: self.tip.hash(),
+            view,
+            proposer,
+            timestamp_ms: now_ms.max(self.tip.timestamp_ms),
+            tx_root: tx_root(&hashes),
+            state_root: next_state_root(&self.tip.state_root, &changes),
+        };
+        let block = Block {
+            header,
+            transactions,
+        };
+        self.executed = Some((block.hash(), changes.into_iter().collect()));
+        Some(block)
+    }
+
+    fn validate(&mut self, block: &Block) -> Result<(), String> {
+        let header = &block.header;
+        if header.height != self.tip.height.next() || header.parent_hash != self.tip.hash() {
+            return Err(format!("block {} does not extend the tip", header.height));
+        }
+        if header.timestamp_ms < self.tip.timestamp_ms {
+            return Err("timestamp is before the parent's".into());
+        }
+        if header.timestamp_ms > now_ms() + TIMESTAMP_FUTURE_MS_MAX {
+            return Err("timestamp is too far in the future".into());
+        }
+        if block.transactions.len() > self.node.genesis.genesis.params.block_txs_max {
+            return Err("too many transactions".into());
+        }
+        let hashes: Vec<Hash> = block.transactions.iter().map(|t| t.hash()).collect();
+        if header.tx_root != tx_root(&hashes) {
+            return Err("tx_root does not match the transactions".into());
+        }
+        self.verify_unseen(&block.transactions)?;
+        let (_, changes) = self.execute(&block.transactions, false)?;
+        if header.state_root != next_state_root(&self.tip.state_root, &changes) {
+            return Err("state_root does not match the transactions".into());
+        }
+        self.executed = Some((block.hash(), changes.into_iter().collect()));
+        Ok(())
+    }
+
+    fn commit(&mut self, block: &Block, certificate: &Certificate) -> Result<(), String> {
+        let hash = block.hash();
+        if block.header.parent_hash != self.tip.hash() || block.height() != self.tip.height.next() {
+            return Err(format!("block {} does not extend the tip", block.height()));
+        }
+        let changes = match self.executed.take() {
+            Some((executed, changes)) if executed == hash => changes,
+            _ => {
+                // A block learned through catch-up: its certificate proves a
+                // quorum validated it; execute it (the state must agree).
+                let (_, changes) = self.execute(&block.transactions, false)?;
+                if block.header.state_root != next_state_root(&self.tip.state_root, &changes) {
+                    return Err("certified block's state_root does not match ours".into());
+                }
+                changes.into_iter().collect()
+            }
+        };
+        self.node
+            .storage
+            .commit_block(block, certificate, &changes)
+            .map_err(|e| format!("cannot store block {}: {e}", block.height()))?;
+        self.tip = block.header.clone();
+        self.node.after_commit(block);
+        Ok(())
+    }
+}
+
+impl crate::Node {
+    /// Everything that follows a durable commit: mempool pruning, metrics,
+    /// the SSE event.
+    fn after_commit(&self, block: &Block) {
+        let size = {
+            let mut mempool = self.mempool.lock().expect("mempool lock");
+            mempool.remove_committed(&block.transactions, |a| {
+                self.storage.account(a).unwrap_or_default()
+            });
+            mempool.len()
+        };
+        let m = &self.metrics;
+        m.height.store(block.height().0, Ordering::Relaxed);
+        m.mempool_size.store(size as u64, Ordering::Relaxed);
+        m.committed_transactions
+            .fetch_add(block.transactions.len() as u64, Ordering::Relaxed);
+        let latency_ms = now_ms().saturating_sub(block.header.timestamp_ms);
+        m.observe_commit_latency(latency_ms as f64 / 1000.0);
+        tracing::debug!(
+            height = block.height().0,
+            txs = block.transactions.len(),
+            "committed"
+        );
+        let _ = self.events.send(cairn_core::api::BlockEventJson {
+            height: block.height().0,
+            hash: block.hash().to_hex(),
+            tx_count: block.transactions.len(),
+        });
+    }
+}

@@ -1,0 +1,352 @@
+//! The bounded mempool: transactions that passed every admission check and
+//! wait for a block, ordered per sender by nonce.
+//!
+//! Every transaction here had its signature verified exactly once, on the way
+//! in (API or gossip); block validation trusts that and does not verify it
+//! again. After each commit the mempool drops what the block made invalid.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use cairn_core::state::Account;
+use cairn_core::{Hash, PublicKey, SignedTransaction, TxError};
+
+/// How far ahead of the account nonce a pending transaction may be.
+pub const NONCE_GAP_MAX: u64 = 1_000;
+/// How many rejected transaction hashes are remembered for status queries.
+pub const REJECTED_REMEMBERED_MAX: usize = 100_000;
+
+/// Why a transaction was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Invalid(#[from] TxError),
+    #[error("another transaction with nonce {0} from this sender is already pending")]
+    NoncePending(u64),
+    #[error(
+        "pending transactions of this sender plus this one spend {needed}, balance is {balance}"
+    )]
+    PendingOverspend { needed: u128, balance: u64 },
+    #[error("mempool is full ({0} transactions)")]
+    Full(usize),
+}
+
+impl AdmitError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdmitError::Invalid(e) => e.code(),
+            AdmitError::NoncePending(_) => "nonce_pending",
+            AdmitError::PendingOverspend { .. } => "insufficient_funds",
+            AdmitError::Full(_) => "mempool_full",
+        }
+    }
+}
+
+/// What happened to an admitted transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    New,
+    AlreadyPending,
+}
+
+/// Where a transaction stands, as far as the mempool knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MempoolStatus {
+    Pending,
+    Rejected(String),
+    Unknown,
+}
+
+struct Pending {
+    tx: SignedTransaction,
+    hash: Hash,
+}
+
+pub struct Mempool {
+    chain_id: String,
+    capacity: usize,
+    senders: HashMap<PublicKey, BTreeMap<u64, Pending>>,
+    hashes: HashMap<Hash, (PublicKey, u64)>,
+    rejected: HashMap<Hash, String>,
+    rejected_order: VecDeque<Hash>,
+}
+
+impl Mempool {
+    pub fn new(chain_id: String, capacity: usize) -> Mempool {
+        assert!(capacity > 0);
+        Mempool {
+            chain_id,
+            capacity,
+            senders: HashMap::new(),
+            hashes: HashMap::new(),
+            rejected: HashMap::new(),
+            rejected_order: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    pub fn contains(&self, hash: &Hash) -> bool {
+        self.hashes.contains_key(hash)
+    }
+
+    pub fn status(&self, hash: &Hash) -> MempoolStatus {
+        if self.hashes.contains_key(hash) {
+            MempoolStatus::Pending
+        } else if let Some(reason) = self.rejected.get(hash) {
+            MempoolStatus::Rejected(reason.clone())
+        } else {
+            MempoolStatus::Unknown
+        }
+    }
+
+    /// Admits a transaction whose signature the caller verified, against the
+    /// sender's committed `account`. Nothing changes on error.
+    pub fn admit(
+        &mut self,
+        tx: SignedTransaction,
+        hash: Hash,
+        account: Account,
+    ) -> Result<Admitted, AdmitError> {
+        if self.hashes.contains_key(&hash) {
+            return Ok(Admitted::AlreadyPending);
+        }
+        tx.check_stateless(&self.chain_id)?;
+        let t = &tx.transfer;
+        if t.nonce < account.nonce {
+            return Err(TxError::NonceTooLow {
+                expected: account.nonce,
+                got: t.nonce,
+            }
+            .into());
+        }
+        if t.nonce > account.nonce.saturating_add(NONCE_GAP_MAX) {
+            return Err(TxError::NonceTooHigh {
+                expected: account.nonce,
+                got: t.nonce,
+            }
+            .into());
+        }
+        let queue = self.senders.get(&t.from);
+        if queue.is_some_and(|q| q.contains_key(&t.nonce)) {
+            return Err(AdmitError::NoncePending(t.nonce));
+        }
+        let pending_spend: u128 = queue
+            .map(|q| {
+                q.range(account.nonce..)
+                    .map(|(_, p)| p.tx.transfer.amount as u128)
+                    .sum()
+            })
+            .unwrap_or(0);
+        let needed = pending_spend + t.amount as u128;
+        if needed > account.balance as u128 {
+            return Err(if pending_spend == 0 {
+                TxError::InsufficientFunds {
+                    balance: account.balance,
+                    amount: t.amount,
+                }
+                .into()
+            } else {
+                AdmitError::PendingOverspend {
+                    needed,
+                    balance: account.balance,
+                }
+            });
+        }
+        if self.hashes.len() >= self.capacity {
+            return Err(AdmitError::Full(self.capacity));
+        }
+        let (from, nonce) = (t.from, t.nonce);
+        self.hashes.insert(hash, (from, nonce));
+        self.senders
+            .entry(from)
+            .or_default()
+            .insert(nonce, Pending { tx, hash });
+        Ok(Admitted::New)
+    }
+
+    /// Candidate transactions for a block: for each sender, the run of
+    /// consecutive nonces starting at its committed nonce. `account` reads
+    /// committed state. At most `max` transactions.
+    pub fn candidates(
+        &self,
+        max: usize,
+        mut account: impl FnMut(&PublicKey) -> Account,
+    ) -> Vec<SignedTransaction> {
+        let mut out = Vec::with_capacity(max.min(self.hashes.len()));
+        for (sender, queue) in &self.senders {
+            if out.len() >= max {
+                break;
+            }
+            let first = account(sender).nonce;
+            let run = (first..)
+                .zip(queue.range(first..))
+                .take_while(|(expected, (nonce, _))| expected == *nonce)
+                .take(max - out.len());
+            out.extend(run.map(|(_, (_, pending))| pending.tx.clone()));
+        }
+        out
+    }
+
+    /// After a commit: drops the block's transactions and every pending
+    /// transaction of the touched senders whose nonce is now used, remembering
+    /// the latter as rejected.
+    pub fn remove_committed(
+        &mut self,
+        committed: &[SignedTransaction],
+        mut account: impl FnMut(&PublicKey) -> Account,
+    ) {
+        let mut senders: Vec<PublicKey> = committed.iter().map(|t| t.transfer.from).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let committed_hashes: std::collections::HashSet<Hash> =
+            committed.iter().map(|t| t.hash()).collect();
+        for sender in senders {
+            let nonce = account(&sender).nonce;
+            let Some(queue) = self.senders.get_mut(&sender) else {
+                continue;
+            };
+            let keep = queue.split_off(&nonce);
+            let stale = std::mem::replace(queue, keep);
+            if queue.is_empty() {
+                self.senders.remove(&sender);
+            }
+            for (_, pending) in stale {
+                self.hashes.remove(&pending.hash);
+                if !committed_hashes.contains(&pending.hash) {
+                    self.remember_rejected(
+                        pending.hash,
+                        "another transaction with the same nonce was committed".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn remember_rejected(&mut self, hash: Hash, reason: String) {
+        if self.rejected.insert(hash, reason).is_none() {
+            self.rejected_order.push_back(hash);
+        }
+        while self.rejected_order.len() > REJECTED_REMEMBERED_MAX {
+            if let Some(old) = self.rejected_order.pop_front() {
+                self.rejected.remove(&old);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::{Keypair, Transfer};
+
+    fn tx(key: &Keypair, amount: u64, nonce: u64) -> SignedTransaction {
+        SignedTransaction::sign(
+            Transfer {
+                chain_id: "c".into(),
+                from: key.public(),
+                to: PublicKey([9; 32]),
+                amount,
+                nonce,
+            },
+            key,
+        )
+    }
+
+    fn funded(balance: u64, nonce: u64) -> Account {
+        Account { balance, nonce }
+    }
+
+    #[test]
+    fn admission_rules() {
+        let key = Keypair::from_seed([1; 32]);
+        let mut pool = Mempool::new("c".into(), 3);
+        let t0 = tx(&key, 40, 0);
+        assert_eq!(
+            pool.admit(t0.clone(), t0.hash(), funded(100, 0)),
+            Ok(Admitted::New)
+        );
+        assert_eq!(
+            pool.admit(t0.clone(), t0.hash(), funded(100, 0)),
+            Ok(Admitted::AlreadyPending)
+        );
+        let other0 = tx(&key, 41, 0);
+        assert_eq!(
+            pool.admit(other0.clone(), other0.hash(), funded(100, 0)),
+            Err(AdmitError::NoncePending(0))
+        );
+        let t1 = tx(&key, 61, 1);
+        assert_eq!(
+            pool.admit(t1.clone(), t1.hash(), funded(100, 0))
+                .unwrap_err()
+                .code(),
+            "insufficient_funds"
+        );
+        let old = tx(&key, 1, 0);
+        assert_eq!(
+            pool.admit(old.clone(), old.hash(), funded(100, 1))
+                .unwrap_err()
+                .code(),
+            "nonce_too_low"
+        );
+        let far = tx(&key, 1, NONCE_GAP_MAX + 1);
+        assert_eq!(
+            pool.admit(far.clone(), far.hash(), funded(100, 0))
+                .unwrap_err()
+                .code(),
+            "nonce_too_high"
+        );
+        let zero = tx(&key, 0, 1);
+        assert_eq!(
+            pool.admit(zero.clone(), zero.hash(), funded(100, 0))
+                .unwrap_err()
+                .code(),
+            "invalid_amount"
+        );
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn bounded() {
+        let key = Keypair::from_seed([1; 32]);
+        let mut pool = Mempool::new("c".into(), 2);
+        for nonce in 0..2 {
+            let t = tx(&key, 1, nonce);
+            pool.admit(t.clone(), t.hash(), funded(100, 0)).unwrap();
+        }
+        let t = tx(&key, 1, 2);
+        assert_eq!(
+            pool.admit(t.clone(), t.hash(), funded(100, 0)),
+            Err(AdmitError::Full(2))
+        );
+    }
+
+    #[test]
+    fn candidates_are_consecutive_and_commit_prunes() {
+        let a = Keypair::from_seed([1; 32]);
+        let mut pool = Mempool::new("c".into(), 100);
+        for nonce in [0, 1, 3] {
+            let t = tx(&a, 1, nonce);
+            pool.admit(t.clone(), t.hash(), funded(100, 0)).unwrap();
+        }
+        let picked = pool.candidates(10, |_| funded(100, 0));
+        assert_eq!(
+            picked.iter().map(|t| t.transfer.nonce).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        // Block commits nonces 0 and 1 (one of them a different tx for nonce 1).
+        let other1 = tx(&a, 2, 1);
+        pool.remove_committed(&[picked[0].clone(), other1], |_| funded(97, 2));
+        assert_eq!(pool.len(), 1);
+        assert_eq!(pool.status(&picked[0].hash()), MempoolStatus::Unknown);
+        assert!(matches!(
+            pool.status(&picked[1].hash()),
+            MempoolStatus::Rejected(_)
+        ));
+    }
+}

@@ -1,0 +1,131 @@
+//! Prometheus text-format metrics, kept in atomics so any thread can update
+//! them without locks.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds (seconds) of the block commit latency histogram buckets.
+const LATENCY_BUCKETS_S: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub height: AtomicU64,
+    pub view: AtomicU64,
+    pub committed_transactions: AtomicU64,
+    pub mempool_size: AtomicU64,
+    pub peers_connected: AtomicU64,
+    pub admitted_transactions: AtomicU64,
+    pub rejected_transactions: AtomicU64,
+    pub p2p_frames_dropped: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// Records the time from a block's proposal timestamp to its commit here.
+    pub fn observe_commit_latency(&self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_S) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "cairn_height",
+            "gauge",
+            "Height of the last committed block.",
+            get(&self.height),
+        );
+        metric(
+            "cairn_view",
+            "gauge",
+            "Current consensus view.",
+            get(&self.view),
+        );
+        metric(
+            "cairn_committed_transactions_total",
+            "counter",
+            "Transactions committed since this process started.",
+            get(&self.committed_transactions),
+        );
+        metric(
+            "cairn_mempool_size",
+            "gauge",
+            "Transactions waiting in the mempool.",
+            get(&self.mempool_size),
+        );
+        metric(
+            "cairn_peers_connected",
+            "gauge",
+            "Validators connected over p2p.",
+            get(&self.peers_connected),
+        );
+        metric(
+            "cairn_admitted_transactions_total",
+            "counter",
+            "Transactions admitted into the mempool.",
+            get(&self.admitted_transactions),
+        );
+        metric(
+            "cairn_rejected_transactions_total",
+            "counter",
+            "Transactions refused at admission.",
+            get(&self.rejected_transactions),
+        );
+        metric(
+            "cairn_p2p_frames_dropped_total",
+            "counter",
+            "Outbound p2p frames dropped because a peer queue was full.",
+            get(&self.p2p_frames_dropped),
+        );
+        let name = "cairn_block_commit_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a block's proposal timestamp to its commit on this node.\n# TYPE {name} histogram"
+        );
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_S) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", get(bucket));
+        }
+        let count = get(&self.latency_count);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", get(&self.latency_sum_us) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_histogram_cumulatively() {
+        let m = Metrics::default();
+        m.observe_commit_latency(0.02);
+        m.observe_commit_latency(3.0);
+        m.height.store(7, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("cairn_height 7\n"));
+        assert!(text.contains("cairn_block_commit_latency_seconds_bucket{le=\"0.025\"} 1\n"));
+        assert!(text.contains("cairn_block_commit_latency_seconds_bucket{le=\"5\"} 2\n"));
+        assert!(text.contains("cairn_block_commit_latency_seconds_count 2\n"));
+    }
+}

@@ -1,0 +1,578 @@
+//! Validator-to-validator transport: TCP, authenticated and encrypted with
+//! the Noise protocol (`snow`, pattern XX), framed messages in the one codec.
+//!
+//! Handshake: Noise XX with a fresh X25519 static key per process. The second
+//! and third handshake messages carry, encrypted, a [`Hello`]: the sender's
+//! validator key and its ed25519 signature over the genesis hash and the
+//! sender's Noise static key. A peer is accepted only if that key is in the
+//! genesis validator set, is not ours, and the signature binds it to the
+//! Noise key the handshake authenticated. Nothing else is read before that.
+//!
+//! Framing: a logical frame is `u32 length || codec(Wire)`, at most
+//! [`FRAME_BYTES_MAX`]; the byte stream of frames is cut into Noise messages
+//! of at most 65535 bytes, each sent as `u16 length || ciphertext`. A frame
+//! that is too large, does not decrypt or does not decode closes the
+//! connection.
+//!
+//! Topology: every pair of validators shares one connection, dialed by the
+//! lower index and accepted by the higher, redialed with backoff. Each peer
+//! has one bounded outbound queue; a full queue drops the frame (consensus
+//! tolerates loss; catch-up repairs it).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use cairn_consensus::SignedMessage;
+use cairn_core::{
+    codec, Block, Certificate, Hash, Height, PublicKey, Signature, SignedTransaction,
+    ValidatorIndex,
+};
+
+use crate::{Event, Node};
+
+/// Domain tag of the handshake identity signature.
+pub const P2P_DOMAIN: &[u8] = b"cairn/p2p/v1\0";
+const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+const NOISE_MESSAGE_BYTES_MAX: usize = 65_535;
+const NOISE_TAG_BYTES: usize = 16;
+const CHUNK_PLAINTEXT_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX - NOISE_TAG_BYTES;
+/// Largest logical frame (a sync response or a full block).
+pub const FRAME_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Frames queued for one peer before new ones are dropped.
+pub const PEER_QUEUE_FRAMES_MAX: usize = 8_192;
+/// Most transactions in one gossip frame.
+pub const GOSSIP_TXS_MAX: usize = cairn_core::limits::HTTP_BATCH_TXS_MAX;
+/// Most blocks in one sync response.
+pub const SYNC_BLOCKS_MAX: u32 = 256;
+/// Most bytes of blocks in one sync response.
+pub const SYNC_BYTES_MAX: usize = 16 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+const _: () = assert!(SYNC_BYTES_MAX < FRAME_BYTES_MAX);
+const _: () = assert!(FRAME_BYTES_MAX <= cairn_core::limits::CODEC_BYTES_MAX);
+
+/// Everything validators say to each other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Wire {
+    Consensus(SignedMessage),
+    Transactions(Vec<SignedTransaction>),
+    SyncRequest {
+        from_height: Height,
+        max_blocks: u32,
+    },
+    SyncResponse(Vec<(Block, Certificate)>),
+}
+
+/// The identity proof inside the handshake.
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    genesis_hash: Hash,
+    validator: PublicKey,
+    signature: Signature,
+}
+
+fn hello_message(genesis_hash: &Hash, noise_static: &[u8]) -> Vec<u8> {
+    let mut bytes = genesis_hash.0.to_vec();
+    bytes.extend_from_slice(noise_static);
+    bytes
+}
+
+type Frame = Arc<Vec<u8>>;
+
+/// An authenticated, encrypted connection to validator `peer`.
+struct Connection {
+    peer: usize,
+    stream: TcpStream,
+    transport: snow::StatelessTransportState,
+}
+
+/// The sending side of the p2p layer: one bounded queue per peer.
+pub struct Network {
+    me: usize,
+    queues: Vec<Option<mpsc::Sender<Frame>>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The receiving ends of the per-peer queues, consumed by [`start`].
+pub struct Queues(Vec<Option<mpsc::Receiver<Frame>>>);
+
+impl Network {
+    pub fn new(
+        validators: usize,
+        me: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> (Network, Queues) {
+        let mut queues = Vec::new();
+        let mut receivers = Vec::new();
+        for j in 0..validators {
+            if j == me {
+                queues.push(None);
+                receivers.push(None);
+            } else {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE_FRAMES_MAX);
+                queues.push(Some(tx));
+                receivers.push(Some(rx));
+            }
+        }
+        (
+            Network {
+                me,
+                queues,
+                metrics,
+            },
+            Queues(receivers),
+        )
+    }
+
+    fn enqueue(&self, peer: usize, frame: &Frame) {
+        if let Some(Some(queue)) = self.queues.get(peer) {
+            if queue.try_send(frame.clone()).is_err() {
+                self.metrics
+                    .p2p_frames_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn send(&self, peer: ValidatorIndex, wire: &Wire) {
+        if peer.get() != self.me {
+            self.enqueue(peer.get(), &Arc::new(codec::encode(wire)));
+        }
+    }
+
+    pub fn broadcast(&self, wire: &Wire) {
+        if self.queues.len() <= 1 {
+            return;
+        }
+        let frame = Arc::new(codec::encode(wire));
+        for peer in 0..self.queues.len() {
+            self.enqueue(peer, &frame);
+        }
+    }
+
+    pub fn gossip_transactions(&self, txs: Vec<SignedTransaction>) {
+        for chunk in txs.chunks(GOSSIP_TXS_MAX) {
+            self.broadcast(&Wire::Transactions(chunk.to_vec()));
+        }
+    }
+}
+
+/// Starts listening, dialing and serving peers. Returns once the listener is
+/// bound; the work goes on in spawned tasks.
+pub async fn start(node: Arc<Node>, queues: Queues, listen: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    tracing::info!("p2p listening on {listen}");
+    let builder = snow::Builder::new(NOISE_PARAMS.parse().expect("valid noise params"));
+    let noise_key = Arc::new(builder.generate_keypair().expect("noise keypair"));
+    let n = node.genesis.validators.len();
+    let mut inbound_senders: Vec<Option<mpsc::Sender<Connection>>> = (0..n).map(|_| None).collect();
+    for (peer, queue) in queues.0.into_iter().enumerate() {
+        let Some(queue) = queue else { continue };
+        let (inbound_tx, inbound_rx) = mpsc::channel(2);
+        if peer < node.me.get() {
+            inbound_senders[peer] = Some(inbound_tx);
+        }
+        tokio::spawn(manage_peer(
+            node.clone(),
+            noise_key.clone(),
+            peer,
+            queue,
+            inbound_rx,
+        ));
+    }
+    tokio::spawn(accept_loop(node, noise_key, listener, inbound_senders));
+    Ok(())
+}
+
+async fn accept_loop(
+    node: Arc<Node>,
+    noise_key: Arc<snow::Keypair>,
+    listener: TcpListener,
+    inbound: Vec<Option<mpsc::Sender<Connection>>>,
+) {
+    let inbound = Arc::new(inbound);
+    loop {
+        let (stream, address) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("p2p accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (node, noise_key, inbound) = (node.clone(), noise_key.clone(), inbound.clone());
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                handshake(&node, &noise_key, stream, false),
+            )
+            .await
+            .unwrap_or_else(|_| Err("handshake timed out".into()));
+            match result {
+                Ok(connection) => match inbound.get(connection.peer) {
+                    Some(Some(sender)) => {
+                        let peer = connection.peer;
+                        if sender.send(connection).await.is_err() {
+                            tracing::warn!("peer {peer}: connection manager is gone");
+                        }
+                    }
+                    _ => tracing::warn!(
+                        "refused connection from validator {} at {address}: the lower index dials",
+                        connection.peer
+                    ),
+                },
+                Err(e) => tracing::warn!("refused p2p connection from {address}: {e}"),
+            }
+        });
+    }
+}
+
+/// Keeps one connection to `peer` alive and feeds it the peer's queue.
+async fn manage_peer(
+    node: Arc<Node>,
+    noise_key: Arc<snow::Keypair>,
+    peer: usize,
+    mut queue: mpsc::Receiver<Frame>,
+    mut inbound: mpsc::Receiver<Connection>,
+) {
+    let dialer = node.me.get() < peer;
+    let address = node.genesis.p2p_addresses[peer];
+    let mut backoff = DIAL_BACKOFF_MIN;
+    let mut next: Option<Connection> = None;
+    loop {
+        let connection = match next.take() {
+            Some(connection) => connection,
+            None if dialer => match dial(&node, &noise_key, address).await {
+                Ok(connection) if connection.peer == peer => connection,
+                Ok(connection) => {
+                    tracing::warn!(
+                        "{address} answered as validator {}, expected {peer}",
+                        connection.peer
+                    );
+                    tokio::time::sleep(DIAL_BACKOFF_MAX).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!("dial validator {peer} at {address}: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
+                    continue;
+                }
+            },
+            None => match inbound.recv().await {
+                Some(connection) => connection,
+                None => return,
+            },
+        };
+        backoff = DIAL_BACKOFF_MIN;
+        tracing::info!("connected to validator {peer}");
+        node.metrics.peers_connected.fetch_add(1, Ordering::Relaxed);
+        next = serve(&node, connection, &mut queue, &mut inbound, dialer).await;
+        node.metrics.peers_connected.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!("disconnected from validator {peer}");
+    }
+}
+
+async fn dial(
+    node: &Node,
+    noise_key: &snow::Keypair,
+    address: SocketAddr,
+) -> Result<Connection, String> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(node, noise_key, stream, true))
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+}
+
+async fn read_handshake_message(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+    let length = stream.read_u16().await.map_err(|e| e.to_string())? as usize;
+    let mut message = vec![0u8; length];
+    stream
+        .read_exact(&mut message)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(message)
+}
+
+async fn write_handshake_message(stream: &mut TcpStream, message: &[u8]) -> Result<(), String> {
+    let length = u16::try_from(message.len()).map_err(|_| "handshake message too long")?;
+    stream.write_u16(length).await.map_err(|e| e.to_string())?;
+    stream.write_all(message).await.map_err(|e| e.to_string())
+}
+
+/// Runs the Noise XX handshake and checks the peer's validator identity.
+async fn handshake(
+    node: &Node,
+    noise_key: &snow::Keypair,
+    mut stream: TcpStream,
+    initiator: bool,
+) -> Result<Connection, String> {
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let builder = snow::Builder::new(NOISE_PARAMS.parse().expect("valid noise params"))
+        .local_private_key(&noise_key.private);
+    let mut state = if initiator {
+        builder.build_initiator()
+    } else {
+        builder.build_responder()
+    }
+    .map_err(|e| e.to_string())?;
+    let hello = Hello {
+        genesis_hash: node.genesis.hash,
+        validator: node.key.public(),
+        signature: node.key.sign(
+            P2P_DOMAIN,
+            &hello_message(&node.genesis.hash, &noise_key.public),
+        ),
+    };
+    let hello = codec::encode(&hello);
+    let mut buffer = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let mut payload = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let noise_err = |e: snow::Error| format!("noise: {e}");
+    let peer_hello = if initiator {
+        let n = state.write_message(&[], &mut buffer).map_err(noise_err)?;
+        write_handshake_message(&mut stream, &buffer[..n]).await?;
+        let message = read_handshake_message(&mut stream).await?;
+        let n = state
+            .read_message(&message, &mut payload)
+            .map_err(noise_err)?;
+        let peer_hello = payload[..n].to_vec();
+        let n = state
+            .write_message(&hello, &mut buffer)
+            .map_err(noise_err)?;
+        write_handshake_message(&mut stream, &buffer[..n]).await?;
+        peer_hello
+    } else {
+        let message = read_handshake_message(&mut stream).await?;
+        state
+            .read_message(&message, &mut payload)
+            .map_err(noise_err)?;
+        let n = state
+            .write_message(&hello, &mut buffer)
+            .map_err(noise_err)?;
+        write_handshake_message(&mut stream, &buffer[..n]).await?;
+        let message = read_handshake_message(&mut stream).await?;
+        let n = state
+            .read_message(&message, &mut payload)
+            .map_err(noise_err)?;
+        payload[..n].to_vec()
+    };
+    let remote_static = state
+        .get_remote_static()
+        .ok_or("peer sent no static key")?
+        .to_vec();
+    let peer = check_hello(node, &peer_hello, &remote_static)?;
+    let transport = state.into_stateless_transport_mode().map_err(noise_err)?;
+    Ok(Connection {
+        peer,
+        stream,
+        transport,
+    })
+}
+
+/// Checks a peer's identity proof; returns its validator index.
+fn check_hello(node: &Node, bytes: &[u8], remote_static: &[u8]) -> Result<usize, String> {
+    let hello: Hello = codec::decode(bytes).map_err(|e| format!("bad hello: {e}"))?;
+    if hello.genesis_hash != node.genesis.hash {
+        return Err("peer is on another chain (genesis hash differs)".into());
+    }
+    let peer = node
+        .genesis
+        .index_of(&hello.validator)
+        .ok_or_else(|| format!("key {} is not a validator of this chain", hello.validator))?;
+    if peer == node.me.get() {
+        return Err("peer claims to be this validator".into());
+    }
+    cairn_core::verify(
+        &hello.validator,
+        P2P_DOMAIN,
+        &hello_message(&node.genesis.hash, remote_static),
+        &hello.signature,
+    )
+    .map_err(|_| "identity signature does not bind the validator key to the channel".to_string())?;
+    Ok(peer)
+}
+
+/// Serves one connection until it fails. Returns a replacement connection if
+/// one arrived meanwhile (a peer that restarted and dialed again).
+async fn serve(
+    node: &Arc<Node>,
+    connection: Connection,
+    queue: &mut mpsc::Receiver<Frame>,
+    inbound: &mut mpsc::Receiver<Connection>,
+    dialer: bool,
+) -> Option<Connection> {
+    let Connection {
+        peer,
+        stream,
+        transport,
+    } = connection;
+    let transport = Arc::new(transport);
+    let (reader, mut writer) = stream.into_split();
+    let mut reader_task = tokio::spawn(read_loop(node.clone(), peer, reader, transport.clone()));
+    let mut nonce: u64 = 0;
+    let mut ciphertext = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let replacement = loop {
+        tokio::select! {
+            frame = queue.recv() => {
+                let Some(frame) = frame else { break None };
+                if let Err(e) = write_frame(&mut writer, &transport, &mut nonce, &frame, &mut ciphertext).await {
+                    tracing::debug!("write to validator {peer}: {e}");
+                    break None;
+                }
+            }
+            result = &mut reader_task => {
+                if let Ok(Err(e)) = result {
+                    tracing::warn!("closing connection to validator {peer}: {e}");
+                }
+                break None;
+            }
+            connection = inbound.recv(), if !dialer => break connection,
+        }
+    };
+    reader_task.abort();
+    replacement
+}
+
+async fn write_frame(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    transport: &snow::StatelessTransportState,
+    nonce: &mut u64,
+    frame: &[u8],
+    ciphertext: &mut [u8],
+) -> Result<(), String> {
+    let length = (frame.len() as u32).to_le_bytes();
+    let mut out =
+        Vec::with_capacity(frame.len() + 4 + (frame.len() / CHUNK_PLAINTEXT_BYTES_MAX + 1) * 18);
+    let mut plaintext = Vec::with_capacity(frame.len() + 4);
+    plaintext.extend_from_slice(&length);
+    plaintext.extend_from_slice(frame);
+    for chunk in plaintext.chunks(CHUNK_PLAINTEXT_BYTES_MAX) {
+        let n = transport
+            .write_message(*nonce, chunk, ciphertext)
+            .map_err(|e| format!("noise: {e}"))?;
+        *nonce += 1;
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+        out.extend_from_slice(&ciphertext[..n]);
+    }
+    writer.write_all(&out).await.map_err(|e| e.to_string())
+}
+
+/// Reads, decrypts, decodes and dispatches frames until the peer misbehaves
+/// or the connection ends.
+async fn read_loop(
+    node: Arc<Node>,
+    peer: usize,
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    transport: Arc<snow::StatelessTransportState>,
+) -> Result<(), String> {
+    let mut nonce: u64 = 0;
+    let mut ciphertext = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let mut chunk = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let length = match reader.read_u16().await {
+            Ok(length) => length as usize,
+            Err(_) => return Ok(()),
+        };
+        if length < NOISE_TAG_BYTES {
+            return Err("short noise message".into());
+        }
+        reader
+            .read_exact(&mut ciphertext[..length])
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = transport
+            .read_message(nonce, &ciphertext[..length], &mut chunk)
+            .map_err(|_| "message does not decrypt".to_string())?;
+        nonce += 1;
+        pending.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while pending.len() - start >= 4 {
+            let frame_length =
+                u32::from_le_bytes(pending[start..start + 4].try_into().expect("4 bytes")) as usize;
+            if frame_length > FRAME_BYTES_MAX {
+                return Err(format!("frame of {frame_length} bytes exceeds the limit"));
+            }
+            if pending.len() - start < 4 + frame_length {
+                break;
+            }
+            let wire: Wire = codec::decode(&pending[start + 4..start + 4 + frame_length])
+                .map_err(|e| format!("undecodable frame: {e}"))?;
+            start += 4 + frame_length;
+            dispatch(&node, peer, wire).await;
+        }
+        pending.drain(..start);
+    }
+}
+
+/// Hands one frame from `peer` to the part of the node that handles it.
+async fn dispatch(node: &Arc<Node>, peer: usize, wire: Wire) {
+    let from = ValidatorIndex(peer as u16);
+    match wire {
+        Wire::Consensus(message) => node.deliver(Event::Message(message)),
+        Wire::SyncResponse(blocks) => node.deliver(Event::SyncResponse { from, blocks }),
+        Wire::SyncRequest {
+            from_height,
+            max_blocks,
+        } => {
+            let node = node.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                serve_sync(&node, from, from_height, max_blocks)
+            })
+            .await;
+        }
+        Wire::Transactions(txs) => {
+            if txs.len() > GOSSIP_TXS_MAX {
+                tracing::warn!(
+                    "validator {peer} gossiped {} transactions in one frame; ignored",
+                    txs.len()
+                );
+                return;
+            }
+            let node = node.clone();
+            // Awaited, so a fast peer is slowed by TCP back-pressure instead
+            // of growing a queue here.
+            let _ = tokio::task::spawn_blocking(move || node.submit(txs, false)).await;
+        }
+    }
+}
+
+/// Answers a sync request from storage: committed blocks with certificates
+/// from `from_height` on, bounded in count and bytes.
+fn serve_sync(node: &Node, to: ValidatorIndex, from_height: Height, max_blocks: u32) {
+    let tip = match node.storage.tip_height() {
+        Ok(tip) => tip,
+        Err(e) => return tracing::warn!("sync request: {e}"),
+    };
+    let mut blocks = Vec::new();
+    let mut bytes = 0usize;
+    let mut height = from_height.max(Height(1));
+    while height <= tip && (blocks.len() as u32) < max_blocks.min(SYNC_BLOCKS_MAX) {
+        let (Ok(Some(block)), Ok(Some(certificate))) =
+            (node.storage.block(height), node.storage.certificate(height))
+        else {
+            break;
+        };
+        bytes += codec::encode(&block).len();
+        if bytes > SYNC_BYTES_MAX && !blocks.is_empty() {
+            break;
+        }
+        blocks.push((block, certificate));
+        height = height.next();
+    }
+    if !blocks.is_empty() {
+        node.network.send(to, &Wire::SyncResponse(blocks));
+    }
+}
