@@ -1,0 +1,193 @@
+//! `cairn-wallet` as a user runs it, for the commands that need no node.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use cairn_core::api::TxJson;
+use cairn_core::SignedTransaction;
+
+/// A port nothing listens on, so a request that slipped through would fail
+/// with "cannot reach node" instead of the local validation error.
+fn closed_node() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+fn wallet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn-wallet"))
+        .args(args)
+        .env("CAIRN_NODE", closed_node())
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// Asserts a failure with exactly one `error: ...` line on stderr containing
+/// `expected`.
+fn assert_fails(output: &Output, expected: &str) {
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    assert!(!output.status.success(), "should fail: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(expected), "{expected:?} in {stderr:?}");
+}
+
+fn keygen(path: &Path) -> String {
+    let output = wallet(&["keygen", "--out", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    stdout(&output).trim().to_string()
+}
+
+#[test]
+fn keygen_prints_the_address_sets_0600_and_refuses_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.key");
+    let address = keygen(&path);
+    assert_eq!(address.len(), 64);
+    assert!(cairn_wallet::parse_address(&address).is_ok());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let before = std::fs::read(&path).unwrap();
+    let again = wallet(&["keygen", "--out", path.to_str().unwrap()]);
+    assert_fails(&again, "refusing to overwrite");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    let address_out = wallet(&["address", "--key", path.to_str().unwrap()]);
+    assert_eq!(stdout(&address_out), format!("{address}\n"));
+    let json = wallet(&["address", "--key", path.to_str().unwrap(), "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["address"], address.as_str());
+}
+
+#[test]
+fn sign_transfer_prints_a_verifiable_tx_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = keygen(&dir.path().join("from.key"));
+    let to = keygen(&dir.path().join("to.key"));
+    let key = dir.path().join("from.key");
+    let output = wallet(&[
+        "sign-transfer",
+        "--key",
+        key.to_str().unwrap(),
+        "--to",
+        &to,
+        "--amount",
+        "42",
+        "--nonce",
+        "3",
+        "--chain-id",
+        "test-chain",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let json: TxJson = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (
+            json.from.as_str(),
+            json.to.as_str(),
+            json.amount,
+            json.nonce
+        ),
+        (from.as_str(), to.as_str(), 42, 3)
+    );
+    assert_eq!(json.chain_id, "test-chain");
+    let tx = SignedTransaction::try_from(&json).unwrap();
+    assert_eq!(tx.verify_signature(), Ok(()));
+    assert_eq!(tx.check_stateless("test-chain"), Ok(()));
+}
+
+#[test]
+fn bad_input_is_refused_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("k.key");
+    let to = keygen(&key_path);
+    let key = key_path.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["balance", "xyz"], "invalid address"),
+        (&["balance", &"g".repeat(64)], "invalid address"),
+        (
+            &["transfer", "--key", key, "--to", "abc", "--amount", "1"],
+            "invalid address",
+        ),
+        (
+            &["transfer", "--key", key, "--to", &to, "--amount", "0"],
+            "amount must be greater than zero",
+        ),
+        (
+            &[
+                "sign-transfer",
+                "--key",
+                key,
+                "--to",
+                &to,
+                "--amount",
+                "0",
+                "--nonce",
+                "0",
+                "--chain-id",
+                "c",
+            ],
+            "amount must be greater than zero",
+        ),
+        (
+            &[
+                "transfer",
+                "--key",
+                "/nonexistent.key",
+                "--to",
+                &to,
+                "--amount",
+                "1",
+            ],
+            "cannot read key file",
+        ),
+        (&["tx", "abc"], "invalid hash"),
+        (&["block", "tip"], "invalid block"),
+        (&["--node", "localhost:8080", "status"], "invalid node URL"),
+        (
+            &["transfer", "--key", key, "--to", &to, "--amount", "1.5"],
+            "--amount",
+        ),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, expected) in cases {
+        assert_fails(&wallet(args), expected);
+    }
+    std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
+    let bad = dir.path().join("bad.key");
+    assert_fails(
+        &wallet(&["address", "--key", bad.to_str().unwrap()]),
+        "not a key file",
+    );
+}
+
+#[test]
+fn node_down_is_one_clear_line() {
+    for args in [&["status"][..], &["block"], &["balance", &"a".repeat(64)]] {
+        assert_fails(&wallet(args), "cannot reach node at http://127.0.0.1:");
+    }
+}
+
+#[test]
+fn help_works_on_every_subcommand() {
+    for command in [
+        "keygen",
+        "address",
+        "balance",
+        "transfer",
+        "sign-transfer",
+        "tx",
+        "block",
+        "status",
+    ] {
+        let output = wallet(&[command, "--help"]);
+        assert!(output.status.success(), "{command}");
+        assert!(stdout(&output).contains("Usage: cairn-wallet"), "{command}");
+    }
+}
