@@ -173,7 +173,12 @@ pub struct BlockJson {
     pub tx_root: String,
     pub state_root: String,
     pub transactions: Vec<BlockTxJson>,
+    /// The commit certificate's signatures (empty for genesis).
     pub commit: Vec<CommitSignatureJson>,
+    /// The view the commit votes were cast in (the block's own view unless
+    /// it was re-proposed after a view change); absent for genesis.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub commit_view: Option<u64>,
 }
 
 /// The data of one SSE `block` event.

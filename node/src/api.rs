@@ -435,6 +435,7 @@ pub fn block_json(node: &Node, block: &Block, certificate: Option<&Certificate>)
                     .collect()
             })
             .unwrap_or_default(),
+        commit_view: certificate.map(|c| c.view.0),
     }
 }
 

@@ -1,1 +1,431 @@
-//! placeholder
+//! End-to-end test harness: real `cairn-genesis`, `cairn-node` and
+//! `cairn-wallet` processes on loopback ports.
+//!
+//! [`Testnet`] writes a testnet into a temporary folder with free ports,
+//! starts, kills (`SIGKILL`), stops (`SIGTERM`) and restarts validators, and
+//! kills every process it started when dropped, even when a test fails. On a
+//! failing test it prints the tail of each validator's log.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use cairn_core::{
+    BlockHeader, Certificate, CommitSignature, Hash, Height, PublicKey, Signature, ValidatorIndex,
+    View,
+};
+pub use cairn_genesis::ValidGenesis;
+
+/// The folder holding the three binaries, built once per test process with
+/// the same profile as the tests (`cargo build` is a no-op when fresh).
+/// `CAIRN_BIN_DIR` overrides it (CI builds first and points there).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("CAIRN_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace");
+        let release = !cfg!(debug_assertions);
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.current_dir(workspace).args([
+            "build",
+            "--bin",
+            "cairn-node",
+            "--bin",
+            "cairn-wallet",
+            "--bin",
+            "cairn-genesis",
+        ]);
+        if release {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target"));
+        target.join(if release { "release" } else { "debug" })
+    })
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Runs a binary to completion with a time limit.
+pub fn run(binary: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(bin(binary))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{binary} {args:?} did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).trim().to_string()
+}
+
+/// A base port such that `count` consecutive ports from it are free now.
+fn free_port_base(count: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread concurrent tests of one process over the range; probe each.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_mul(7919);
+    for _ in 0..1000 {
+        let offset = NEXT.fetch_add(count, Ordering::Relaxed).wrapping_add(seed) % 30_000;
+        let base = 20_000 + offset;
+        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+/// HTTP answer: status and parsed JSON (Null when the body is not JSON).
+pub struct Answer {
+    pub status: u16,
+    pub json: Value,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(20))
+        .build()
+}
+
+fn answer(result: Result<ureq::Response, ureq::Error>) -> Answer {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(e) => panic!("HTTP request failed: {e}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap_or_default();
+    Answer {
+        status,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+pub fn http_get(url: &str) -> Answer {
+    answer(agent().get(url).call())
+}
+
+pub fn http_post(url: &str, body: &str) -> Answer {
+    answer(
+        agent()
+            .post(url)
+            .set("content-type", "application/json")
+            .send_string(body),
+    )
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A testnet in a temporary folder and the validator processes running it.
+pub struct Testnet {
+    pub dir: tempfile::TempDir,
+    pub genesis: ValidGenesis,
+    nodes: Vec<Option<Child>>,
+}
+
+impl Testnet {
+    /// Writes a testnet of `validators` validators and `accounts` funded
+    /// accounts (each with `balance`), without starting anything.
+    pub fn create(validators: usize, accounts: usize, balance: u64) -> Testnet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("net");
+        let base = free_port_base(2 * validators as u16);
+        let (api, p2p) = (base.to_string(), (base + validators as u16).to_string());
+        let output = run(
+            "cairn-genesis",
+            &[
+                "testnet",
+                "--validators",
+                &validators.to_string(),
+                "--accounts",
+                &accounts.to_string(),
+                "--balance",
+                &balance.to_string(),
+                "--out",
+                out.to_str().expect("utf-8 path"),
+                "--api-port-base",
+                &api,
+                "--p2p-port-base",
+                &p2p,
+                "--chain-id",
+                "cairn-e2e",
+            ],
+        );
+        assert!(output.status.success(), "testnet: {}", stderr(&output));
+        let genesis = cairn_genesis::Genesis::load(&out.join("genesis.json")).expect("genesis");
+        Testnet {
+            dir,
+            genesis,
+            nodes: (0..validators).map(|_| None).collect(),
+        }
+    }
+
+    /// Creates a testnet and starts every validator.
+    pub fn start_all(validators: usize, accounts: usize, balance: u64) -> Testnet {
+        let mut net = Testnet::create(validators, accounts, balance);
+        for i in 0..validators {
+            net.start(i);
+        }
+        for i in 0..validators {
+            net.wait_api(i);
+        }
+        net
+    }
+
+    pub fn net_dir(&self) -> PathBuf {
+        self.dir.path().join("net")
+    }
+
+    pub fn home(&self, i: usize) -> PathBuf {
+        self.net_dir().join(format!("node{i}"))
+    }
+
+    pub fn account_key(&self, j: usize) -> PathBuf {
+        self.net_dir()
+            .join("accounts")
+            .join(format!("account{j}.key"))
+    }
+
+    pub fn account_address(&self, j: usize) -> String {
+        let output = run(
+            "cairn-wallet",
+            &["address", "--key", self.account_key(j).to_str().unwrap()],
+        );
+        assert!(output.status.success(), "address: {}", stderr(&output));
+        stdout(&output)
+    }
+
+    pub fn api(&self, i: usize) -> String {
+        format!("http://{}", self.genesis.api_addresses[i])
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}.log"))
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].is_some()
+    }
+
+    /// Starts validator `i` (appending to its log).
+    pub fn start(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "validator {i} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("log file");
+        let child = Command::new(bin("cairn-node"))
+            .args(["run", "--home", self.home(i).to_str().unwrap()])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start cairn-node");
+        self.nodes[i] = Some(child);
+    }
+
+    /// Waits until validator `i` answers `GET /v1/status`.
+    pub fn wait_api(&self, i: usize) {
+        let url = format!("{}/v1/status", self.api(i));
+        wait_for(
+            &format!("validator {i} API"),
+            Duration::from_secs(30),
+            || agent().get(&url).call().ok().map(|_| ()),
+        );
+    }
+
+    /// `kill -9` validator `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM validator `i` and return its exit code.
+    pub fn terminate(&mut self, i: usize) -> Option<i32> {
+        let mut child = self.nodes[i].take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("validator {i} did not stop within 20 s of SIGTERM");
+    }
+
+    pub fn get(&self, i: usize, path: &str) -> Answer {
+        http_get(&format!("{}{}", self.api(i), path))
+    }
+
+    pub fn post(&self, i: usize, path: &str, body: &str) -> Answer {
+        http_post(&format!("{}{}", self.api(i), path), body)
+    }
+
+    pub fn height(&self, i: usize) -> u64 {
+        self.get(i, "/v1/status").json["height"]
+            .as_u64()
+            .expect("height")
+    }
+
+    pub fn balance(&self, i: usize, address: &str) -> (u64, u64) {
+        let a = self.get(i, &format!("/v1/accounts/{address}")).json;
+        (
+            a["balance"].as_u64().expect("balance"),
+            a["nonce"].as_u64().expect("nonce"),
+        )
+    }
+
+    /// Runs `cairn-wallet --node <api of i> args...`.
+    pub fn wallet(&self, i: usize, args: &[&str]) -> Output {
+        let api = self.api(i);
+        let mut all = vec!["--node", api.as_str()];
+        all.extend_from_slice(args);
+        run("cairn-wallet", &all)
+    }
+
+    /// Sum of the balances of the genesis accounts as validator `i` sees them.
+    pub fn supply_of_genesis_accounts(&self, i: usize) -> u128 {
+        self.genesis
+            .accounts
+            .keys()
+            .map(|k| self.balance(i, &k.to_hex()).0 as u128)
+            .sum()
+    }
+
+    /// Block hashes at heights 1..=height on validator `i`.
+    pub fn block_hashes(&self, i: usize, height: u64) -> Vec<String> {
+        (1..=height)
+            .map(|h| {
+                let b = self.get(i, &format!("/v1/blocks/{h}"));
+                assert_eq!(b.status, 200, "block {h} on validator {i}");
+                b.json["hash"].as_str().expect("hash").to_string()
+            })
+            .collect()
+    }
+
+    fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+        if std::thread::panicking() {
+            for i in 0..self.nodes.len() {
+                eprintln!("----- validator {i} log (tail) -----\n{}", self.log_tail(i));
+            }
+        }
+    }
+}
+
+/// Checks a block's `commit` list as a certificate against the validator set.
+pub fn assert_certificate_verifies(net: &Testnet, block: &Value, min_signers: usize) {
+    let validators = &net.genesis.validators;
+    let signatures: Vec<CommitSignature> = block["commit"]
+        .as_array()
+        .expect("commit")
+        .iter()
+        .map(|s| {
+            let key: PublicKey = s["validator"].as_str().unwrap().parse().unwrap();
+            let index = validators
+                .iter()
+                .position(|v| *v == key)
+                .expect("signer is a validator");
+            CommitSignature {
+                validator: ValidatorIndex(index as u16),
+                signature: s["signature"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<Signature>()
+                    .unwrap(),
+            }
+        })
+        .collect();
+    assert!(
+        signatures.len() >= min_signers,
+        "{} signatures",
+        signatures.len()
+    );
+    let header = BlockHeader {
+        height: Height(block["height"].as_u64().unwrap()),
+        parent_hash: block["parent_hash"].as_str().unwrap().parse().unwrap(),
+        view: View(block["view"].as_u64().unwrap()),
+        proposer: block["proposer"].as_str().unwrap().parse().unwrap(),
+        timestamp_ms: block["timestamp_ms"].as_u64().unwrap(),
+        tx_root: block["tx_root"].as_str().unwrap().parse().unwrap(),
+        state_root: block["state_root"].as_str().unwrap().parse().unwrap(),
+    };
+    let hash: Hash = block["hash"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        header.hash(),
+        hash,
+        "the header fields hash to the block hash"
+    );
+    let view = View(block["commit_view"].as_u64().expect("commit_view"));
+    let certificate = Certificate {
+        height: header.height,
+        view,
+        block_hash: hash,
+        signatures,
+    };
+    certificate
+        .verify(net.genesis.chain_id(), validators, &header)
+        .expect("certificate verifies against the genesis validator set");
+}

@@ -1,0 +1,193 @@
+//! Bad input over HTTP: every case gets the right 4xx and error code, and
+//! nothing changes.
+
+use cairn_tests::{stderr, stdout, Testnet};
+use serde_json::Value;
+
+const BALANCE: u64 = 1_000;
+
+fn sign(net: &Testnet, from: usize, to: &str, amount: u64, nonce: u64, chain: &str) -> Value {
+    let key = net.account_key(from);
+    let output = cairn_tests::run(
+        "cairn-wallet",
+        &[
+            "sign-transfer",
+            "--key",
+            key.to_str().unwrap(),
+            "--to",
+            to,
+            "--amount",
+            &amount.to_string(),
+            "--nonce",
+            &nonce.to_string(),
+            "--chain-id",
+            chain,
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_str(&stdout(&output)).expect("sign-transfer prints JSON")
+}
+
+fn assert_error(answer: &cairn_tests::Answer, status: u16, code: &str) {
+    assert_eq!(answer.status, status, "{}", answer.json);
+    assert_eq!(answer.json["code"], code, "{}", answer.json);
+    assert!(
+        answer.json["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{}",
+        answer.json
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let net = Testnet::start_all(1, 2, BALANCE);
+    let alice = net.account_address(0);
+    let bob = net.account_address(1);
+    let chain = net.genesis.chain_id().to_string();
+
+    // One real transfer, committed, to replay later.
+    let good = sign(&net, 0, &bob, 10, 0, &chain);
+    let accepted = net.post(0, "/v1/transactions", &good.to_string());
+    assert_eq!(accepted.status, 202, "{}", accepted.json);
+    let hash = accepted.json["hash"].as_str().unwrap().to_string();
+    // Re-posting a pending (or just committed) transaction is idempotent or nonce_too_low.
+    cairn_tests::wait_for("commit", std::time::Duration::from_secs(20), || {
+        (net.get(0, &format!("/v1/transactions/{hash}")).json["status"] == "committed")
+            .then_some(())
+    });
+    let before = (net.balance(0, &alice), net.balance(0, &bob), net.height(0));
+    assert_eq!(before.0, (BALANCE - 10, 1));
+
+    // Malformed JSON, and JSON of the wrong shape.
+    assert_error(
+        &net.post(0, "/v1/transactions", "{not json"),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &net.post(0, "/v1/transactions", "{\"amount\": 5}"),
+        400,
+        "invalid_json",
+    );
+    assert_error(&net.post(0, "/v1/transactions", "[]"), 400, "invalid_json");
+    let mut negative = sign(&net, 0, &bob, 1, 1, &chain);
+    negative["amount"] = Value::from(-1);
+    assert_error(
+        &net.post(0, "/v1/transactions", &negative.to_string()),
+        400,
+        "invalid_json",
+    );
+
+    // The amount changed after signing.
+    let mut changed = sign(&net, 0, &bob, 5, 1, &chain);
+    changed["amount"] = Value::from(500);
+    assert_error(
+        &net.post(0, "/v1/transactions", &changed.to_string()),
+        400,
+        "invalid_signature",
+    );
+
+    // Signed for another chain.
+    let other_chain = sign(&net, 0, &bob, 5, 1, "some-other-chain");
+    assert_error(
+        &net.post(0, "/v1/transactions", &other_chain.to_string()),
+        400,
+        "wrong_chain",
+    );
+
+    // A replay of the committed transaction.
+    assert_error(
+        &net.post(0, "/v1/transactions", &good.to_string()),
+        400,
+        "nonce_too_low",
+    );
+
+    // An overspend.
+    let overspend = sign(&net, 0, &bob, BALANCE, 1, &chain);
+    assert_error(
+        &net.post(0, "/v1/transactions", &overspend.to_string()),
+        400,
+        "insufficient_funds",
+    );
+
+    // A 6 MiB body.
+    let huge = format!("\"{}\"", "x".repeat(6 * 1024 * 1024));
+    assert_error(
+        &net.post(0, "/v1/transactions", &huge),
+        413,
+        "payload_too_large",
+    );
+    assert_error(
+        &net.post(0, "/v1/transactions/batch", &huge),
+        413,
+        "payload_too_large",
+    );
+
+    // Malformed addresses.
+    assert_error(
+        &net.get(0, "/v1/accounts/not-an-address"),
+        400,
+        "invalid_address",
+    );
+    assert_error(
+        &net.get(0, &format!("/v1/accounts/{}", alice.to_uppercase())),
+        400,
+        "invalid_address",
+    );
+    let mut bad_to = sign(&net, 0, &bob, 5, 1, &chain);
+    bad_to["to"] = Value::from("abc");
+    assert_error(
+        &net.post(0, "/v1/transactions", &bad_to.to_string()),
+        400,
+        "invalid_address",
+    );
+
+    // Unknown block and transaction, bad identifiers, unknown route.
+    assert_error(&net.get(0, "/v1/blocks/999999"), 404, "not_found");
+    assert_error(&net.get(0, "/v1/blocks/minus-one"), 400, "invalid_height");
+    assert_error(
+        &net.get(0, &format!("/v1/transactions/{}", "ab".repeat(32))),
+        404,
+        "not_found",
+    );
+    assert_error(&net.get(0, "/v1/transactions/xyz"), 400, "invalid_hash");
+    assert_error(&net.get(0, "/v1/nothing-here"), 404, "not_found");
+
+    // Batch: one result per entry, in order.
+    let ok = sign(&net, 1, &alice, 3, 0, &chain);
+    let batch = Value::Array(vec![
+        ok.clone(),
+        changed.clone(),
+        Value::from(7),
+        overspend.clone(),
+        ok.clone(),
+    ]);
+    let answer = net.post(0, "/v1/transactions/batch", &batch.to_string());
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    let entries = answer.json.as_array().expect("array");
+    assert_eq!(entries.len(), 5);
+    assert!(entries[0]["hash"].is_string(), "{}", entries[0]);
+    assert_eq!(entries[1]["code"], "invalid_signature");
+    assert_eq!(entries[2]["code"], "invalid_json");
+    assert_eq!(entries[3]["code"], "insufficient_funds");
+    assert_eq!(
+        entries[4]["hash"], entries[0]["hash"],
+        "a pending transaction posted again keeps its hash"
+    );
+    assert_error(
+        &net.post(0, "/v1/transactions/batch", "{\"not\": \"an array\"}"),
+        400,
+        "invalid_json",
+    );
+
+    // Nothing the bad requests carried changed any state; only the one good
+    // batch entry moves money.
+    let ok_hash = entries[0]["hash"].as_str().unwrap().to_string();
+    cairn_tests::wait_for("batch commit", std::time::Duration::from_secs(20), || {
+        (net.get(0, &format!("/v1/transactions/{ok_hash}")).json["status"] == "committed")
+            .then_some(())
+    });
+    assert_eq!(net.balance(0, &alice), (before.0 .0 + 3, 1));
+    assert_eq!(net.balance(0, &bob), (before.1 .0 - 3, 1));
+    assert_eq!(net.supply_of_genesis_accounts(0), 2 * BALANCE as u128);
+}
