@@ -45,6 +45,8 @@ pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 pub const POLL_REQUEST_TIMEOUT_MIN_MS: u64 = 500;
 /// How often [`Client::wait_for_commit`] asks for the transaction's status.
 pub const POLL_INTERVAL_MS: u64 = 100;
+/// Longest [`Client::wait_for_commit`] waits, whatever it is asked (a day).
+pub const WAIT_TIMEOUT_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 /// Largest successful answer read (a full block is the largest).
 pub const RESPONSE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Largest error answer read.
@@ -317,6 +319,7 @@ impl Client {
         hash: &Hash,
         timeout: Duration,
     ) -> Result<TxStatusJson, WalletError> {
+        let timeout = timeout.min(Duration::from_millis(WAIT_TIMEOUT_MAX_MS));
         let deadline = Instant::now() + timeout;
         let path = format!("/v1/transactions/{hash}");
         let mut last_status = String::from("unknown");
