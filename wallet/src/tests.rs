@@ -359,3 +359,21 @@ fn local_parsing_and_signing() {
     assert!(sign_transfer(&key(1), "", key(2).public(), 1, 0).is_err());
     assert!(sign_transfer(&key(1), &"c".repeat(65), key(2).public(), 1, 0).is_err());
 }
+
+#[test]
+fn submit_batch_posts_an_array_and_reads_one_entry_each() {
+    let tx = TxJson::from(&sign_transfer(&key(1), "c", key(2).public(), 1, 0).unwrap());
+    let answer = r#"[{"hash": "ab"}, {"error": "bad signature", "code": "invalid_signature"}]"#;
+    let node = FakeNode::start(vec![(200, answer)]);
+    let entries = node
+        .client()
+        .submit_batch(&[tx.clone(), tx.clone()])
+        .unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].hash.as_deref(), Some("ab"));
+    assert_eq!(entries[1].code.as_deref(), Some("invalid_signature"));
+    let seen = node.finish();
+    assert_eq!(seen[0].line, "POST /v1/transactions/batch HTTP/1.1");
+    let posted: Vec<TxJson> = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(posted, vec![tx.clone(), tx]);
+}
