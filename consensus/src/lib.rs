@@ -16,11 +16,22 @@
 //! and flushed before any later send leaves the node, so a restarted replica
 //! can never vote twice for different blocks at one (view, height).
 
-use serde::{Deserialize, Serialize};
+pub mod limits;
+mod log;
+mod message;
+mod replica;
+mod safety;
+mod sync;
+mod view_change;
 
-use cairn_core::{
-    Block, Certificate, Hash, Height, Keypair, PublicKey, Signature, ValidatorIndex, View,
+use cairn_core::{Block, Certificate, Hash, Height, PublicKey, ValidatorIndex, View};
+
+pub use message::{
+    signatures_valid, Message, PreparedCertificate, SignedMessage, DECIDED_DOMAIN, NEW_VIEW_DOMAIN,
+    PRE_PREPARE_DOMAIN, VIEW_CHANGE_DOMAIN,
 };
+pub use replica::Replica;
+pub use safety::SafetyState;
 
 /// Static configuration of a replica, from the genesis file.
 #[derive(Clone, Debug)]
@@ -54,28 +65,10 @@ pub trait Ledger {
     fn commit(&mut self, block: &Block, certificate: &Certificate) -> Result<(), String>;
 }
 
-/// What the replica persisted about its own votes. Opaque to the runtime:
-/// it stores the encoding and hands it back to [`Replica::new`] on restart.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SafetyState {
-    // Filled in by the consensus implementation.
-}
-
-/// A consensus message and the signature of the validator that sent it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedMessage {
-    pub from: ValidatorIndex,
-    pub message: Message,
-    pub signature: Signature,
-}
-
-/// The messages of the protocol.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Message {
-    // Filled in by the consensus implementation.
-}
-
 /// An input to the replica.
+// Inputs are moved into `handle` one at a time; boxing the message would
+// change the interface the node is written against.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Input {
     /// Time passes. `now_ms` never decreases.
@@ -109,40 +102,4 @@ pub enum Action {
     },
     /// A block was committed through [`Ledger::commit`].
     Committed { height: Height, hash: Hash },
-}
-
-/// One validator's PBFT replica.
-pub struct Replica {
-    // Filled in by the consensus implementation.
-}
-
-impl Replica {
-    /// A replica for the validator holding `key`, restored from `safety`
-    /// (the default for a fresh validator). `key` must be in
-    /// `config.validators`.
-    pub fn new(config: Config, key: Keypair, safety: SafetyState) -> Replica {
-        let _ = (config, key, safety);
-        unimplemented!("consensus implementation")
-    }
-
-    /// The one entry point.
-    pub fn handle(&mut self, ledger: &mut impl Ledger, input: Input) -> Vec<Action> {
-        let _ = (ledger, input);
-        unimplemented!("consensus implementation")
-    }
-
-    /// The replica's current view.
-    pub fn view(&self) -> View {
-        unimplemented!("consensus implementation")
-    }
-
-    /// The primary of the current view.
-    pub fn primary(&self) -> ValidatorIndex {
-        unimplemented!("consensus implementation")
-    }
-
-    /// Whether the replica knows it is behind and is fetching blocks.
-    pub fn is_syncing(&self) -> bool {
-        unimplemented!("consensus implementation")
-    }
 }

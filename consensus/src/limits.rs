@@ -1,0 +1,46 @@
+//! Every bound the replica relies on, in one place, with the relations
+//! between them checked at compile time.
+
+/// Views above the current one for which proposals and votes are kept (a
+/// replica slightly behind in a view change must not lose them).
+pub const VIEWS_AHEAD_MAX: u64 = 4;
+/// Views below the current one for which proposals and votes are kept (a
+/// commit quorum may still form in the view a replica just left).
+pub const VIEWS_BEHIND_MAX: u64 = 4;
+/// Heights above the next one whose messages are buffered for later.
+pub const HEIGHTS_AHEAD_MAX: u64 = 2;
+/// Buffered future-height messages per sender.
+pub const FUTURE_MESSAGES_PER_SENDER_MAX: usize = 16;
+/// Blocks of one sync response looked at; the rest is ignored.
+pub const SYNC_BLOCKS_MAX: usize = 64;
+/// The view timeout doubles at most this many times (then stays).
+pub const VIEW_TIMEOUT_DOUBLINGS_MAX: u32 = 6;
+/// Own messages are re-sent every `view_timeout_ms / RETRANSMIT_DIVISOR`;
+/// sync requests and help to lagging peers use the same interval.
+pub const RETRANSMIT_DIVISOR: u64 = 4;
+/// Least retransmission interval, whatever the view timeout.
+pub const RETRANSMIT_INTERVAL_MIN_MS: u64 = 10;
+/// Steps (commits, votes, proposals) taken for one input at most.
+pub const ADVANCE_STEPS_MAX: usize = 64;
+
+/// Views whose proposals and votes a replica keeps at one height.
+pub const VIEWS_KEPT_MAX: u64 = VIEWS_BEHIND_MAX + 1 + VIEWS_AHEAD_MAX;
+
+/// The most messages a replica of `n` validators holds at once: one
+/// proposal per kept view, one prepare and one commit per validator and kept
+/// view, the latest view change per validator, and the future buffer.
+pub const fn buffered_messages_max(n: usize) -> usize {
+    let views = VIEWS_KEPT_MAX as usize;
+    views + 2 * views * n + n + FUTURE_MESSAGES_PER_SENDER_MAX * n
+}
+
+const _: () = assert!(VIEWS_AHEAD_MAX >= 1 && VIEWS_BEHIND_MAX >= 1);
+const _: () = assert!(HEIGHTS_AHEAD_MAX >= 1);
+// A future-height sender needs room for at least a proposal, a prepare, a
+// commit and a view change.
+const _: () = assert!(FUTURE_MESSAGES_PER_SENDER_MAX >= 4);
+const _: () = assert!(RETRANSMIT_DIVISOR >= 2);
+const _: () = assert!(
+    buffered_messages_max(cairn_core::limits::VALIDATORS_MAX) < 1 << 20,
+    "buffers stay small even for the largest validator set"
+);

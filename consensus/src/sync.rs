@@ -1,0 +1,249 @@
+//! Catch-up: noticing that the others are ahead, asking one of them for
+//! committed blocks, and applying the certified blocks of the reply. Also
+//! the buffer of messages for heights just above the next one.
+
+use cairn_core::{Block, Certificate, Hash, Height, ValidatorIndex, View};
+
+use crate::limits::{FUTURE_MESSAGES_PER_SENDER_MAX, HEIGHTS_AHEAD_MAX, SYNC_BLOCKS_MAX};
+use crate::log::{Kind, Seen};
+use crate::message::{signatures_valid, SignedMessage};
+use crate::replica::Replica;
+use crate::{Action, Ledger};
+
+/// What the replica knows about being behind.
+pub(crate) struct SyncState {
+    /// The highest height each validator's signed messages showed it on.
+    claims: Vec<Height>,
+    /// A height proven committed (by a certificate or a commit quorum), and
+    /// a validator that holds it.
+    proven: Option<(Height, ValidatorIndex)>,
+    /// Since when the evidence of being behind has stood at this height.
+    behind_since_ms: Option<u64>,
+    requested_at_ms: Option<u64>,
+    /// Turns through the peers that can serve a sync.
+    rotation: usize,
+}
+
+impl SyncState {
+    pub(crate) fn new(n: usize) -> SyncState {
+        SyncState {
+            claims: vec![Height(0); n],
+            proven: None,
+            behind_since_ms: None,
+            requested_at_ms: None,
+            rotation: 0,
+        }
+    }
+
+    pub(crate) fn on_new_height(&mut self) {
+        self.behind_since_ms = None;
+        self.requested_at_ms = None;
+    }
+
+    /// Behind: a height at or above `next` is proven committed, or f+1
+    /// validators (so at least one honest) work above `next`.
+    pub(crate) fn is_behind(&self, next: Height, n: usize) -> bool {
+        let proven = self.proven.is_some_and(|(h, _)| h >= next);
+        proven || self.ahead(next).count() > cairn_core::max_faulty(n)
+    }
+
+    fn ahead(&self, next: Height) -> impl Iterator<Item = ValidatorIndex> + '_ {
+        self.claims
+            .iter()
+            .enumerate()
+            .filter(move |(_, h)| **h > next)
+            .map(|(i, _)| ValidatorIndex(i as u16))
+    }
+
+    /// The next peer to ask: the holder of a proven height, then in turn
+    /// each validator ahead of us.
+    fn pick_peer(&mut self, next: Height) -> Option<ValidatorIndex> {
+        let mut peers: Vec<ValidatorIndex> = self
+            .proven
+            .filter(|(h, _)| *h >= next)
+            .map(|(_, v)| v)
+            .into_iter()
+            .collect();
+        peers.extend(self.ahead(next));
+        if peers.is_empty() {
+            return None;
+        }
+        self.rotation = self.rotation.wrapping_add(1);
+        Some(peers[self.rotation % peers.len()])
+    }
+}
+
+impl Replica {
+    /// A signed message for a height above the next one: evidence that its
+    /// sender is ahead, and buffered when the height is near.
+    pub(crate) fn on_future(&mut self, message: SignedMessage, verified: bool) {
+        let from = message.from.get();
+        let height = message.message.height();
+        let near = height.0 <= self.round.height.0 + HEIGHTS_AHEAD_MAX;
+        if near {
+            let held: Vec<&SignedMessage> = self
+                .future
+                .values()
+                .flatten()
+                .filter(|m| m.from == message.from)
+                .collect();
+            if held.len() >= FUTURE_MESSAGES_PER_SENDER_MAX || held.contains(&&message) {
+                return;
+            }
+        } else if self.sync.claims[from] > self.round.height {
+            return; // already counted as ahead: no need to check again
+        }
+        if !(verified || self.verify(&message)) {
+            return;
+        }
+        let claim = &mut self.sync.claims[from];
+        *claim = (*claim).max(height);
+        if near {
+            self.future.entry(height).or_default().push(message);
+        }
+    }
+
+    /// Files the buffered messages of the new next height, drops older ones.
+    pub(crate) fn replay_future(&mut self) {
+        let next = self.round.height;
+        let later = self.future.split_off(&next.next());
+        let now = std::mem::replace(&mut self.future, later);
+        for message in now.into_values().flatten() {
+            if message.message.height() == next {
+                self.on_message(message, true);
+            }
+        }
+    }
+
+    /// A peer's certificate: for the next height its signatures count as
+    /// commit votes; for a higher one it proves we are behind.
+    pub(crate) fn on_decided(
+        &mut self,
+        message: SignedMessage,
+        certificate: Certificate,
+        verified: bool,
+    ) {
+        let next = self.round.height;
+        let useful = if certificate.height == next {
+            certificate.signatures.iter().any(|s| {
+                self.round
+                    .vote_seen(Kind::Commit, certificate.view, s.validator)
+                    == Seen::New
+            })
+        } else {
+            certificate.height > next
+                && self.sync.proven.is_none_or(|(h, _)| certificate.height > h)
+        };
+        if !useful || !(verified || self.verify(&message)) {
+            return;
+        }
+        let vote = certificate.vote(&self.config.chain_id);
+        if !signatures_valid(&vote, &certificate.signatures, &self.config.validators) {
+            return;
+        }
+        if certificate.height > next {
+            self.sync.proven = Some((certificate.height, message.from));
+            return;
+        }
+        for s in &certificate.signatures {
+            if self
+                .round
+                .vote_seen(Kind::Commit, certificate.view, s.validator)
+                == Seen::New
+            {
+                let (view, hash) = (certificate.view, certificate.block_hash);
+                self.round
+                    .insert_vote(Kind::Commit, view, s.validator, hash, s.signature);
+            }
+        }
+    }
+
+    /// 2f+1 commit votes for a block we do not hold: the height is decided
+    /// and the block must be fetched from one of the voters.
+    pub(crate) fn note_unknown_commit(&mut self, view: View, hash: Hash) {
+        let next = self.round.height;
+        let voter = self
+            .round
+            .signatures(Kind::Commit, view, hash)
+            .into_iter()
+            .map(|s| s.validator)
+            .find(|v| *v != self.me);
+        if let Some(voter) = voter {
+            if self.sync.proven.is_none_or(|(h, _)| h < next) {
+                self.sync.proven = Some((next, voter));
+            }
+        }
+    }
+
+    /// Asks a peer for blocks when behind: on strong evidence (a proven
+    /// height, or f+1 validators ahead) once it stood for a retransmission
+    /// interval (reordered messages often run a little ahead); on a single
+    /// validator ahead only after a whole view timeout without progress
+    /// (its sender may be the only one that moved on, or may lie: then one
+    /// wasted request per timeout). At most one request per interval.
+    pub(crate) fn check_sync(&mut self) {
+        let next = self.round.height;
+        let strong = self.sync.is_behind(next, self.n());
+        if !strong && self.sync.ahead(next).next().is_none() {
+            self.sync.behind_since_ms = None;
+            return;
+        }
+        let interval = self.retransmit_interval_ms();
+        let wait = if strong {
+            interval
+        } else {
+            self.config.view_timeout_ms
+        };
+        let since = *self.sync.behind_since_ms.get_or_insert(self.now_ms);
+        let recently = self
+            .sync
+            .requested_at_ms
+            .is_some_and(|t| self.now_ms < t + interval);
+        if self.now_ms < since + wait || recently {
+            return;
+        }
+        if let Some(peer) = self.sync.pick_peer(next) {
+            self.request_sync(peer);
+        }
+    }
+
+    fn request_sync(&mut self, to: ValidatorIndex) {
+        self.sync.requested_at_ms = Some(self.now_ms);
+        let from_height = self.round.height;
+        self.push(Action::RequestSync { to, from_height });
+    }
+
+    /// Applies the certified blocks of a sync reply in order, stopping at
+    /// the first that does not extend the tip or whose certificate fails;
+    /// asks the same peer for more while still behind.
+    pub(crate) fn on_sync_response(
+        &mut self,
+        ledger: &mut impl Ledger,
+        from: ValidatorIndex,
+        blocks: Vec<(Block, Certificate)>,
+    ) {
+        let mut progressed = false;
+        for (block, certificate) in blocks.into_iter().take(SYNC_BLOCKS_MAX) {
+            let next = self.round.height;
+            if block.header.height < next {
+                continue;
+            }
+            let extends = block.header.height == next && block.header.parent_hash == self.tip_hash;
+            let certified = extends
+                && certificate
+                    .verify(
+                        &self.config.chain_id,
+                        &self.config.validators,
+                        &block.header,
+                    )
+                    .is_ok();
+            if !certified || !self.commit_block(ledger, block, certificate) {
+                break;
+            }
+            progressed = true;
+        }
+        if progressed && from.get() < self.n() && self.is_syncing() {
+            self.request_sync(from);
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! View changes: the view timer, asking for a view, joining a view f+1
+//! replicas ask for, and the new primary's new-view message with the checks
+//! replicas run on it before following.
+
+use cairn_core::{Block, View};
+
+use crate::log::{Proposal, Round, ViewChangeEntry};
+use crate::message::{Message, PreparedCertificate, SignedMessage};
+use crate::replica::Replica;
+use crate::safety::Justification;
+use crate::Ledger;
+
+impl Replica {
+    /// Whether the replica asked for the current view and has not yet
+    /// accepted its new-view message.
+    pub(crate) fn awaiting_new_view(&self) -> bool {
+        let accepted = self
+            .round
+            .proposals
+            .get(&self.view())
+            .is_some_and(|p| p.justification == Justification::NewView);
+        self.safety.state().requested_current_view() && !accepted
+    }
+
+    /// Runs the view timer. In a view it runs while there is work (a
+    /// proposal seen, or transactions pending); while asking for a view it
+    /// always runs, so replicas split over several requested views (one of
+    /// them moved on, or a Byzantine one sent its view change to some only)
+    /// still meet in a higher view. When it expires the replica asks for
+    /// the next view; the timeout doubles per view asked for.
+    pub(crate) fn check_view_timer(&mut self, ledger: &mut impl Ledger) {
+        let Some(deadline_ms) = self.view_deadline_ms else {
+            let armed = self.awaiting_new_view()
+                || !self.round.proposals.is_empty()
+                || ledger.has_pending();
+            if armed {
+                self.view_deadline_ms = Some(self.now_ms + self.view_timeout_ms());
+            }
+            return;
+        };
+        if self.now_ms >= deadline_ms {
+            self.start_view_change(self.view().next());
+        }
+    }
+
+    /// Asks for `new_view` (or again for the current one) at this height.
+    pub(crate) fn start_view_change(&mut self, new_view: View) {
+        let height = self.round.height;
+        let Ok(signed) = self.safety.view_change(height, new_view) else {
+            return;
+        };
+        self.failed_views += 1;
+        self.view_deadline_ms = None;
+        self.round.prune(new_view);
+        let Message::ViewChange { prepared, .. } = &signed.message else {
+            unreachable!("the safety rules sign a view change");
+        };
+        let entry = ViewChangeEntry {
+            new_view,
+            prepared: prepared.clone(),
+            message: signed.clone(),
+        };
+        self.round.view_changes.insert(self.me, entry);
+        self.round.own.view_change = Some(signed.clone());
+        self.broadcast(signed);
+    }
+
+    /// PBFT's liveness rule: when f+1 replicas ask for views above ours, at
+    /// least one of them is honest, so join the smallest of those views.
+    pub(crate) fn join_higher_view(&mut self) {
+        let view = self.view();
+        let higher: Vec<View> = self
+            .round
+            .view_changes
+            .values()
+            .map(|e| e.new_view)
+            .filter(|v| *v > view)
+            .collect();
+        if higher.len() > self.max_faulty() {
+            let smallest = *higher.iter().min().expect("not empty");
+            self.start_view_change(smallest);
+        }
+    }
+
+    /// Files the latest view change of a sender, with its prepared
+    /// certificate checked.
+    pub(crate) fn on_view_change(&mut self, message: SignedMessage, verified: bool) {
+        let Message::ViewChange {
+            new_view, prepared, ..
+        } = &message.message
+        else {
+            return;
+        };
+        let (from, new_view) = (message.from, *new_view);
+        let stale = self
+            .round
+            .view_changes
+            .get(&from)
+            .is_some_and(|e| e.new_view >= new_view);
+        if stale || !(verified || self.verify(&message)) || !self.certificate_ok(prepared, new_view)
+        {
+            return;
+        }
+        let entry = ViewChangeEntry {
+            new_view,
+            prepared: prepared.clone(),
+            message: message.clone(),
+        };
+        self.round.view_changes.insert(from, entry);
+        self.join_higher_view();
+    }
+
+    /// A prepared certificate carried by a view change to `new_view`: from a
+    /// lower view, for a block on our tip, with 2f+1 valid prepares.
+    fn certificate_ok(&self, prepared: &Option<PreparedCertificate>, new_view: View) -> bool {
+        let Some(p) = prepared else {
+            return true;
+        };
+        p.view < new_view
+            && p.block.header.parent_hash == self.tip_hash
+            && p.verify(
+                &self.config.chain_id,
+                &self.config.validators,
+                self.round.height,
+            )
+    }
+
+    /// The new primary starts its view once 2f+1 replicas ask for it,
+    /// re-proposing the block of the highest prepared certificate among
+    /// them, or else a fresh block (when the ledger has one).
+    pub(crate) fn try_new_view(&mut self, ledger: &mut impl Ledger) -> bool {
+        let view = self.view();
+        if view.primary(self.n()) != self.me || !self.awaiting_new_view() {
+            return false;
+        }
+        let entries: Vec<&ViewChangeEntry> = self.round.view_changes_for(view).collect();
+        if entries.len() < self.quorum() {
+            return false;
+        }
+        let highest = highest_prepared(entries.iter().map(|e| &e.prepared));
+        let view_changes: Vec<SignedMessage> = entries.iter().map(|e| e.message.clone()).collect();
+        let proposal = match highest {
+            Some(p) => p.block.clone(),
+            None => match ledger.propose(view, self.public, self.now_ms) {
+                Some(block) => block,
+                None => return false,
+            },
+        };
+        let message = Message::NewView {
+            view,
+            height: self.round.height,
+            view_changes,
+            proposal: proposal.clone(),
+        };
+        let Ok(signed) = self
+            .safety
+            .propose(message, &proposal, view, Justification::NewView)
+        else {
+            return false;
+        };
+        self.round.own.proposal = Some(signed.clone());
+        self.broadcast(signed);
+        self.accept_new_view(view, proposal);
+        true
+    }
+
+    /// Follows a new view whose justification checks out.
+    pub(crate) fn on_new_view(&mut self, message: SignedMessage, verified: bool) {
+        let Message::NewView {
+            view,
+            view_changes,
+            proposal,
+            ..
+        } = &message.message
+        else {
+            return;
+        };
+        let (from, view) = (message.from, *view);
+        let looked = self
+            .round
+            .new_views_seen
+            .get(&from)
+            .is_some_and(|v| *v >= view);
+        if view < self.view() || from != view.primary(self.n()) || looked {
+            return;
+        }
+        if !(verified || self.verify(&message)) {
+            return;
+        }
+        self.round.new_views_seen.insert(from, view);
+        if self.new_view_justified(view, view_changes, proposal) {
+            self.accept_new_view(view, proposal.clone());
+        }
+    }
+
+    /// 2f+1 distinct, valid view changes for `view` at this height, and a
+    /// proposal that is the block of the highest prepared certificate among
+    /// them, or a fresh block of the new primary when there is none.
+    fn new_view_justified(
+        &self,
+        view: View,
+        view_changes: &[SignedMessage],
+        proposal: &Block,
+    ) -> bool {
+        let n = self.n();
+        if view_changes.len() < self.quorum() || view_changes.len() > n {
+            return false;
+        }
+        let mut seen = vec![false; n];
+        let mut certificates = vec![];
+        for vc in view_changes {
+            let Some(flag) = seen.get_mut(vc.from.get()) else {
+                return false;
+            };
+            let Message::ViewChange {
+                new_view,
+                height,
+                prepared,
+            } = &vc.message
+            else {
+                return false;
+            };
+            if *flag || *new_view != view || *height != self.round.height {
+                return false;
+            }
+            *flag = true;
+            let known = self
+                .round
+                .view_changes
+                .get(&vc.from)
+                .is_some_and(|e| e.message == *vc);
+            if !(known || (self.verify(vc) && self.certificate_ok(prepared, view))) {
+                return false;
+            }
+            certificates.push(prepared);
+        }
+        let header = &proposal.header;
+        if header.height != self.round.height || header.parent_hash != self.tip_hash {
+            return false;
+        }
+        match highest_prepared(certificates.into_iter()) {
+            Some(p) => p.block.hash() == proposal.hash(),
+            None => {
+                header.view == view
+                    && header.proposer == self.config.validators[view.primary(n).get()]
+            }
+        }
+    }
+
+    /// Enters `view` and files its justified proposal.
+    fn accept_new_view(&mut self, view: View, proposal: Block) {
+        if self.safety.enter_view(self.round.height, view).is_err() {
+            return;
+        }
+        let hash = proposal.hash();
+        let entry = Proposal {
+            block: proposal,
+            hash,
+            justification: Justification::NewView,
+        };
+        self.round.proposals.insert(view, entry);
+        self.round.prune(view);
+        self.view_deadline_ms = None;
+        debug_assert!(Round::view_in_window(view, self.view()));
+    }
+}
+
+/// The prepared certificate of the highest view among `certificates`.
+fn highest_prepared<'a>(
+    certificates: impl Iterator<Item = &'a Option<PreparedCertificate>>,
+) -> Option<&'a PreparedCertificate> {
+    certificates.flatten().max_by_key(|p| p.view)
+}

@@ -1,0 +1,539 @@
+//! A deterministic simulator of n Cairn replicas: one u64 seed drives the
+//! network (delay, reordering, duplication, loss, partitions), crashes and
+//! restarts, and Byzantine behaviour. Safety invariants are checked after
+//! every step; liveness once the faults stop.
+
+pub mod byzantine;
+pub mod ledger;
+pub mod network;
+
+use std::collections::BTreeMap;
+
+use cairn_consensus::limits::buffered_messages_max;
+use cairn_consensus::{Action, Config, Input, Replica, SafetyState, SignedMessage};
+use cairn_core::{Hash, Height, Keypair, PublicKey, ValidatorIndex};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use byzantine::{Behaviour, Faulty};
+use ledger::SimLedger;
+use network::{Network, Packet, Partition, Payload};
+
+pub const CHAIN_ID: &str = "cairn-sim";
+pub const TICK_MS: u64 = 10;
+/// Blocks a simulated node serves per sync request.
+const SYNC_BATCH: usize = 8;
+
+/// A planned crash of an honest node; it restarts at `restart_ms`.
+#[derive(Clone, Debug)]
+pub struct Crash {
+    pub node: usize,
+    pub at_ms: u64,
+    pub restart_ms: u64,
+}
+
+/// Everything a run does, derived from its seed or written by a scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub seed: u64,
+    pub n: usize,
+    pub byzantine: Vec<(usize, Behaviour)>,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub delay_max_ms: u64,
+    pub partitions: Vec<Partition>,
+    pub crashes: Vec<Crash>,
+    /// Chance that an honest node crashes in the middle of carrying out
+    /// the actions of one input (before heal); it restarts soon after.
+    pub crash_mid_actions: f64,
+    /// When the faults stop: loss and partitions end, crashed nodes restart.
+    pub heal_ms: u64,
+    /// Heights every honest node must gain after healing.
+    pub extra_heights: u64,
+    /// Simulated time allowed for that.
+    pub liveness_budget_ms: u64,
+    pub block_interval_ms: u64,
+    pub view_timeout_ms: u64,
+}
+
+impl Scenario {
+    /// A fault-free scenario to build on.
+    pub fn calm(name: &str, seed: u64, n: usize) -> Scenario {
+        Scenario {
+            name: name.into(),
+            seed,
+            n,
+            byzantine: vec![],
+            loss: 0.0,
+            duplicate: 0.0,
+            delay_max_ms: 20,
+            partitions: vec![],
+            crashes: vec![],
+            crash_mid_actions: 0.0,
+            heal_ms: 1_000,
+            extra_heights: 5,
+            liveness_budget_ms: 60_000,
+            block_interval_ms: 20,
+            view_timeout_ms: 200,
+        }
+    }
+
+    /// Everything random: n is 4 for even seeds, 7 for odd ones.
+    pub fn random(seed: u64) -> Scenario {
+        let n = if seed.is_multiple_of(2) { 4 } else { 7 };
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5ca1_ab1e);
+        let mut s = Scenario::calm("random", seed, n);
+        s.heal_ms = rng.gen_range(1_000..3_000);
+        s.loss = [0.0, 0.05, 0.2, 0.4][rng.gen_range(0..4)];
+        s.duplicate = [0.0, 0.1, 0.3][rng.gen_range(0..3)];
+        s.delay_max_ms = [5, 20, 60, 150][rng.gen_range(0..4)];
+        let f = cairn_core::max_faulty(n);
+        let faulty = rng.gen_range(0..=f);
+        let mut nodes: Vec<usize> = (0..n).collect();
+        for _ in 0..faulty {
+            let node = nodes.remove(rng.gen_range(0..nodes.len()));
+            s.byzantine
+                .push((node, byzantine::ALL[rng.gen_range(0..byzantine::ALL.len())]));
+        }
+        if rng.gen_bool(0.4) {
+            let start_ms = rng.gen_range(0..s.heal_ms);
+            let end_ms = rng.gen_range(start_ms..=s.heal_ms);
+            let groups = (0..n).map(|_| rng.gen_range(0..2)).collect();
+            s.partitions.push(Partition {
+                start_ms,
+                end_ms,
+                groups,
+            });
+        }
+        if rng.gen_bool(0.5) {
+            for _ in 0..rng.gen_range(1..=2) {
+                let node = nodes[rng.gen_range(0..nodes.len())];
+                let at_ms = rng.gen_range(0..s.heal_ms);
+                let restart_ms = rng.gen_range(at_ms..=s.heal_ms);
+                s.crashes.push(Crash {
+                    node,
+                    at_ms,
+                    restart_ms,
+                });
+            }
+        }
+        if rng.gen_bool(0.3) {
+            s.crash_mid_actions = 0.002;
+        }
+        s
+    }
+
+    pub fn replay_hint(&self) -> String {
+        format!(
+            "scenario {:?} failed with seed {}: replay with `CAIRN_SIM_SEED={} CAIRN_SIM_SCENARIO={} cargo test -p cairn-consensus --test simulator replay -- --nocapture`",
+            self.name, self.seed, self.seed, self.name
+        )
+    }
+}
+
+/// What a finished run saw.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub heights: Vec<Height>,
+    pub end_ms: u64,
+    pub max_view: u64,
+    pub sync_responses: u64,
+    pub commits_before_heal: u64,
+    pub restarts: u64,
+    pub max_buffered: usize,
+}
+
+struct Node {
+    key: Keypair,
+    replica: Option<Replica>,
+    ledger: SimLedger,
+    persisted: SafetyState,
+    restart_ms: Option<u64>,
+    behaviour: Option<Behaviour>,
+    /// Committed heights already checked against the agreed chain.
+    checked: usize,
+}
+
+pub struct Sim {
+    s: Scenario,
+    rng: StdRng,
+    now_ms: u64,
+    nodes: Vec<Node>,
+    net: Network,
+    validators: Vec<PublicKey>,
+    /// The first hash an honest node committed at each height.
+    agreed: BTreeMap<Height, Hash>,
+    supply: u128,
+    report: Report,
+}
+
+impl Sim {
+    pub fn new(s: Scenario) -> Sim {
+        let keys: Vec<Keypair> = (0..s.n)
+            .map(|i| Keypair::from_seed([i as u8 + 1; 32]))
+            .collect();
+        let validators: Vec<PublicKey> = keys.iter().map(|k| k.public()).collect();
+        let net = Network::new(s.loss, s.duplicate, s.delay_max_ms, s.partitions.clone());
+        let mut sim = Sim {
+            rng: StdRng::seed_from_u64(s.seed),
+            now_ms: 0,
+            nodes: vec![],
+            net,
+            validators,
+            agreed: BTreeMap::new(),
+            supply: SimLedger::new(CHAIN_ID).total_supply(),
+            report: Report::default(),
+            s,
+        };
+        for (i, key) in keys.into_iter().enumerate() {
+            let behaviour = sim
+                .s
+                .byzantine
+                .iter()
+                .find(|(b, _)| *b == i)
+                .map(|(_, b)| *b);
+            let replica = Replica::new(sim.config(), key.clone(), SafetyState::default());
+            sim.nodes.push(Node {
+                key,
+                replica: Some(replica),
+                ledger: SimLedger::new(CHAIN_ID),
+                persisted: SafetyState::default(),
+                restart_ms: None,
+                behaviour,
+                checked: 0,
+            });
+        }
+        sim
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            chain_id: CHAIN_ID.into(),
+            validators: self.validators.clone(),
+            block_interval_ms: self.s.block_interval_ms,
+            view_timeout_ms: self.s.view_timeout_ms,
+        }
+    }
+
+    fn honest(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.s.n).filter(|i| self.nodes[*i].behaviour.is_none())
+    }
+
+    /// Runs the scenario: the fault phase, then heals and demands progress.
+    pub fn run(mut self) -> Result<Report, String> {
+        let mut next_tick_ms = 0;
+        let mut target: Option<Height> = None;
+        loop {
+            if self.net.next_time().is_some_and(|t| t < next_tick_ms) {
+                let (at, packet) = self.net.pop().expect("a packet");
+                self.now_ms = at;
+                self.deliver(packet);
+            } else {
+                self.now_ms = next_tick_ms;
+                self.tick_all();
+                next_tick_ms += TICK_MS;
+            }
+            self.check_safety()?;
+            if target.is_none() && self.now_ms >= self.s.heal_ms {
+                target = Some(self.heal());
+            }
+            if let Some(target) = target {
+                if self
+                    .honest()
+                    .all(|i| self.nodes[i].ledger.height() >= target)
+                {
+                    return Ok(self.finish());
+                }
+                if self.now_ms > self.s.heal_ms + self.s.liveness_budget_ms {
+                    return Err(self.stuck(target));
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> Report {
+        self.report.heights = self.nodes.iter().map(|n| n.ledger.height()).collect();
+        self.report.end_ms = self.now_ms;
+        self.report
+    }
+
+    fn stuck(&self, target: Height) -> String {
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let r = n.replica.as_ref();
+                format!(
+                    "node {i} {:?}: height {} view {:?} syncing {:?}",
+                    n.behaviour,
+                    n.ledger.height(),
+                    r.map(|r| r.view()),
+                    r.map(|r| r.is_syncing())
+                )
+            })
+            .collect();
+        format!(
+            "liveness: honest nodes did not reach height {target} by {} ms\n{}",
+            self.now_ms,
+            states.join("\n")
+        )
+    }
+
+    /// Ends the fault phase; returns the height all honest nodes must reach.
+    fn heal(&mut self) -> Height {
+        self.net.loss = 0.0;
+        self.net.partitions.clear();
+        self.s.crash_mid_actions = 0.0;
+        for i in 0..self.s.n {
+            if self.nodes[i].replica.is_none() {
+                self.restart(i);
+            }
+        }
+        self.report.commits_before_heal = self.agreed.len() as u64;
+        let top = self.honest().map(|i| self.nodes[i].ledger.height()).max();
+        Height(top.unwrap_or_default().0 + self.s.extra_heights)
+    }
+
+    fn tick_all(&mut self) {
+        let (due, later): (Vec<Crash>, Vec<Crash>) = self
+            .s
+            .crashes
+            .drain(..)
+            .partition(|c| c.at_ms <= self.now_ms);
+        self.s.crashes = later;
+        for crash in due {
+            if self.now_ms < self.s.heal_ms && self.nodes[crash.node].replica.is_some() {
+                self.crash(crash.node, crash.restart_ms);
+            }
+        }
+        for i in 0..self.s.n {
+            if self.nodes[i].restart_ms.is_some_and(|t| t <= self.now_ms) {
+                self.restart(i);
+            }
+            if self.nodes[i].behaviour == Some(Behaviour::Flood) && self.nodes[i].replica.is_some()
+            {
+                self.flood(i);
+            }
+            self.input(
+                i,
+                Input::Tick {
+                    now_ms: self.now_ms,
+                },
+            );
+        }
+    }
+
+    fn crash(&mut self, i: usize, restart_ms: u64) {
+        let node = &mut self.nodes[i];
+        node.replica = None;
+        node.restart_ms = Some(restart_ms.max(self.now_ms + 1));
+    }
+
+    /// Rebuilds the replica from what it persisted and its durable ledger.
+    fn restart(&mut self, i: usize) {
+        let config = self.config();
+        let node = &mut self.nodes[i];
+        node.replica = Some(Replica::new(
+            config,
+            node.key.clone(),
+            node.persisted.clone(),
+        ));
+        node.restart_ms = None;
+        self.report.restarts += 1;
+    }
+
+    fn deliver(&mut self, packet: Packet) {
+        let Packet { from, to, payload } = packet;
+        match payload {
+            Payload::Message(m) => self.input(to, Input::Message(*m)),
+            Payload::SyncResponse(blocks) => {
+                self.report.sync_responses += 1;
+                let from = ValidatorIndex(from as u16);
+                self.input(to, Input::SyncResponse { from, blocks });
+            }
+            Payload::SyncRequest { from_height } => {
+                if self.nodes[to].replica.is_some() {
+                    let blocks = self.nodes[to].ledger.blocks_from(from_height, SYNC_BATCH);
+                    let packet = Packet {
+                        from: to,
+                        to: from,
+                        payload: Payload::SyncResponse(blocks),
+                    };
+                    self.net.send(&mut self.rng, self.now_ms, packet);
+                }
+            }
+        }
+    }
+
+    /// Hands one input to node `i` and carries out its actions in order,
+    /// unless it crashes part way (then the rest is lost).
+    fn input(&mut self, i: usize, input: Input) {
+        let node = &mut self.nodes[i];
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
+        let actions = replica.handle(&mut node.ledger, input);
+        self.report.max_view = self.report.max_view.max(replica.view().0);
+        if node.behaviour.is_none() {
+            let buffered = replica.buffered_message_count();
+            self.report.max_buffered = self.report.max_buffered.max(buffered);
+        }
+        let mut cut = actions.len();
+        let crash_mid = node.behaviour.is_none()
+            && self.s.crash_mid_actions > 0.0
+            && !actions.is_empty()
+            && self.rng.gen_bool(self.s.crash_mid_actions);
+        if crash_mid {
+            cut = self.rng.gen_range(0..actions.len());
+        }
+        for action in actions.into_iter().take(cut) {
+            self.act(i, action);
+        }
+        if crash_mid {
+            let restart_ms = self.now_ms + self.rng.gen_range(10..500);
+            self.crash(i, restart_ms);
+        }
+    }
+
+    fn act(&mut self, i: usize, action: Action) {
+        match action {
+            Action::PersistSafety(state) => {
+                let old = &self.nodes[i].persisted;
+                assert!(
+                    (state.height(), state.view()) >= (old.height(), old.view()),
+                    "persisted safety state went back: {old:?} -> {state:?}"
+                );
+                self.nodes[i].persisted = state;
+            }
+            Action::Broadcast(m) => {
+                for (to, m) in self.rewrite(i, m) {
+                    self.send_message(i, to, m);
+                }
+            }
+            Action::Send { to, message } => self.send_message(i, to.get(), message),
+            Action::RequestSync { to, from_height } => {
+                let packet = Packet {
+                    from: i,
+                    to: to.get(),
+                    payload: Payload::SyncRequest { from_height },
+                };
+                self.net.send(&mut self.rng, self.now_ms, packet);
+            }
+            Action::Committed { height, hash } => {
+                let blocks = &self.nodes[i].ledger.blocks;
+                let stored = blocks.get(height.0 as usize - 1).map(|(b, _)| b.hash());
+                assert_eq!(stored, Some(hash), "Committed names a committed block");
+            }
+        }
+    }
+
+    fn send_message(&mut self, from: usize, to: usize, message: SignedMessage) {
+        let packet = Packet {
+            from,
+            to,
+            payload: Payload::Message(Box::new(message)),
+        };
+        self.net.send(&mut self.rng, self.now_ms, packet);
+    }
+
+    /// Honest nodes broadcast as is; Byzantine ones rewrite.
+    fn rewrite(&mut self, i: usize, message: SignedMessage) -> Vec<(usize, SignedMessage)> {
+        let node = &self.nodes[i];
+        let Some(behaviour) = node.behaviour else {
+            return (0..self.s.n)
+                .filter(|p| *p != i)
+                .map(|p| (p, message.clone()))
+                .collect();
+        };
+        let faulty = Faulty {
+            me: i,
+            n: self.s.n,
+            key: &node.key,
+            ledger: &node.ledger,
+            now_ms: self.now_ms,
+        };
+        byzantine::rewrite(behaviour, &faulty, &mut self.rng, message)
+    }
+
+    fn flood(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let faulty = Faulty {
+            me: i,
+            n: self.s.n,
+            key: &node.key,
+            ledger: &node.ledger,
+            now_ms: self.now_ms,
+        };
+        let out = byzantine::flood(&faulty, &mut self.rng, &self.net.recent);
+        for (to, m) in out {
+            self.send_message(i, to, m);
+        }
+    }
+
+    /// After every step: honest nodes agree on every committed height, every
+    /// committed block carries a valid certificate, supply is conserved, and
+    /// buffers stay within their bounds.
+    fn check_safety(&mut self) -> Result<(), String> {
+        let limit = buffered_messages_max(self.s.n);
+        for i in 0..self.s.n {
+            let node = &self.nodes[i];
+            if node.behaviour.is_some() {
+                continue;
+            }
+            if let Some(r) = &node.replica {
+                if r.buffered_message_count() > limit {
+                    return Err(format!(
+                        "node {i} buffers {} > {limit}",
+                        r.buffered_message_count()
+                    ));
+                }
+            }
+            for (block, certificate) in &node.ledger.blocks[node.checked..] {
+                let height = block.height();
+                let hash = block.hash();
+                if let Err(e) = certificate.verify(CHAIN_ID, &self.validators, &block.header) {
+                    return Err(format!(
+                        "node {i} committed height {height} with a bad certificate: {e}"
+                    ));
+                }
+                let agreed = *self.agreed.entry(height).or_insert(hash);
+                if agreed != hash {
+                    return Err(format!(
+                        "fork at height {height}: node {i} committed {hash}, another {agreed}"
+                    ));
+                }
+            }
+            if node.ledger.total_supply() != self.supply {
+                return Err(format!("node {i}: supply changed"));
+            }
+            self.nodes[i].checked = self.nodes[i].ledger.blocks.len();
+        }
+        Ok(())
+    }
+}
+
+/// Runs a scenario; panics with the replay command on failure.
+pub fn run_or_panic(s: Scenario) -> Report {
+    run(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs a scenario; the error (a broken invariant, or a panic inside the
+/// run) carries the replay command.
+pub fn run(s: Scenario) -> Result<Report, String> {
+    let hint = s.replay_hint();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Sim::new(s).run()));
+    match result {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(e)) => Err(format!("{e}\n{hint}")),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("panic: {text}\n{hint}"))
+        }
+    }
+}
