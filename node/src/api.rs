@@ -68,7 +68,7 @@ pub fn serve(
 /// Every route of the API.
 pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let with_node = warp::any().map(move || node.clone());
-    let body = warp::body::content_length_limit(HTTP_BODY_BYTES_MAX).and(warp::body::bytes());
+    let body = bounded_body();
 
     let status = warp::path!("v1" / "status")
         .and(warp::get())
@@ -81,7 +81,7 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
     let submit = warp::path!("v1" / "transactions")
         .and(warp::post())
         .and(with_node.clone())
-        .and(body)
+        .and(body.clone())
         .then(submit_one);
     let submit_batch = warp::path!("v1" / "transactions" / "batch")
         .and(warp::post())
@@ -129,6 +129,55 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .unify()
         .recover(|rejection| async move { Ok::<_, Infallible>(rejection_response(rejection)) })
         .unify()
+}
+
+/// The request body, at most [`HTTP_BODY_BYTES_MAX`] bytes, with or without
+/// a Content-Length header: a declared length over the limit is refused
+/// before anything is read, and an undeclared body is read only up to it.
+fn bounded_body(
+) -> impl Filter<Extract = (Result<bytes::Bytes, Response>,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(|declared, stream| read_bounded(declared, stream))
+}
+
+async fn read_bounded<S, B>(declared: Option<u64>, stream: S) -> Result<bytes::Bytes, Response>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {HTTP_BODY_BYTES_MAX} bytes"),
+        )
+    };
+    if declared.is_some_and(|length| length > HTTP_BODY_BYTES_MAX) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    futures::pin_mut!(stream);
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("reading the body: {e}"),
+            )
+        })?;
+        if body.len() as u64 + chunk.remaining() as u64 > HTTP_BODY_BYTES_MAX {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            body.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(bytes::Bytes::from(body))
 }
 
 /// Turns warp's own rejections (no route, wrong method, body too large) into
@@ -231,7 +280,11 @@ fn parse_transaction(value: serde_json::Value) -> Result<SignedTransaction, Refu
     SignedTransaction::try_from(&json).map_err(|e| Refusal::new(400, e.code(), e.to_string()))
 }
 
-async fn submit_one(node: Arc<Node>, body: bytes::Bytes) -> Response {
+async fn submit_one(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(e) => {
@@ -263,7 +316,11 @@ async fn submit_one(node: Arc<Node>, body: bytes::Bytes) -> Response {
     }
 }
 
-async fn submit_batch(node: Arc<Node>, body: bytes::Bytes) -> Response {
+async fn submit_batch(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let values: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
         Ok(values) => values,
         Err(e) => {

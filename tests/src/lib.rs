@@ -144,6 +144,94 @@ pub fn http_post(url: &str, body: &str) -> Answer {
     )
 }
 
+/// POSTs a body of `length` bytes over a raw socket, declared with
+/// Content-Length or sent chunked, while reading the answer on another
+/// thread: a server may answer (413) before it has read the whole body.
+pub fn http_post_large(
+    address: std::net::SocketAddr,
+    path: &str,
+    length: usize,
+    chunked: bool,
+) -> Answer {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let path = path.to_string();
+    let sender = std::thread::spawn(move || {
+        let framing = if chunked {
+            "transfer-encoding: chunked".to_string()
+        } else {
+            format!("content-length: {length}")
+        };
+        let head = format!("POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n{framing}\r\n\r\n");
+        writer.write_all(head.as_bytes())?;
+        let piece = vec![b'7'; 64 * 1024];
+        let mut sent = 0;
+        while sent < length {
+            let n = piece.len().min(length - sent);
+            if chunked {
+                writer.write_all(format!("{n:x}\r\n").as_bytes())?;
+                writer.write_all(&piece[..n])?;
+                writer.write_all(b"\r\n")?;
+            } else {
+                writer.write_all(&piece[..n])?;
+            }
+            sent += n;
+        }
+        if chunked {
+            writer.write_all(b"0\r\n\r\n")?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.extend_from_slice(&buffer[..n]);
+                if let Some(answer) = parse_raw_response(&response) {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    let _ = sender.join();
+                    return answer;
+                }
+            }
+            Err(e) => panic!(
+                "reading the answer: {e} (got {:?})",
+                String::from_utf8_lossy(&response)
+            ),
+        }
+    }
+    let _ = sender.join();
+    parse_raw_response(&response).expect("a complete HTTP answer")
+}
+
+/// Parses a complete HTTP/1.1 answer with a Content-Length body.
+fn parse_raw_response(bytes: &[u8]) -> Option<Answer> {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })?
+        .parse()
+        .ok()?;
+    if body.len() < length {
+        return None;
+    }
+    Some(Answer {
+        status,
+        json: serde_json::from_str(&body[..length]).unwrap_or(Value::Null),
+    })
+}
+
 /// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

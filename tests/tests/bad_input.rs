@@ -111,17 +111,16 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
 
     // A 6 MiB body.
-    let huge = format!("\"{}\"", "x".repeat(6 * 1024 * 1024));
-    assert_error(
-        &net.post(0, "/v1/transactions", &huge),
-        413,
-        "payload_too_large",
-    );
-    assert_error(
-        &net.post(0, "/v1/transactions/batch", &huge),
-        413,
-        "payload_too_large",
-    );
+    let api = net.genesis.api_addresses[0];
+    const SIX_MIB: usize = 6 * 1024 * 1024;
+    for (path, chunked) in [
+        ("/v1/transactions", false),
+        ("/v1/transactions", true),
+        ("/v1/transactions/batch", false),
+    ] {
+        let answer = cairn_tests::http_post_large(api, path, SIX_MIB, chunked);
+        assert_error(&answer, 413, "payload_too_large");
+    }
 
     // Malformed addresses.
     assert_error(
