@@ -15,6 +15,85 @@
 //! Actions are executed **in order**: an [`Action::PersistSafety`] is written
 //! and flushed before any later send leaves the node, so a restarted replica
 //! can never vote twice for different blocks at one (view, height).
+//!
+//! # Protocol in brief
+//!
+//! One height at a time; views persist across heights (a new height starts
+//! in the view of the certificate that decided the previous one). The
+//! primary sends [`Message::PrePrepare`]; replicas that validate it send
+//! [`Message::Prepare`]; 2f+1 matching prepares make the block prepared and
+//! each sends [`Message::Commit`]; 2f+1 matching commits are the block's
+//! [`Certificate`]. A replica with no progress for the view timeout sends
+//! [`Message::ViewChange`] with its highest [`PreparedCertificate`]; the next
+//! primary answers 2f+1 of them with [`Message::NewView`]. A replica that
+//! hears from a peer still working on a lower height sends it
+//! [`Message::Decided`] (its last certificate); a replica that learns it is
+//! behind emits [`Action::RequestSync`]. Own messages of the current view
+//! are re-sent every `view_timeout_ms / 4` while a height makes no progress.
+//!
+//! # Driving a replica
+//!
+//! - Tick often (every ~10 ms) and after new transactions arrive; the
+//!   replica keeps no clock of its own.
+//! - Hand every [`SignedMessage`] from a peer to `handle` unchecked: the
+//!   replica checks sender, chain and signature and drops what fails.
+//! - Answer a peer's sync request from storage with committed blocks and
+//!   their certificates from the asked height up (a bounded count); feed
+//!   replies to the replica as [`Input::SyncResponse`].
+//! - Store each [`Action::PersistSafety`] state (it is `serde`) and give the
+//!   last one back to [`Replica::new`] on restart.
+//!
+//! ```
+//! use cairn_consensus::{Action, Config, Input, Ledger, Replica, SafetyState};
+//! use cairn_core::{tx_root, Block, BlockHeader, Certificate, Hash, Height, Keypair, PublicKey, View};
+//!
+//! /// A chain of empty blocks.
+//! #[derive(Default)]
+//! struct Chain(Vec<(Block, Certificate)>);
+//!
+//! impl Ledger for Chain {
+//!     fn tip(&self) -> (Height, Hash) {
+//!         self.0.last().map_or((Height(0), Hash::ZERO), |(b, _)| (b.height(), b.hash()))
+//!     }
+//!     fn has_pending(&self) -> bool {
+//!         self.0.len() < 3
+//!     }
+//!     fn propose(&mut self, view: View, proposer: PublicKey, now_ms: u64) -> Option<Block> {
+//!         let (height, parent_hash) = self.tip();
+//!         let header = BlockHeader {
+//!             height: height.next(), parent_hash, view, proposer, timestamp_ms: now_ms,
+//!             tx_root: tx_root([]), state_root: Hash::ZERO,
+//!         };
+//!         Some(Block { header, transactions: vec![] })
+//!     }
+//!     fn validate(&mut self, _block: &Block) -> Result<(), String> {
+//!         Ok(())
+//!     }
+//!     fn commit(&mut self, block: &Block, certificate: &Certificate) -> Result<(), String> {
+//!         self.0.push((block.clone(), certificate.clone()));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let key = Keypair::from_seed([7; 32]);
+//! let config = Config {
+//!     chain_id: "demo".into(),
+//!     validators: vec![key.public()],
+//!     block_interval_ms: 100,
+//!     view_timeout_ms: 1_000,
+//! };
+//! let mut replica = Replica::new(config, key, SafetyState::default());
+//! let mut chain = Chain::default();
+//! let mut committed = vec![];
+//! for now_ms in (0..1_000).step_by(10) {
+//!     for action in replica.handle(&mut chain, Input::Tick { now_ms }) {
+//!         if let Action::Committed { height, .. } = action {
+//!             committed.push(height.0);
+//!         }
+//!     }
+//! }
+//! assert_eq!(committed, [1, 2, 3]);
+//! ```
 
 pub mod limits;
 mod log;

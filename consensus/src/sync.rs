@@ -5,7 +5,7 @@
 use cairn_core::{Block, Certificate, Hash, Height, ValidatorIndex, View};
 
 use crate::limits::{FUTURE_MESSAGES_PER_SENDER_MAX, HEIGHTS_AHEAD_MAX, SYNC_BLOCKS_MAX};
-use crate::log::{Kind, Seen};
+use crate::log::{Kind, Round, Seen};
 use crate::message::{signatures_valid, SignedMessage};
 use crate::replica::Replica;
 use crate::{Action, Ledger};
@@ -116,7 +116,8 @@ impl Replica {
     }
 
     /// A peer's certificate: for the next height its signatures count as
-    /// commit votes; for a higher one it proves we are behind.
+    /// commit votes (when its view is one the log keeps); otherwise it
+    /// proves we are behind.
     pub(crate) fn on_decided(
         &mut self,
         message: SignedMessage,
@@ -141,17 +142,14 @@ impl Replica {
         if !signatures_valid(&vote, &certificate.signatures, &self.config.validators) {
             return;
         }
-        if certificate.height > next {
+        let in_window = Round::view_in_window(certificate.view, self.view());
+        if certificate.height > next || !in_window {
             self.sync.proven = Some((certificate.height, message.from));
             return;
         }
+        let (view, hash) = (certificate.view, certificate.block_hash);
         for s in &certificate.signatures {
-            if self
-                .round
-                .vote_seen(Kind::Commit, certificate.view, s.validator)
-                == Seen::New
-            {
-                let (view, hash) = (certificate.view, certificate.block_hash);
+            if self.round.vote_seen(Kind::Commit, view, s.validator) == Seen::New {
                 self.round
                     .insert_vote(Kind::Commit, view, s.validator, hash, s.signature);
             }

@@ -1,7 +1,7 @@
 //! The deterministic simulator: named scenarios and many random seeds.
 //!
 //! `CAIRN_SIM_SEEDS` sets how many random seeds each random test runs
-//! (default 300 per test: 600 in all, half n=4 and half n=7);
+//! (default 500 per test: 1,000 in all, half n=4 and half n=7);
 //! `CAIRN_SIM_SEED` (+ `CAIRN_SIM_SCENARIO`, default `random`) replays one
 //! run exactly with the `replay` test.
 
@@ -15,7 +15,7 @@ fn seed_count() -> u64 {
     std::env::var("CAIRN_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300)
+        .unwrap_or(500)
 }
 
 /// Runs random seeds `first, first + 2, ...` and reports every failure.

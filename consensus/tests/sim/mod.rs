@@ -142,6 +142,8 @@ pub struct Report {
     pub commits_before_heal: u64,
     pub restarts: u64,
     pub max_buffered: usize,
+    /// When each height (index h - 1) was first committed by an honest node.
+    pub agreed_at_ms: Vec<u64>,
 }
 
 struct Node {
@@ -355,7 +357,12 @@ impl Sim {
             }
             Payload::SyncRequest { from_height } => {
                 if self.nodes[to].replica.is_some() {
-                    let blocks = self.nodes[to].ledger.blocks_from(from_height, SYNC_BATCH);
+                    let mut blocks = self.nodes[to].ledger.blocks_from(from_height, SYNC_BATCH);
+                    let liar = self.nodes[to].behaviour == Some(Behaviour::BadSignatures);
+                    if liar && !blocks.is_empty() && self.rng.gen_bool(0.5) {
+                        let i = self.rng.gen_range(0..blocks.len());
+                        blocks[i].1.signatures[0].signature.0[0] ^= 1;
+                    }
                     let packet = Packet {
                         from: to,
                         to: from,
@@ -497,6 +504,9 @@ impl Sim {
                     return Err(format!(
                         "node {i} committed height {height} with a bad certificate: {e}"
                     ));
+                }
+                if !self.agreed.contains_key(&height) {
+                    self.report.agreed_at_ms.push(self.now_ms);
                 }
                 let agreed = *self.agreed.entry(height).or_insert(hash);
                 if agreed != hash {

@@ -1,0 +1,420 @@
+//! Scripted tests of one replica: exact inputs, exact actions expected.
+
+#[path = "sim/ledger.rs"]
+#[allow(dead_code)]
+mod ledger;
+
+use cairn_consensus::{
+    Action, Config, Input, Ledger, Message, PreparedCertificate, Replica, SafetyState,
+    SignedMessage,
+};
+use cairn_core::{
+    Block, Certificate, CommitSignature, Height, Keypair, PublicKey, ValidatorIndex, View, Vote,
+    VoteKind,
+};
+use ledger::SimLedger;
+
+const CHAIN: &str = "cairn-test";
+
+struct Net {
+    keys: Vec<Keypair>,
+    validators: Vec<PublicKey>,
+}
+
+impl Net {
+    fn new(n: u8) -> Net {
+        let keys: Vec<Keypair> = (0..n).map(|i| Keypair::from_seed([i + 1; 32])).collect();
+        let validators = keys.iter().map(|k| k.public()).collect();
+        Net { keys, validators }
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            chain_id: CHAIN.into(),
+            validators: self.validators.clone(),
+            block_interval_ms: 50,
+            view_timeout_ms: 1_000,
+        }
+    }
+
+    fn replica(&self, i: usize, safety: SafetyState) -> Replica {
+        Replica::new(self.config(), self.keys[i].clone(), safety)
+    }
+
+    fn signed(&self, from: usize, message: Message) -> Input {
+        let from_index = ValidatorIndex(from as u16);
+        Input::Message(SignedMessage::sign(
+            CHAIN,
+            from_index,
+            &self.keys[from],
+            message,
+        ))
+    }
+
+    fn vote(&self, kind: VoteKind, view: u64, block: &Block, signer: usize) -> CommitSignature {
+        let vote = Vote {
+            kind,
+            chain_id: CHAIN.into(),
+            height: block.height(),
+            view: View(view),
+            block_hash: block.hash(),
+        };
+        CommitSignature {
+            validator: ValidatorIndex(signer as u16),
+            signature: vote.sign(&self.keys[signer]),
+        }
+    }
+
+    fn certificate(&self, view: u64, block: &Block, signers: &[usize]) -> Certificate {
+        Certificate {
+            height: block.height(),
+            view: View(view),
+            block_hash: block.hash(),
+            signatures: signers
+                .iter()
+                .map(|s| self.vote(VoteKind::Commit, view, block, *s))
+                .collect(),
+        }
+    }
+
+    fn block(&self, ledger: &SimLedger, view: u64, salt: u64) -> Block {
+        let primary = self.validators[(view % self.validators.len() as u64) as usize];
+        ledger.build(View(view), primary, 1, salt)
+    }
+}
+
+fn pre_prepare(view: u64, block: &Block) -> Message {
+    Message::PrePrepare {
+        view: View(view),
+        height: block.height(),
+        block: block.clone(),
+    }
+}
+
+fn vote_message(kind: VoteKind, view: u64, block: &Block) -> Message {
+    let (view, height, block_hash) = (View(view), block.height(), block.hash());
+    match kind {
+        VoteKind::Prepare => Message::Prepare {
+            view,
+            height,
+            block_hash,
+        },
+        VoteKind::Commit => Message::Commit {
+            view,
+            height,
+            block_hash,
+        },
+    }
+}
+
+/// The kinds of actions, in order, for compact assertions.
+fn shape(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::PersistSafety(_) => "persist".to_string(),
+            Action::Broadcast(m) | Action::Send { message: m, .. } => match &m.message {
+                Message::PrePrepare { .. } => "pre-prepare".into(),
+                Message::Prepare { .. } => "prepare".into(),
+                Message::Commit { .. } => "commit".into(),
+                Message::ViewChange { .. } => "view-change".into(),
+                Message::NewView { .. } => "new-view".into(),
+                Message::Decided { .. } => "decided".into(),
+            },
+            Action::RequestSync { .. } => "request-sync".into(),
+            Action::Committed { .. } => "committed".into(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_single_validator_commits_through_the_normal_path() {
+    let net = Net::new(1);
+    let mut replica = net.replica(0, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let actions = replica.handle(&mut ledger, Input::Tick { now_ms: 100 });
+    assert_eq!(
+        shape(&actions),
+        [
+            "persist",
+            "pre-prepare",
+            "persist",
+            "prepare",
+            "persist",
+            "commit",
+            "committed"
+        ]
+    );
+    let (block, certificate) = &ledger.blocks[0];
+    assert_eq!(certificate.signatures.len(), 1);
+    certificate
+        .verify(CHAIN, &net.validators, &block.header)
+        .unwrap();
+    assert_eq!(replica.height(), Height(2));
+}
+
+#[test]
+fn a_prepare_is_persisted_before_it_leaves_and_repeated_after_restart() {
+    let net = Net::new(4);
+    let mut replica = net.replica(1, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let block = net.block(&ledger, 0, 0);
+    let actions = replica.handle(&mut ledger, net.signed(0, pre_prepare(0, &block)));
+    assert_eq!(shape(&actions), ["persist", "prepare"]);
+    let Action::PersistSafety(state) = &actions[0] else {
+        unreachable!()
+    };
+    let Action::Broadcast(prepare) = &actions[1] else {
+        unreachable!()
+    };
+
+    let mut restarted = net.replica(1, state.clone());
+    let again = restarted.handle(&mut ledger, net.signed(0, pre_prepare(0, &block)));
+    assert_eq!(shape(&again), ["prepare"], "nothing new to persist");
+    let Action::Broadcast(repeated) = &again[0] else {
+        unreachable!()
+    };
+    assert_eq!(repeated, prepare, "the same vote, not a new one");
+
+    let other = net.block(&ledger, 0, 3);
+    assert_ne!(other.hash(), block.hash());
+    let mut restarted = net.replica(1, state.clone());
+    let refused = restarted.handle(&mut ledger, net.signed(0, pre_prepare(0, &other)));
+    assert!(
+        shape(&refused).is_empty(),
+        "no prepare for a second block in one view, even after a restart"
+    );
+}
+
+#[test]
+fn votes_arriving_before_the_pre_prepare_are_kept() {
+    let net = Net::new(4);
+    let mut replica = net.replica(1, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let block = net.block(&ledger, 0, 0);
+    for from in [0, 2, 3] {
+        for kind in [VoteKind::Prepare, VoteKind::Commit] {
+            let input = net.signed(from, vote_message(kind, 0, &block));
+            assert!(replica.handle(&mut ledger, input).is_empty());
+        }
+    }
+    let actions = replica.handle(&mut ledger, net.signed(0, pre_prepare(0, &block)));
+    assert_eq!(
+        shape(&actions),
+        ["committed"],
+        "commit quorum and block known: commit at once"
+    );
+    assert_eq!(ledger.tip(), (Height(1), block.hash()));
+}
+
+#[test]
+fn forged_duplicate_and_stranger_messages_are_dropped() {
+    let net = Net::new(4);
+    let mut replica = net.replica(1, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let block = net.block(&ledger, 0, 0);
+    let Input::Message(mut forged) = net.signed(2, vote_message(VoteKind::Prepare, 0, &block))
+    else {
+        unreachable!()
+    };
+    forged.signature.0[5] ^= 1;
+    replica.handle(&mut ledger, Input::Message(forged.clone()));
+    forged.from = ValidatorIndex(9);
+    replica.handle(&mut ledger, Input::Message(forged));
+    assert_eq!(replica.buffered_message_count(), 0);
+    for _ in 0..3 {
+        let input = net.signed(2, vote_message(VoteKind::Prepare, 0, &block));
+        replica.handle(&mut ledger, input);
+    }
+    assert_eq!(replica.buffered_message_count(), 1);
+    let wrong_chain = SignedMessage::sign(
+        "other-chain",
+        ValidatorIndex(3),
+        &net.keys[3],
+        vote_message(VoteKind::Prepare, 0, &block),
+    );
+    replica.handle(&mut ledger, Input::Message(wrong_chain));
+    assert_eq!(replica.buffered_message_count(), 1);
+}
+
+#[test]
+fn a_sync_reply_is_applied_up_to_the_first_bad_certificate() {
+    let net = Net::new(4);
+    let mut source = SimLedger::new(CHAIN);
+    let mut chain = vec![];
+    for _ in 0..3 {
+        let block = net.block(&source, 0, 0);
+        let certificate = net.certificate(0, &block, &[0, 1, 2]);
+        source.commit(&block, &certificate).unwrap();
+        chain.push((block, certificate));
+    }
+    chain[1].1.signatures[0].signature.0[0] ^= 1;
+    let mut replica = net.replica(3, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let input = Input::SyncResponse {
+        from: ValidatorIndex(0),
+        blocks: chain.clone(),
+    };
+    let actions = replica.handle(&mut ledger, input);
+    assert_eq!(shape(&actions), ["committed"]);
+    assert_eq!(ledger.height(), Height(1));
+    chain[1].1 = net.certificate(0, &chain[1].0, &[1, 2, 3]);
+    replica.handle(
+        &mut ledger,
+        Input::SyncResponse {
+            from: ValidatorIndex(0),
+            blocks: chain,
+        },
+    );
+    assert_eq!(
+        ledger.tip(),
+        source.tip(),
+        "old blocks skipped, rest applied"
+    );
+}
+
+#[test]
+fn far_future_messages_are_bounded_and_f_plus_1_of_them_start_a_sync() {
+    let net = Net::new(4);
+    let mut replica = net.replica(1, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let block = net.block(&ledger, 0, 0);
+    for view in 0..100 {
+        let mut message = vote_message(VoteKind::Prepare, view, &block);
+        if let Message::Prepare { height, .. } = &mut message {
+            *height = Height(2);
+        }
+        replica.handle(&mut ledger, net.signed(2, message));
+    }
+    let bound = cairn_consensus::limits::FUTURE_MESSAGES_PER_SENDER_MAX;
+    assert_eq!(replica.buffered_message_count(), bound);
+    assert!(!replica.is_syncing(), "one validator ahead may be lying");
+    let far = Message::ViewChange {
+        new_view: View(0),
+        height: Height(500),
+        prepared: None,
+    };
+    replica.handle(&mut ledger, net.signed(3, far));
+    assert!(replica.is_syncing(), "f+1 validators are ahead");
+    let mut requests = 0;
+    for now_ms in (0..2_000).step_by(10) {
+        let actions = replica.handle(&mut ledger, Input::Tick { now_ms });
+        requests += shape(&actions)
+            .iter()
+            .filter(|a| *a == "request-sync")
+            .count();
+    }
+    assert!(
+        (1..=10).contains(&requests),
+        "rate-limited requests: {requests}"
+    );
+}
+
+/// View changes for view 1 at height 1 from `from`, the first carrying a
+/// prepared certificate for `prepared` (view 0) when given.
+fn view_changes(net: &Net, from: &[usize], prepared: Option<&Block>) -> Vec<SignedMessage> {
+    from.iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let prepared = prepared
+                .filter(|_| i == 0)
+                .map(|block| PreparedCertificate {
+                    view: View(0),
+                    block: block.clone(),
+                    signatures: [0, 2, 3]
+                        .iter()
+                        .map(|s| net.vote(VoteKind::Prepare, 0, block, *s))
+                        .collect(),
+                });
+            let message = Message::ViewChange {
+                new_view: View(1),
+                height: Height(1),
+                prepared,
+            };
+            SignedMessage::sign(CHAIN, ValidatorIndex(*f as u16), &net.keys[*f], message)
+        })
+        .collect()
+}
+
+fn new_view(net: &Net, view_changes: Vec<SignedMessage>, proposal: &Block) -> Input {
+    let message = Message::NewView {
+        view: View(1),
+        height: Height(1),
+        view_changes,
+        proposal: proposal.clone(),
+    };
+    net.signed(1, message)
+}
+
+#[test]
+fn a_new_view_must_repropose_the_highest_prepared_block() {
+    let net = Net::new(4);
+    let ledger0 = SimLedger::new(CHAIN);
+    let prepared = net.block(&ledger0, 0, 0);
+    let fresh = net.block(&ledger0, 1, 0);
+    let vcs = view_changes(&net, &[0, 2, 3], Some(&prepared));
+
+    let mut replica = net.replica(2, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let ignored = replica.handle(&mut ledger, new_view(&net, vcs.clone(), &fresh));
+    assert!(
+        shape(&ignored).is_empty(),
+        "fresh block despite a prepared one"
+    );
+    assert_eq!(replica.view(), View(0));
+
+    let mut replica = net.replica(2, SafetyState::default());
+    let actions = replica.handle(&mut ledger, new_view(&net, vcs, &prepared));
+    assert_eq!(shape(&actions), ["persist", "prepare"]);
+    assert_eq!(replica.view(), View(1));
+    let Action::Broadcast(m) = &actions[1] else {
+        unreachable!()
+    };
+    assert_eq!(m.message, vote_message(VoteKind::Prepare, 1, &prepared));
+}
+
+#[test]
+fn a_new_view_needs_a_quorum_of_distinct_view_changes() {
+    let net = Net::new(4);
+    let mut ledger = SimLedger::new(CHAIN);
+    let fresh = net.block(&ledger, 1, 0);
+    let mut replica = net.replica(2, SafetyState::default());
+    let two = view_changes(&net, &[0, 3], None);
+    assert!(replica
+        .handle(&mut ledger, new_view(&net, two, &fresh))
+        .is_empty());
+    let mut replica = net.replica(2, SafetyState::default());
+    let repeated = view_changes(&net, &[0, 3, 3], None);
+    assert!(replica
+        .handle(&mut ledger, new_view(&net, repeated, &fresh))
+        .is_empty());
+    let mut replica = net.replica(2, SafetyState::default());
+    let good = view_changes(&net, &[0, 2, 3], None);
+    let actions = replica.handle(&mut ledger, new_view(&net, good, &fresh));
+    assert_eq!(shape(&actions), ["persist", "prepare"]);
+}
+
+#[test]
+fn the_view_timer_asks_for_the_next_view_and_doubles() {
+    let net = Net::new(4);
+    let mut replica = net.replica(2, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let mut asked_at = vec![];
+    for now_ms in (0..8_000).step_by(10) {
+        let actions = replica.handle(&mut ledger, Input::Tick { now_ms });
+        if shape(&actions).contains(&"view-change".to_string())
+            && replica.view().0 > asked_at.len() as u64
+        {
+            asked_at.push(now_ms);
+        }
+    }
+    assert_eq!(replica.view(), View(asked_at.len() as u64));
+    assert!(asked_at.len() >= 2, "{asked_at:?}");
+    let first = asked_at[0];
+    let second = asked_at[1] - asked_at[0];
+    assert!((1_000..=1_020).contains(&first), "{asked_at:?}");
+    assert!(
+        (2_000..=2_020).contains(&second),
+        "timeout doubled: {asked_at:?}"
+    );
+}
