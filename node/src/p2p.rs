@@ -88,6 +88,24 @@ fn hello_message(genesis_hash: &Hash, noise_static: &[u8]) -> Vec<u8> {
 
 type Frame = Arc<Vec<u8>>;
 
+/// Who we are on the p2p network and who we accept: our validator key, the
+/// chain's genesis hash and the genesis validator set.
+pub struct Identity {
+    pub key: cairn_core::Keypair,
+    pub genesis_hash: Hash,
+    pub validators: Vec<PublicKey>,
+}
+
+impl Identity {
+    fn of(node: &Node) -> Identity {
+        Identity {
+            key: node.key.clone(),
+            genesis_hash: node.genesis.hash,
+            validators: node.genesis.validators.clone(),
+        }
+    }
+}
+
 /// An authenticated, encrypted connection to validator `peer`.
 struct Connection {
     peer: usize,
@@ -173,6 +191,7 @@ pub async fn start(node: Arc<Node>, queues: Queues, listen: SocketAddr) -> std::
     tracing::info!("p2p listening on {listen}");
     let builder = snow::Builder::new(NOISE_PARAMS.parse().expect("valid noise params"));
     let noise_key = Arc::new(builder.generate_keypair().expect("noise keypair"));
+    let identity = Arc::new(Identity::of(&node));
     let n = node.genesis.validators.len();
     let mut inbound_senders: Vec<Option<mpsc::Sender<Connection>>> = (0..n).map(|_| None).collect();
     for (peer, queue) in queues.0.into_iter().enumerate() {
@@ -183,18 +202,19 @@ pub async fn start(node: Arc<Node>, queues: Queues, listen: SocketAddr) -> std::
         }
         tokio::spawn(manage_peer(
             node.clone(),
+            identity.clone(),
             noise_key.clone(),
             peer,
             queue,
             inbound_rx,
         ));
     }
-    tokio::spawn(accept_loop(node, noise_key, listener, inbound_senders));
+    tokio::spawn(accept_loop(identity, noise_key, listener, inbound_senders));
     Ok(())
 }
 
 async fn accept_loop(
-    node: Arc<Node>,
+    identity: Arc<Identity>,
     noise_key: Arc<snow::Keypair>,
     listener: TcpListener,
     inbound: Vec<Option<mpsc::Sender<Connection>>>,
@@ -209,11 +229,11 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (node, noise_key, inbound) = (node.clone(), noise_key.clone(), inbound.clone());
+        let (identity, noise_key, inbound) = (identity.clone(), noise_key.clone(), inbound.clone());
         tokio::spawn(async move {
             let result = tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
-                handshake(&node, &noise_key, stream, false),
+                handshake(&identity, &noise_key, stream, false),
             )
             .await
             .unwrap_or_else(|_| Err("handshake timed out".into()));
@@ -239,6 +259,7 @@ async fn accept_loop(
 /// Keeps one connection to `peer` alive and feeds it the peer's queue.
 async fn manage_peer(
     node: Arc<Node>,
+    identity: Arc<Identity>,
     noise_key: Arc<snow::Keypair>,
     peer: usize,
     mut queue: mpsc::Receiver<Frame>,
@@ -251,7 +272,7 @@ async fn manage_peer(
     loop {
         let connection = match next.take() {
             Some(connection) => connection,
-            None if dialer => match dial(&node, &noise_key, address).await {
+            None if dialer => match dial(&identity, &noise_key, address).await {
                 Ok(connection) if connection.peer == peer => connection,
                 Ok(connection) => {
                     tracing::warn!(
@@ -283,7 +304,7 @@ async fn manage_peer(
 }
 
 async fn dial(
-    node: &Node,
+    identity: &Identity,
     noise_key: &snow::Keypair,
     address: SocketAddr,
 ) -> Result<Connection, String> {
@@ -291,9 +312,12 @@ async fn dial(
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(node, noise_key, stream, true))
-        .await
-        .map_err(|_| "handshake timed out".to_string())?
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(identity, noise_key, stream, true),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
 }
 
 async fn read_handshake_message(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
@@ -314,7 +338,7 @@ async fn write_handshake_message(stream: &mut TcpStream, message: &[u8]) -> Resu
 
 /// Runs the Noise XX handshake and checks the peer's validator identity.
 async fn handshake(
-    node: &Node,
+    identity: &Identity,
     noise_key: &snow::Keypair,
     mut stream: TcpStream,
     initiator: bool,
@@ -329,11 +353,11 @@ async fn handshake(
     }
     .map_err(|e| e.to_string())?;
     let hello = Hello {
-        genesis_hash: node.genesis.hash,
-        validator: node.key.public(),
-        signature: node.key.sign(
+        genesis_hash: identity.genesis_hash,
+        validator: identity.key.public(),
+        signature: identity.key.sign(
             P2P_DOMAIN,
-            &hello_message(&node.genesis.hash, &noise_key.public),
+            &hello_message(&identity.genesis_hash, &noise_key.public),
         ),
     };
     let hello = codec::encode(&hello);
@@ -372,7 +396,7 @@ async fn handshake(
         .get_remote_static()
         .ok_or("peer sent no static key")?
         .to_vec();
-    let peer = check_hello(node, &peer_hello, &remote_static)?;
+    let peer = check_hello(identity, &peer_hello, &remote_static)?;
     let transport = state.into_stateless_transport_mode().map_err(noise_err)?;
     Ok(Connection {
         peer,
@@ -382,22 +406,23 @@ async fn handshake(
 }
 
 /// Checks a peer's identity proof; returns its validator index.
-fn check_hello(node: &Node, bytes: &[u8], remote_static: &[u8]) -> Result<usize, String> {
+fn check_hello(identity: &Identity, bytes: &[u8], remote_static: &[u8]) -> Result<usize, String> {
     let hello: Hello = codec::decode(bytes).map_err(|e| format!("bad hello: {e}"))?;
-    if hello.genesis_hash != node.genesis.hash {
+    if hello.genesis_hash != identity.genesis_hash {
         return Err("peer is on another chain (genesis hash differs)".into());
     }
-    let peer = node
-        .genesis
-        .index_of(&hello.validator)
+    let peer = identity
+        .validators
+        .iter()
+        .position(|v| *v == hello.validator)
         .ok_or_else(|| format!("key {} is not a validator of this chain", hello.validator))?;
-    if peer == node.me.get() {
+    if hello.validator == identity.key.public() {
         return Err("peer claims to be this validator".into());
     }
     cairn_core::verify(
         &hello.validator,
         P2P_DOMAIN,
-        &hello_message(&node.genesis.hash, remote_static),
+        &hello_message(&identity.genesis_hash, remote_static),
         &hello.signature,
     )
     .map_err(|_| "identity signature does not bind the validator key to the channel".to_string())?;
@@ -574,5 +599,93 @@ fn serve_sync(node: &Node, to: ValidatorIndex, from_height: Height, max_blocks: 
     }
     if !blocks.is_empty() {
         node.network.send(to, &Wire::SyncResponse(blocks));
+    }
+}
+
+/// Test support: speak the p2p protocol as any key, to check that a node
+/// refuses strangers and survives misbehaving peers. Uses the same
+/// handshake and framing code as the node.
+pub mod probe {
+    use super::*;
+
+    /// A client-side connection made with [`connect`].
+    pub struct Probe {
+        pub peer: usize,
+        stream: TcpStream,
+        transport: snow::StatelessTransportState,
+        nonce: u64,
+    }
+
+    /// Dials `address` as `identity` and runs the handshake. Succeeds when
+    /// *our* side accepts the node; the node may still refuse us, which
+    /// shows as the connection closing ([`Probe::closed_within`]).
+    pub async fn connect(identity: &Identity, address: SocketAddr) -> Result<Probe, String> {
+        let builder = snow::Builder::new(NOISE_PARAMS.parse().expect("valid noise params"));
+        let noise_key = builder.generate_keypair().map_err(|e| e.to_string())?;
+        let Connection {
+            peer,
+            stream,
+            transport,
+        } = dial(identity, &noise_key, address).await?;
+        Ok(Probe {
+            peer,
+            stream,
+            transport,
+            nonce: 0,
+        })
+    }
+
+    impl Probe {
+        /// Sends one encrypted frame whose length prefix says `declared`
+        /// bytes and whose body is `body` (a lying prefix is allowed).
+        pub async fn send_frame(&mut self, declared: u32, body: &[u8]) -> Result<(), String> {
+            let mut plaintext = declared.to_le_bytes().to_vec();
+            plaintext.extend_from_slice(body);
+            let mut ciphertext = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+            for chunk in plaintext.chunks(CHUNK_PLAINTEXT_BYTES_MAX) {
+                let n = self
+                    .transport
+                    .write_message(self.nonce, chunk, &mut ciphertext)
+                    .map_err(|e| e.to_string())?;
+                self.nonce += 1;
+                self.stream
+                    .write_all(&(n as u16).to_be_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.stream
+                    .write_all(&ciphertext[..n])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+
+        /// Sends a well-formed frame carrying `wire`.
+        pub async fn send_wire(&mut self, wire: &Wire) -> Result<(), String> {
+            let body = codec::encode(wire);
+            self.send_frame(body.len() as u32, &body).await
+        }
+
+        /// Sends bytes that are not a Noise message of this session.
+        pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+            self.stream
+                .write_all(bytes)
+                .await
+                .map_err(|e| e.to_string())
+        }
+
+        /// Whether the node closes the connection within `timeout` (reading
+        /// and discarding whatever it sends meanwhile).
+        pub async fn closed_within(&mut self, timeout: Duration) -> bool {
+            let mut buffer = vec![0u8; 64 * 1024];
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                match tokio::time::timeout_at(deadline, self.stream.read(&mut buffer)).await {
+                    Err(_) => return false,
+                    Ok(Ok(0)) | Ok(Err(_)) => return true,
+                    Ok(Ok(_)) => continue,
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,174 @@
+//! P2P misbehaviour against real validators: strangers are refused at the
+//! handshake, and garbage or oversized frames close the connection without
+//! harming the node or the network.
+
+use std::time::Duration;
+
+use cairn_node::p2p::probe;
+use cairn_node::p2p::{Identity, Wire};
+use cairn_tests::{stderr, wait_for, Testnet};
+
+fn log_of(net: &Testnet, i: usize) -> String {
+    std::fs::read_to_string(net.dir.path().join(format!("node{i}.log"))).unwrap_or_default()
+}
+
+fn wait_all_connected(net: &Testnet, n: usize) {
+    for i in 0..n {
+        wait_for(
+            &format!("validator {i} connected to all peers"),
+            Duration::from_secs(30),
+            || (net.get(i, "/v1/status").json["peers"] == (n - 1) as u64).then_some(()),
+        );
+    }
+}
+
+fn identity(net: &Testnet, key: cairn_core::Keypair) -> Identity {
+    Identity {
+        key,
+        genesis_hash: net.genesis.hash,
+        validators: net.genesis.validators.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_garbage_are_refused() {
+    let net = tokio::task::spawn_blocking(|| {
+        let net = Testnet::start_all(4, 2, 1_000_000);
+        wait_all_connected(&net, 4);
+        net
+    })
+    .await
+    .unwrap();
+    let p2p = |i: usize| net.genesis.p2p_addresses[i];
+
+    // A key that is not in the genesis file: the handshake completes on our
+    // side (we know the node), and the node hangs up without reading a frame.
+    let stranger = identity(&net, cairn_core::Keypair::from_seed([42; 32]));
+    let mut probe = probe::connect(&stranger, p2p(3))
+        .await
+        .expect("handshake runs");
+    assert_eq!(probe.peer, 3);
+    assert!(
+        probe.closed_within(Duration::from_secs(5)).await,
+        "a stranger is disconnected"
+    );
+    assert!(
+        log_of(&net, 3).contains("is not a validator of this chain"),
+        "the refusal is logged"
+    );
+
+    // A validator key of another chain (different genesis hash).
+    let node0_key = cairn_genesis::keyfile::read(&net.home(0).join("validator.key")).unwrap();
+    let mut other_chain = identity(&net, node0_key.clone());
+    other_chain.genesis_hash = cairn_core::Hash([9; 32]);
+    match probe::connect(&other_chain, p2p(3)).await {
+        Ok(mut probe) => assert!(probe.closed_within(Duration::from_secs(5)).await),
+        Err(e) => assert!(e.contains("another chain"), "{e}"),
+    }
+
+    // Plain garbage instead of a handshake.
+    let mut raw = tokio::net::TcpStream::connect(p2p(2)).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let garbage: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let _ = raw.write_all(&garbage).await;
+    let mut buffer = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match raw.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "garbage closes the connection");
+
+    // An authenticated peer (validator 0's real key, dialing validator 3)
+    // that sends an oversized frame, an undecodable frame, or bytes that do
+    // not decrypt: each closes its connection.
+    let validator0 = identity(&net, node0_key);
+    let mut oversized = probe::connect(&validator0, p2p(3))
+        .await
+        .expect("handshake");
+    oversized
+        .send_frame(64 * 1024 * 1024, b"no such frame")
+        .await
+        .unwrap();
+    assert!(
+        oversized.closed_within(Duration::from_secs(5)).await,
+        "oversized frame closes"
+    );
+
+    let mut undecodable = probe::connect(&validator0, p2p(3))
+        .await
+        .expect("handshake");
+    undecodable.send_frame(8, &[0xff; 8]).await.unwrap();
+    assert!(
+        undecodable.closed_within(Duration::from_secs(5)).await,
+        "undecodable frame closes"
+    );
+
+    let mut forged = probe::connect(&validator0, p2p(3))
+        .await
+        .expect("handshake");
+    forged
+        .send_raw(&[
+            0, 40, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+            23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+        ])
+        .await
+        .unwrap();
+    assert!(
+        forged.closed_within(Duration::from_secs(5)).await,
+        "undecryptable bytes close"
+    );
+
+    // A well-formed but absurd sync request is answered within bounds, not
+    // with a crash.
+    let mut asker = probe::connect(&validator0, p2p(3))
+        .await
+        .expect("handshake");
+    asker
+        .send_wire(&Wire::SyncRequest {
+            from_height: cairn_core::Height(u64::MAX),
+            max_blocks: u32::MAX,
+        })
+        .await
+        .unwrap();
+
+    // The network is unharmed: everyone reconnects and a transfer sent to the
+    // attacked validator commits everywhere.
+    drop(asker);
+    tokio::task::spawn_blocking(move || {
+        wait_all_connected(&net, 4);
+        let bob = net.account_address(1);
+        let key = net.account_key(0);
+        let output = net.wallet(
+            3,
+            &[
+                "transfer",
+                "--key",
+                key.to_str().unwrap(),
+                "--to",
+                &bob,
+                "--amount",
+                "5",
+                "--wait",
+            ],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        for i in 0..4 {
+            wait_for("balance everywhere", Duration::from_secs(20), || {
+                (net.balance(i, &bob).0 == 1_000_005).then_some(())
+            });
+            assert!(
+                !log_of(&net, i).contains("panicked"),
+                "validator {i} panicked"
+            );
+        }
+    })
+    .await
+    .unwrap();
+}
