@@ -138,7 +138,7 @@ fn bounded_body(
 ) -> impl Filter<Extract = (Result<bytes::Bytes, Response>,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
-        .then(|declared, stream| read_bounded(declared, stream))
+        .then(read_bounded)
 }
 
 async fn read_bounded<S, B>(declared: Option<u64>, stream: S) -> Result<bytes::Bytes, Response>

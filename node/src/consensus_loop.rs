@@ -46,7 +46,7 @@ fn run(node: Arc<Node>, mut replica: Replica, mut ledger: NodeLedger, inbox: Rec
         let timeout = next_tick.saturating_duration_since(Instant::now());
         let input = match inbox.recv_timeout(timeout) {
             Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Event::Message(message)) => Some(Input::Message(message)),
+            Ok(Event::Message(message)) => Some(Input::Message(*message)),
             Ok(Event::SyncResponse { from, blocks }) => Some(Input::SyncResponse { from, blocks }),
             Ok(Event::Nudge) => Some(Input::Tick { now_ms: now_ms() }),
             Err(RecvTimeoutError::Timeout) => None,
@@ -89,8 +89,8 @@ fn execute(node: &Node, action: Action) {
                 std::process::exit(70);
             }
         }
-        Action::Broadcast(message) => node.network.broadcast(&Wire::Consensus(message)),
-        Action::Send { to, message } => node.network.send(to, &Wire::Consensus(message)),
+        Action::Broadcast(message) => node.network.broadcast(&Wire::Consensus(Box::new(message))),
+        Action::Send { to, message } => node.network.send(to, &Wire::Consensus(Box::new(message))),
         Action::RequestSync { to, from_height } => node.network.send(
             to,
             &Wire::SyncRequest {

@@ -42,7 +42,7 @@ pub const SSE_EVENTS_MAX: usize = 1_024;
 /// An input for the consensus thread.
 #[derive(Debug)]
 pub enum Event {
-    Message(SignedMessage),
+    Message(Box<SignedMessage>),
     SyncResponse {
         from: ValidatorIndex,
         blocks: Vec<(Block, Certificate)>,

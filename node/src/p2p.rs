@@ -63,7 +63,7 @@ const _: () = assert!(FRAME_BYTES_MAX <= cairn_core::limits::CODEC_BYTES_MAX);
 /// Everything validators say to each other.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Wire {
-    Consensus(SignedMessage),
+    Consensus(Box<SignedMessage>),
     Transactions(Vec<SignedTransaction>),
     SyncRequest {
         from_height: Height,
