@@ -175,15 +175,22 @@ impl Ledger for NodeLedger {
                 // quorum validated it; execute it (the state must agree).
                 let (_, changes) = self.execute(&block.transactions, false)?;
                 if block.header.state_root != next_state_root(&self.tip.state_root, &changes) {
+                    tracing::error!(
+                        "certified block {} has a state root this node does not reproduce",
+                        block.height()
+                    );
                     return Err("certified block's state_root does not match ours".into());
                 }
                 changes.into_iter().collect()
             }
         };
-        self.node
-            .storage
-            .commit_block(block, certificate, &changes)
-            .map_err(|e| format!("cannot store block {}: {e}", block.height()))?;
+        if let Err(e) = self.node.storage.commit_block(block, certificate, &changes) {
+            // The block is decided; a validator that cannot record it must
+            // not go on voting as if it had. Stop loudly; a restart catches
+            // up from peers once the disk is fixed.
+            tracing::error!("cannot store committed block {}: {e}; stopping", block.height());
+            std::process::exit(70);
+        }
         self.tip = block.header.clone();
         self.node.after_commit(block);
         Ok(())
