@@ -125,34 +125,42 @@ impl Replica {
         verified: bool,
     ) {
         let next = self.round.height;
-        let useful = if certificate.height == next {
-            certificate.signatures.iter().any(|s| {
-                self.round
-                    .vote_seen(Kind::Commit, certificate.view, s.validator)
-                    == Seen::New
-            })
-        } else {
-            certificate.height > next
-                && self.sync.proven.is_none_or(|(h, _)| certificate.height > h)
-        };
+        if certificate.height == next && Round::view_in_window(certificate.view, self.view()) {
+            return self.add_commit_votes(&certificate);
+        }
+        let useful = certificate.height >= next
+            && self.sync.proven.is_none_or(|(h, _)| certificate.height > h);
         if !useful || !(verified || self.verify(&message)) {
             return;
         }
         let vote = certificate.vote(&self.config.chain_id);
-        if !signatures_valid(&vote, &certificate.signatures, &self.config.validators) {
-            return;
-        }
-        let in_window = Round::view_in_window(certificate.view, self.view());
-        if certificate.height > next || !in_window {
+        if signatures_valid(&vote, &certificate.signatures, &self.config.validators) {
             self.sync.proven = Some((certificate.height, message.from));
-            return;
         }
+    }
+
+    /// Files the signatures of a certificate for the next height as commit
+    /// votes. A signature already in the log is not checked again; one bad
+    /// signature discards the whole certificate.
+    fn add_commit_votes(&mut self, certificate: &Certificate) {
         let (view, hash) = (certificate.view, certificate.block_hash);
+        let vote = certificate.vote(&self.config.chain_id);
+        let mut new = vec![];
         for s in &certificate.signatures {
-            if self.round.vote_seen(Kind::Commit, view, s.validator) == Seen::New {
-                self.round
-                    .insert_vote(Kind::Commit, view, s.validator, hash, s.signature);
+            let Some(key) = self.config.validators.get(s.validator.get()) else {
+                return;
+            };
+            if self.round.vote_seen(Kind::Commit, view, s.validator) == Seen::Already {
+                continue;
             }
+            if !vote.verify(key, &s.signature) {
+                return;
+            }
+            new.push(s);
+        }
+        for s in new {
+            self.round
+                .insert_vote(Kind::Commit, view, s.validator, hash, s.signature);
         }
     }
 

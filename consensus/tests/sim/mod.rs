@@ -74,8 +74,8 @@ impl Scenario {
             heal_ms: 1_000,
             extra_heights: 5,
             liveness_budget_ms: 60_000,
-            block_interval_ms: 20,
-            view_timeout_ms: 200,
+            block_interval_ms: 60,
+            view_timeout_ms: 300,
         }
     }
 
@@ -84,7 +84,9 @@ impl Scenario {
         let n = if seed.is_multiple_of(2) { 4 } else { 7 };
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5ca1_ab1e);
         let mut s = Scenario::calm("random", seed, n);
-        s.heal_ms = rng.gen_range(1_000..3_000);
+        s.extra_heights = 4;
+        s.block_interval_ms = 100;
+        s.heal_ms = rng.gen_range(700..2_000);
         s.loss = [0.0, 0.05, 0.2, 0.4][rng.gen_range(0..4)];
         s.duplicate = [0.0, 0.1, 0.3][rng.gen_range(0..3)];
         s.delay_max_ms = [5, 20, 60, 150][rng.gen_range(0..4)];
