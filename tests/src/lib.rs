@@ -249,12 +249,22 @@ pub struct Testnet {
     pub dir: tempfile::TempDir,
     pub genesis: ValidGenesis,
     nodes: Vec<Option<Child>>,
+    /// Networks of one test process run one at a time: they share two cores,
+    /// and timing-sensitive checks (view changes, catch-up) should not
+    /// compete with another network's load.
+    _exclusive: std::sync::MutexGuard<'static, ()>,
+}
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Testnet {
     /// Writes a testnet of `validators` validators and `accounts` funded
     /// accounts (each with `balance`), without starting anything.
     pub fn create(validators: usize, accounts: usize, balance: u64) -> Testnet {
+        let exclusive = exclusive();
         let dir = tempfile::tempdir().expect("temp dir");
         let out = dir.path().join("net");
         let base = free_port_base(2 * validators as u16);
@@ -285,6 +295,7 @@ impl Testnet {
             dir,
             genesis,
             nodes: (0..validators).map(|_| None).collect(),
+            _exclusive: exclusive,
         }
     }
 
@@ -516,4 +527,341 @@ pub fn assert_certificate_verifies(net: &Testnet, block: &Value, min_signers: us
     certificate
         .verify(net.genesis.chain_id(), validators, &header)
         .expect("certificate verifies against the genesis validator set");
+}
+
+// ---------------------------------------------------------------------------
+// Multi-validator and fault-injection helpers (network.rs, faults.rs).
+//
+// Everything below only adds to the harness above. Requests made here never
+// panic on a validator that is down: the `try_*` forms answer `None`.
+// ---------------------------------------------------------------------------
+
+/// A short-timeout agent for probing validators that may be down or busy.
+fn probe_agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .build()
+}
+
+fn try_answer(result: Result<ureq::Response, ureq::Error>) -> Option<Answer> {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(ureq::Error::Transport(_)) => return None,
+    };
+    let status = response.status();
+    let text = response.into_string().ok()?;
+    Some(Answer {
+        status,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+    })
+}
+
+/// `GET url`; `None` when no HTTP answer came (refused, reset, timeout).
+pub fn try_http_get(url: &str) -> Option<Answer> {
+    try_answer(probe_agent().get(url).call())
+}
+
+/// `POST url` with a JSON body; `None` when no HTTP answer came.
+pub fn try_http_post(url: &str, body: &str) -> Option<Answer> {
+    try_answer(
+        probe_agent()
+            .post(url)
+            .set("content-type", "application/json")
+            .send_string(body),
+    )
+}
+
+/// Whether nothing listens on (and nothing holds) `127.0.0.1:port`.
+pub fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A small seeded PRNG (SplitMix64) so fault schedules replay from a seed.
+pub struct SeededRng(u64);
+
+impl SeededRng {
+    pub fn new(seed: u64) -> SeededRng {
+        SeededRng(seed)
+    }
+
+    /// The seed from env `CAIRN_SEED`, else from the clock.
+    pub fn seed_from_env() -> u64 {
+        std::env::var("CAIRN_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in `low..high` milliseconds.
+    pub fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.below(high - low))
+    }
+}
+
+/// Signs transfers from one funded account with `cairn_core`, tracking the
+/// next nonce locally. Signing is deterministic: the same (to, amount,
+/// nonce) always gives the same transaction and hash, so a lost transaction
+/// can be re-sent as itself.
+pub struct Signer {
+    pub key: cairn_core::Keypair,
+    pub chain_id: String,
+    pub nonce: u64,
+}
+
+impl Signer {
+    pub fn address(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    /// The signed transfer with an explicit nonce, as the API takes it.
+    pub fn sign_with_nonce(
+        &self,
+        to: PublicKey,
+        amount: u64,
+        nonce: u64,
+    ) -> cairn_core::api::TxJson {
+        let transfer = cairn_core::Transfer {
+            chain_id: self.chain_id.clone(),
+            from: self.key.public(),
+            to,
+            amount,
+            nonce,
+        };
+        cairn_core::api::TxJson::from(&cairn_core::SignedTransaction::sign(transfer, &self.key))
+    }
+
+    /// Signs a transfer with the next nonce and advances it.
+    pub fn next(&mut self, to: PublicKey, amount: u64) -> cairn_core::api::TxJson {
+        let tx = self.sign_with_nonce(to, amount, self.nonce);
+        self.nonce += 1;
+        tx
+    }
+}
+
+/// The hash of a transaction as the API reports it.
+pub fn tx_hash(tx: &cairn_core::api::TxJson) -> String {
+    cairn_core::SignedTransaction::try_from(tx)
+        .expect("well-formed transaction")
+        .hash()
+        .to_hex()
+}
+
+impl Testnet {
+    /// Number of validators in the genesis.
+    pub fn validator_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Indices of the validators this harness is running now.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.is_running(i))
+            .collect()
+    }
+
+    /// The whole log of validator `i` (all its runs, appended).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    /// Validator `i`'s sled data folder (`home/data`).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.home(i).join("data")
+    }
+
+    /// Funded account `j`'s key, read with the genesis key-file reader.
+    pub fn account_keypair(&self, j: usize) -> cairn_core::Keypair {
+        cairn_genesis::keyfile::read(&self.account_key(j)).expect("account key file")
+    }
+
+    /// A [`Signer`] for funded account `j`, starting at nonce `nonce`.
+    pub fn signer(&self, j: usize, nonce: u64) -> Signer {
+        Signer {
+            key: self.account_keypair(j),
+            chain_id: self.genesis.chain_id().to_string(),
+            nonce,
+        }
+    }
+
+    pub fn try_get(&self, i: usize, path: &str) -> Option<Answer> {
+        try_http_get(&format!("{}{}", self.api(i), path))
+    }
+
+    pub fn try_post(&self, i: usize, path: &str, body: &str) -> Option<Answer> {
+        try_http_post(&format!("{}{}", self.api(i), path), body)
+    }
+
+    /// `GET /v1/status` of validator `i`, `None` when it does not answer.
+    pub fn try_status(&self, i: usize) -> Option<Value> {
+        self.try_get(i, "/v1/status")
+            .filter(|a| a.status == 200)
+            .map(|a| a.json)
+    }
+
+    pub fn try_height(&self, i: usize) -> Option<u64> {
+        self.try_status(i)?["height"].as_u64()
+    }
+
+    /// Index in the genesis validator set of a public key in hex.
+    pub fn validator_index(&self, key_hex: &str) -> usize {
+        let key: PublicKey = key_hex.parse().expect("validator key hex");
+        self.genesis
+            .validators
+            .iter()
+            .position(|v| *v == key)
+            .unwrap_or_else(|| panic!("{key_hex} is not a genesis validator"))
+    }
+
+    /// The current primary as validator `i` sees it (`status.leader`).
+    pub fn leader_index(&self, i: usize) -> usize {
+        let status = self.get(i, "/v1/status").json;
+        self.validator_index(status["leader"].as_str().expect("leader"))
+    }
+
+    /// `status.view` of validator `i`.
+    pub fn view(&self, i: usize) -> u64 {
+        self.get(i, "/v1/status").json["view"]
+            .as_u64()
+            .expect("view")
+    }
+
+    /// Waits until each of `nodes` reports `peers == count`.
+    pub fn wait_peers(&self, nodes: &[usize], count: u64, timeout: Duration) {
+        for &i in nodes {
+            wait_for(
+                &format!("validator {i} connected to {count} peers"),
+                timeout,
+                || (self.try_status(i)?["peers"].as_u64()? == count).then_some(()),
+            );
+        }
+    }
+
+    /// Waits until every one of `nodes` answers with the same height, at
+    /// least `at_least`, twice in a row 200 ms apart (so nothing was still
+    /// committing); returns that height.
+    pub fn wait_same_height(&self, nodes: &[usize], at_least: u64, timeout: Duration) -> u64 {
+        let what = format!("validators {nodes:?} at one height >= {at_least}");
+        let deadline = Instant::now() + timeout;
+        let heights =
+            || -> Option<Vec<u64>> { nodes.iter().map(|&i| self.try_height(i)).collect() };
+        loop {
+            if let Some(first) = heights() {
+                if first[0] >= at_least && first.iter().all(|&h| h == first[0]) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if heights().as_ref() == Some(&first) {
+                        return first[0];
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out waiting for {what}; last heights {:?}",
+                    heights_debug(self, nodes)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asserts that `nodes` hold identical block hashes at heights
+    /// 1..=height and returns them.
+    pub fn assert_same_chain(&self, nodes: &[usize], height: u64) -> Vec<String> {
+        let reference = self.block_hashes(nodes[0], height);
+        for &i in &nodes[1..] {
+            let hashes = self.block_hashes(i, height);
+            for (h, (a, b)) in reference.iter().zip(&hashes).enumerate() {
+                assert_eq!(
+                    a,
+                    b,
+                    "fork at height {}: validator {} has {a}, validator {i} has {b}",
+                    h + 1,
+                    nodes[0]
+                );
+            }
+        }
+        reference
+    }
+
+    /// Asserts that `nodes` agree on every genesis account (balance and
+    /// nonce) and that the total supply is the genesis supply.
+    pub fn assert_same_state_and_supply(&self, nodes: &[usize]) {
+        let expected: u128 = self
+            .genesis
+            .accounts
+            .values()
+            .map(|a| a.balance as u128)
+            .sum();
+        let reference: Vec<(u64, u64)> = self
+            .genesis
+            .accounts
+            .keys()
+            .map(|k| self.balance(nodes[0], &k.to_hex()))
+            .collect();
+        let supply: u128 = reference.iter().map(|(b, _)| *b as u128).sum();
+        assert_eq!(supply, expected, "total supply on validator {}", nodes[0]);
+        for &i in &nodes[1..] {
+            let state: Vec<(u64, u64)> = self
+                .genesis
+                .accounts
+                .keys()
+                .map(|k| self.balance(i, &k.to_hex()))
+                .collect();
+            assert_eq!(
+                state, reference,
+                "account state of validator {i} differs from validator {}",
+                nodes[0]
+            );
+        }
+    }
+
+    /// Waits until transaction `hash` is committed on validator `i`;
+    /// returns its height.
+    pub fn wait_committed(&self, i: usize, hash: &str, timeout: Duration) -> u64 {
+        wait_for(
+            &format!("transaction {hash} committed on validator {i}"),
+            timeout,
+            || {
+                let a = self.try_get(i, &format!("/v1/transactions/{hash}"))?;
+                (a.json["status"] == "committed").then(|| a.json["height"].as_u64())?
+            },
+        )
+    }
+
+    /// If validator `i` (started by this harness) has exited, reaps it and
+    /// returns its exit status; `None` while it runs.
+    pub fn try_exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let child = self.nodes[i].as_mut()?;
+        let status = child.try_wait().expect("try_wait")?;
+        self.nodes[i] = None;
+        Some(status)
+    }
+
+    /// The process id of validator `i`, while running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].as_ref().map(|c| c.id())
+    }
+}
+
+fn heights_debug(net: &Testnet, nodes: &[usize]) -> Vec<Option<u64>> {
+    nodes.iter().map(|&i| net.try_height(i)).collect()
 }
