@@ -252,12 +252,30 @@ pub struct Testnet {
     /// Networks of one test process run one at a time: they share two cores,
     /// and timing-sensitive checks (view changes, catch-up) should not
     /// compete with another network's load.
-    _exclusive: std::sync::MutexGuard<'static, ()>,
+    _exclusive: Exclusive,
 }
 
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+static BUSY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Held by the one running [`Testnet`] of this process (a guard that, unlike
+/// a `MutexGuard`, may move between threads).
+struct Exclusive;
+
+fn exclusive() -> Exclusive {
+    let mut busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+    while *busy {
+        busy = FREED.wait(busy).unwrap_or_else(|p| p.into_inner());
+    }
+    *busy = true;
+    Exclusive
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        *BUSY.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        FREED.notify_one();
+    }
 }
 
 impl Testnet {
