@@ -20,9 +20,17 @@ const TIMESTAMP_FUTURE_MS_MAX: u64 = 30_000;
 pub struct NodeLedger {
     node: Arc<Node>,
     tip: BlockHeader,
-    /// State changes of the last block validated or proposed, so committing
-    /// it does not execute it again.
-    executed: Option<(Hash, Vec<(PublicKey, Account)>)>,
+    tip_hash: Hash,
+    /// The last block validated or proposed, so committing it does not
+    /// execute or hash it again.
+    executed: Option<Executed>,
+}
+
+/// A block this node executed on top of its tip.
+struct Executed {
+    block_hash: Hash,
+    tx_hashes: Vec<Hash>,
+    changes: Vec<(PublicKey, Account)>,
 }
 
 pub fn now_ms() -> u64 {
@@ -43,6 +51,7 @@ impl NodeLedger {
             .header;
         Ok(NodeLedger {
             node,
+            tip_hash: tip.hash(),
             tip,
             executed: None,
         })
@@ -70,29 +79,61 @@ impl NodeLedger {
 
     /// Verifies the signatures of the transactions the mempool has not seen
     /// (those it holds were verified on admission).
-    fn verify_unseen(&self, transactions: &[SignedTransaction]) -> Result<(), String> {
-        let unseen: Vec<&SignedTransaction> = {
+    fn verify_unseen(
+        &self,
+        transactions: &[SignedTransaction],
+        hashes: &[Hash],
+    ) -> Result<(), String> {
+        let unseen: Vec<usize> = {
             let mempool = self.node.mempool.lock().expect("mempool lock");
-            transactions
-                .iter()
-                .filter(|tx| !mempool.contains(&tx.hash()))
+            (0..transactions.len())
+                .filter(|&i| !mempool.contains(&hashes[i]))
                 .collect()
         };
-        crate::admission::verify_signatures(&unseen)
+        let refs: Vec<&SignedTransaction> = unseen.iter().map(|&i| &transactions[i]).collect();
+        match crate::admission::verify_signatures(&refs)
             .iter()
             .position(|r| r.is_err())
-            .map_or(Ok(()), |i| {
-                Err(format!(
-                    "transaction {} has an invalid signature",
-                    unseen[i].hash()
-                ))
-            })
+        {
+            None => Ok(()),
+            Some(bad) => Err(format!(
+                "transaction {} has an invalid signature",
+                hashes[unseen[bad]]
+            )),
+        }
+    }
+
+    /// Checks and executes a block's transactions on top of the tip: the
+    /// transaction root, the signatures of transactions not seen before, the
+    /// state transition and the state root.
+    fn execute_block(&self, block: &Block) -> Result<Executed, String> {
+        let tx_hashes: Vec<Hash> = block.transactions.iter().map(|t| t.hash()).collect();
+        if block.header.tx_root != tx_root(&tx_hashes) {
+            return Err("tx_root does not match the transactions".into());
+        }
+        self.verify_unseen(&block.transactions, &tx_hashes)?;
+        let (_, changes) = self.execute(&block.transactions, false)?;
+        if block.header.state_root != next_state_root(&self.tip.state_root, &changes) {
+            return Err("state_root does not match the transactions".into());
+        }
+        Ok(Executed {
+            block_hash: block.hash(),
+            tx_hashes,
+            changes: changes.into_iter().collect(),
+        })
+    }
+
+    fn extends_tip(&self, header: &BlockHeader) -> Result<(), String> {
+        if header.height != self.tip.height.next() || header.parent_hash != self.tip_hash {
+            return Err(format!("block {} does not extend the tip", header.height));
+        }
+        Ok(())
     }
 }
 
 impl Ledger for NodeLedger {
     fn tip(&self) -> (Height, Hash) {
-        (self.tip.height, self.tip.hash())
+        (self.tip.height, self.tip_hash)
     }
 
     fn has_pending(&self) -> bool {
@@ -118,29 +159,31 @@ impl Ledger for NodeLedger {
             .into_iter()
             .map(|i| candidates[i].clone())
             .collect();
-        let hashes: Vec<Hash> = transactions.iter().map(|t| t.hash()).collect();
+        let tx_hashes: Vec<Hash> = transactions.iter().map(|t| t.hash()).collect();
         let header = BlockHeader {
             height: self.tip.height.next(),
-            parent_hash: self.tip.hash(),
+            parent_hash: self.tip_hash,
             view,
             proposer,
             timestamp_ms: now_ms.max(self.tip.timestamp_ms),
-            tx_root: tx_root(&hashes),
+            tx_root: tx_root(&tx_hashes),
             state_root: next_state_root(&self.tip.state_root, &changes),
         };
         let block = Block {
             header,
             transactions,
         };
-        self.executed = Some((block.hash(), changes.into_iter().collect()));
+        self.executed = Some(Executed {
+            block_hash: block.hash(),
+            tx_hashes,
+            changes: changes.into_iter().collect(),
+        });
         Some(block)
     }
 
     fn validate(&mut self, block: &Block) -> Result<(), String> {
         let header = &block.header;
-        if header.height != self.tip.height.next() || header.parent_hash != self.tip.hash() {
-            return Err(format!("block {} does not extend the tip", header.height));
-        }
+        self.extends_tip(header)?;
         if header.timestamp_ms < self.tip.timestamp_ms {
             return Err("timestamp is before the parent's".into());
         }
@@ -150,49 +193,41 @@ impl Ledger for NodeLedger {
         if block.transactions.len() > self.node.genesis.genesis.params.block_txs_max {
             return Err("too many transactions".into());
         }
-        let hashes: Vec<Hash> = block.transactions.iter().map(|t| t.hash()).collect();
-        if header.tx_root != tx_root(&hashes) {
-            return Err("tx_root does not match the transactions".into());
-        }
-        self.verify_unseen(&block.transactions)?;
-        let (_, changes) = self.execute(&block.transactions, false)?;
-        if header.state_root != next_state_root(&self.tip.state_root, &changes) {
-            return Err("state_root does not match the transactions".into());
-        }
-        self.executed = Some((block.hash(), changes.into_iter().collect()));
+        self.executed = Some(self.execute_block(block)?);
         Ok(())
     }
 
     fn commit(&mut self, block: &Block, certificate: &Certificate) -> Result<(), String> {
+        self.extends_tip(&block.header)?;
         let hash = block.hash();
-        if block.header.parent_hash != self.tip.hash() || block.height() != self.tip.height.next() {
-            return Err(format!("block {} does not extend the tip", block.height()));
-        }
-        let changes = match self.executed.take() {
-            Some((executed, changes)) if executed == hash => changes,
-            _ => {
-                // A block learned through catch-up: its certificate proves a
-                // quorum validated it; execute it (the state must agree).
-                let (_, changes) = self.execute(&block.transactions, false)?;
-                if block.header.state_root != next_state_root(&self.tip.state_root, &changes) {
-                    tracing::error!(
-                        "certified block {} has a state root this node does not reproduce",
-                        block.height()
-                    );
-                    return Err("certified block's state_root does not match ours".into());
-                }
-                changes.into_iter().collect()
-            }
+        let executed = match self.executed.take() {
+            Some(executed) if executed.block_hash == hash => executed,
+            // A block learned through catch-up: its certificate proves the
+            // header; the transactions must match it and execute to it.
+            _ => self.execute_block(block).map_err(|e| {
+                tracing::error!("certified block {} does not check out: {e}", block.height());
+                e
+            })?,
         };
-        if let Err(e) = self.node.storage.commit_block(block, certificate, &changes) {
+        let stored = self.node.storage.commit_block(
+            block,
+            certificate,
+            &executed.tx_hashes,
+            &executed.changes,
+        );
+        if let Err(e) = stored {
             // The block is decided; a validator that cannot record it must
             // not go on voting as if it had. Stop loudly; a restart catches
             // up from peers once the disk is fixed.
-            tracing::error!("cannot store committed block {}: {e}; stopping", block.height());
+            tracing::error!(
+                "cannot store committed block {}: {e}; stopping",
+                block.height()
+            );
             std::process::exit(70);
         }
         self.tip = block.header.clone();
-        self.node.after_commit(block);
+        self.tip_hash = hash;
+        self.node.after_commit(block, &executed.tx_hashes);
         Ok(())
     }
 }
@@ -200,10 +235,10 @@ impl Ledger for NodeLedger {
 impl crate::Node {
     /// Everything that follows a durable commit: mempool pruning, metrics,
     /// the SSE event.
-    fn after_commit(&self, block: &Block) {
+    fn after_commit(&self, block: &Block, tx_hashes: &[Hash]) {
         let size = {
             let mut mempool = self.mempool.lock().expect("mempool lock");
-            mempool.remove_committed(&block.transactions, |a| {
+            mempool.remove_committed(&block.transactions, tx_hashes, |a| {
                 self.storage.account(a).unwrap_or_default()
             });
             mempool.len()

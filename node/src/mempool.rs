@@ -199,13 +199,13 @@ impl Mempool {
     pub fn remove_committed(
         &mut self,
         committed: &[SignedTransaction],
+        committed_hashes: &[Hash],
         mut account: impl FnMut(&PublicKey) -> Account,
     ) {
         let mut senders: Vec<PublicKey> = committed.iter().map(|t| t.transfer.from).collect();
         senders.sort_unstable();
         senders.dedup();
-        let committed_hashes: std::collections::HashSet<Hash> =
-            committed.iter().map(|t| t.hash()).collect();
+        let committed_hashes: std::collections::HashSet<&Hash> = committed_hashes.iter().collect();
         for sender in senders {
             let nonce = account(&sender).nonce;
             let Some(queue) = self.senders.get_mut(&sender) else {
@@ -341,7 +341,9 @@ mod tests {
         );
         // Block commits nonces 0 and 1 (one of them a different tx for nonce 1).
         let other1 = tx(&a, 2, 1);
-        pool.remove_committed(&[picked[0].clone(), other1], |_| funded(97, 2));
+        let block = [picked[0].clone(), other1];
+        let hashes: Vec<Hash> = block.iter().map(|t| t.hash()).collect();
+        pool.remove_committed(&block, &hashes, |_| funded(97, 2));
         assert_eq!(pool.len(), 1);
         assert_eq!(pool.status(&picked[0].hash()), MempoolStatus::Unknown);
         assert!(matches!(

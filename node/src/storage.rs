@@ -114,7 +114,7 @@ impl Storage {
         accounts: &BTreeMap<PublicKey, Account>,
     ) -> Result<(), StorageError> {
         let changes: Vec<_> = accounts.iter().map(|(k, a)| (*k, *a)).collect();
-        self.write_block(genesis_block, None, &changes)?;
+        self.write_block(genesis_block, None, &[], &changes)?;
         self.meta
             .insert(META_GENESIS, &genesis_block.header.parent_hash.0[..])?;
         self.db.flush()?;
@@ -171,9 +171,15 @@ impl Storage {
         &self,
         block: &Block,
         certificate: &Certificate,
+        tx_hashes: &[Hash],
         changes: &[(PublicKey, Account)],
     ) -> Result<(), StorageError> {
-        self.write_block(block, Some(certificate), changes)?;
+        assert_eq!(
+            tx_hashes.len(),
+            block.transactions.len(),
+            "one hash per transaction"
+        );
+        self.write_block(block, Some(certificate), tx_hashes, changes)?;
         self.db.flush()?;
         Ok(())
     }
@@ -182,6 +188,7 @@ impl Storage {
         &self,
         block: &Block,
         certificate: Option<&Certificate>,
+        tx_hashes: &[Hash],
         changes: &[(PublicKey, Account)],
     ) -> Result<(), StorageError> {
         let height = block.height();
@@ -189,12 +196,12 @@ impl Storage {
         let block_bytes = codec::encode(block);
         let certificate_bytes = certificate.map(codec::encode);
         let mut tx_batch = sled::Batch::default();
-        for (index, tx) in block.transactions.iter().enumerate() {
+        for (index, hash) in tx_hashes.iter().enumerate() {
             let location = TxLocation {
                 height,
                 index: index as u32,
             };
-            tx_batch.insert(&tx.hash().0[..], codec::encode(&location));
+            tx_batch.insert(&hash.0[..], codec::encode(&location));
         }
         let mut account_batch = sled::Batch::default();
         for (address, account) in changes {
@@ -386,7 +393,9 @@ mod tests {
                     nonce: 1,
                 },
             )];
-            storage.commit_block(&block, &certificate, &change).unwrap();
+            storage
+                .commit_block(&block, &certificate, &[], &change)
+                .unwrap();
         }
         let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
         assert_eq!(storage.tip_height().unwrap(), Height(1));
@@ -420,7 +429,9 @@ mod tests {
         let (block, certificate) = child(&genesis);
         {
             let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
-            storage.commit_block(&block, &certificate, &[]).unwrap();
+            storage
+                .commit_block(&block, &certificate, &[], &[])
+                .unwrap();
             storage.blocks.remove(height_key(Height(1))).unwrap();
             storage.db.flush().unwrap();
         }
