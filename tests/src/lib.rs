@@ -883,3 +883,11 @@ impl Testnet {
 fn heights_debug(net: &Testnet, nodes: &[usize]) -> Vec<Option<u64>> {
     nodes.iter().map(|&i| net.try_height(i)).collect()
 }
+
+/// Holds this process's one-network-at-a-time slot for a test that runs
+/// validators without a [`Testnet`] (e.g. `cairn-node localnet`).
+pub struct ExclusiveSlot(#[allow(dead_code)] Exclusive);
+
+pub fn exclusive_slot() -> ExclusiveSlot {
+    ExclusiveSlot(exclusive())
+}
