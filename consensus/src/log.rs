@@ -83,12 +83,16 @@ impl Round {
         view.0 + VIEWS_BEHIND_MAX >= current.0 && view.0 <= current.0 + VIEWS_AHEAD_MAX
     }
 
-    /// Drops proposals and votes of views that left the window.
+    /// Drops proposals, their verdicts and votes of views that left the
+    /// window.
     pub fn prune(&mut self, current: View) {
         self.proposals
             .retain(|view, _| Round::view_in_window(*view, current));
         self.votes
             .retain(|(view, _), _| Round::view_in_window(*view, current));
+        let proposals = &self.proposals;
+        self.verdicts
+            .retain(|hash, _| proposals.values().any(|p| p.hash == *hash));
     }
 
     pub fn vote_seen(&self, kind: Kind, view: View, from: ValidatorIndex) -> Seen {

@@ -22,18 +22,16 @@ impl Replica {
         self.safety.state().requested_current_view() && !accepted
     }
 
-    /// Runs the view timer. In a view it runs while there is work (a
-    /// proposal seen, or transactions pending); while asking for a view it
-    /// always runs, so replicas split over several requested views (one of
-    /// them moved on, or a Byzantine one sent its view change to some only)
-    /// still meet in a higher view. When it expires the replica asks for
-    /// the next view; the timeout doubles per view asked for.
+    /// Runs the view timer while there is work (a proposal seen, or
+    /// transactions pending), in a view and while asking for one alike: so
+    /// replicas split over several requested views (one of them moved on,
+    /// or a Byzantine one sent its view change to some only) still meet in
+    /// a higher view, and an idle network does not change views. When it
+    /// expires the replica asks for the next view; the timeout doubles per
+    /// view asked for since the last commit.
     pub(crate) fn check_view_timer(&mut self, ledger: &mut impl Ledger) {
         let Some(deadline_ms) = self.view_deadline_ms else {
-            let armed = self.awaiting_new_view()
-                || !self.round.proposals.is_empty()
-                || ledger.has_pending();
-            if armed {
+            if !self.round.proposals.is_empty() || ledger.has_pending() {
                 self.view_deadline_ms = Some(self.now_ms + self.view_timeout_ms());
             }
             return;

@@ -418,3 +418,36 @@ fn the_view_timer_asks_for_the_next_view_and_doubles() {
         "timeout doubled: {asked_at:?}"
     );
 }
+
+#[test]
+fn an_idle_network_stays_quiet() {
+    let net = Net::new(4);
+    let mut replica = net.replica(2, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    ledger.pending = false;
+    for now_ms in (0..20_000).step_by(10) {
+        let actions = replica.handle(&mut ledger, Input::Tick { now_ms });
+        assert!(actions.is_empty(), "at {now_ms} ms: {:?}", shape(&actions));
+    }
+    assert_eq!(replica.view(), View(0));
+}
+
+#[test]
+fn a_decided_certificate_lets_a_lagging_replica_commit() {
+    let net = Net::new(4);
+    let mut replica = net.replica(3, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let block = net.block(&ledger, 0, 0);
+    replica.handle(&mut ledger, net.signed(0, pre_prepare(0, &block)));
+    let mut certificate = net.certificate(0, &block, &[0, 1, 2]);
+    certificate.signatures[2].signature.0[1] ^= 1;
+    let forged = Message::Decided {
+        certificate: certificate.clone(),
+    };
+    replica.handle(&mut ledger, net.signed(1, forged));
+    assert_eq!(ledger.height(), Height(0), "one bad signature spoils it");
+    let certificate = net.certificate(0, &block, &[0, 1, 2]);
+    let actions = replica.handle(&mut ledger, net.signed(1, Message::Decided { certificate }));
+    assert_eq!(shape(&actions), ["committed"]);
+    assert_eq!(ledger.tip(), (Height(1), block.hash()));
+}
