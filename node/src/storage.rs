@@ -76,6 +76,32 @@ impl Storage {
         genesis_block: &Block,
         genesis_accounts: &BTreeMap<PublicKey, Account>,
     ) -> Result<Storage, StorageError> {
+        // sled may panic instead of erring on some damaged files; a damaged
+        // data folder must be a clear error, never a panic (or a panic loop
+        // under a supervisor).
+        // The default hook would print a panic report for a failure we turn
+        // into an error; silence it for the duration (start-up only).
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Storage::open_checked(path, genesis_block, genesis_accounts)
+        }));
+        std::panic::set_hook(hook);
+        opened.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown failure");
+            Err(corrupt(format!("the database failed to open: {what}")))
+        })
+    }
+
+    fn open_checked(
+        path: &Path,
+        genesis_block: &Block,
+        genesis_accounts: &BTreeMap<PublicKey, Account>,
+    ) -> Result<Storage, StorageError> {
         let db = sled::Config::new().path(path).open()?;
         let storage = Storage {
             blocks: db.open_tree("blocks")?,
