@@ -1,0 +1,325 @@
+//! A hand-written SVG of a throughput/latency sweep: committed vs offered
+//! load on the left, p50 and p99 commit latency (log scale) on the right.
+
+use std::fmt::Write;
+
+/// One measured point of a sweep.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SweepPoint {
+    pub label: String,
+    pub offered_tps: f64,
+    pub committed_tps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+const WIDTH: f64 = 960.0;
+const HEIGHT: f64 = 440.0;
+const PANEL_W: f64 = 360.0;
+const PANEL_H: f64 = 300.0;
+const TOP: f64 = 70.0;
+
+struct Series<'a> {
+    name: &'a str,
+    color: &'a str,
+    points: Vec<(f64, f64)>,
+    dashed: bool,
+}
+
+struct Axis {
+    max: f64,
+    min: f64,
+    log: bool,
+}
+
+impl Axis {
+    fn fraction(&self, v: f64) -> f64 {
+        if self.log {
+            let (lo, hi) = (self.min.log10(), self.max.log10());
+            ((v.max(self.min).log10() - lo) / (hi - lo)).clamp(0.0, 1.0)
+        } else {
+            ((v - self.min) / (self.max - self.min)).clamp(0.0, 1.0)
+        }
+    }
+
+    fn ticks(&self) -> Vec<f64> {
+        if self.log {
+            let mut out = Vec::new();
+            let mut t = 10f64.powf(self.min.log10().floor());
+            while t <= self.max * 1.0001 {
+                if t >= self.min * 0.9999 {
+                    out.push(t);
+                }
+                t *= 10.0;
+            }
+            out
+        } else {
+            let step = nice_step(self.max - self.min);
+            (0..=((self.max - self.min) / step).floor() as usize)
+                .map(|i| self.min + i as f64 * step)
+                .collect()
+        }
+    }
+}
+
+/// A round tick step giving about five ticks over `span`.
+fn nice_step(span: f64) -> f64 {
+    let raw = (span / 5.0).max(1e-9);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let unit = raw / magnitude;
+    let nice = if unit <= 1.0 {
+        1.0
+    } else if unit <= 2.0 {
+        2.0
+    } else if unit <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * magnitude
+}
+
+/// A round upper bound at or above `v`.
+fn nice_max(v: f64) -> f64 {
+    let step = nice_step(v.max(1.0));
+    (v.max(1.0) / step).ceil() * step
+}
+
+fn label(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{}k", v / 1000.0)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn panel(
+    svg: &mut String,
+    left: f64,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    x: &Axis,
+    y: &Axis,
+    series: &[Series],
+) {
+    let px = |v: f64| left + x.fraction(v) * PANEL_W;
+    let py = |v: f64| TOP + PANEL_H - y.fraction(v) * PANEL_H;
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle" font-size="15" font-weight="bold">{title}</text>"#,
+        left + PANEL_W / 2.0,
+        TOP - 14.0
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{left}" y="{TOP}" width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#444"/>"##
+    );
+    for t in x.ticks() {
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{0}" y1="{TOP}" x2="{0}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" text-anchor="middle" font-size="11">{3}</text>"##,
+            px(t),
+            TOP + PANEL_H,
+            TOP + PANEL_H + 16.0,
+            label(t)
+        );
+    }
+    for t in y.ticks() {
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end" font-size="11">{4}</text>"##,
+            py(t),
+            left + PANEL_W,
+            left - 6.0,
+            py(t) + 4.0,
+            label(t)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle" font-size="12">{x_label}</text>"#,
+        left + PANEL_W / 2.0,
+        TOP + PANEL_H + 36.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{0}" y="{1}" text-anchor="middle" font-size="12" transform="rotate(-90 {0} {1})">{y_label}</text>"#,
+        left - 52.0,
+        TOP + PANEL_H / 2.0
+    );
+    for (i, s) in series.iter().enumerate() {
+        let path: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(a, b)| format!("{:.1},{:.1}", px(a), py(b)))
+            .collect();
+        let dash = if s.dashed {
+            r#" stroke-dasharray="5,4""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"{dash}/>"#,
+            path.join(" "),
+            s.color
+        );
+        if !s.dashed {
+            for &(a, b) in &s.points {
+                let _ = writeln!(
+                    svg,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{}"/>"#,
+                    px(a),
+                    py(b),
+                    s.color
+                );
+            }
+        }
+        let ly = TOP + 16.0 + i as f64 * 16.0;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="{3}" stroke-width="2"{dash}/><text x="{4}" y="{5}" font-size="11">{6}</text>"#,
+            left + 10.0,
+            ly,
+            left + 30.0,
+            s.color,
+            left + 36.0,
+            ly + 4.0,
+            s.name
+        );
+    }
+}
+
+/// The SVG document for `points` (sorted by offered load here). `subtitle`
+/// names the machine and setup.
+pub fn sweep_svg(points: &[SweepPoint], bound_tps: f64, subtitle: &str) -> String {
+    let mut points = points.to_vec();
+    points.sort_by(|a, b| a.offered_tps.total_cmp(&b.offered_tps));
+    let top_tps = points
+        .iter()
+        .map(|p| p.offered_tps.max(p.committed_tps))
+        .fold(1.0, f64::max);
+    let x = Axis {
+        min: 0.0,
+        max: nice_max(top_tps),
+        log: false,
+    };
+    let y_tps = Axis {
+        min: 0.0,
+        max: nice_max(top_tps),
+        log: false,
+    };
+    let slowest = points.iter().map(|p| p.p99_ms).fold(1.0, f64::max);
+    let y_ms = Axis {
+        min: 1.0,
+        max: 10f64.powf(slowest.log10().ceil().max(1.0)),
+        log: true,
+    };
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="13">{}</text>"#,
+        WIDTH / 2.0,
+        escape(subtitle)
+    );
+    let committed = Series {
+        name: "committed tx/s",
+        color: "#1f77b4",
+        points: points
+            .iter()
+            .map(|p| (p.offered_tps, p.committed_tps))
+            .collect(),
+        dashed: false,
+    };
+    let ideal = Series {
+        name: "committed = offered",
+        color: "#999",
+        points: vec![(0.0, 0.0), (x.max, x.max)],
+        dashed: true,
+    };
+    let bound_label = format!("signature bound {bound_tps:.0} tx/s");
+    let mut throughput = vec![committed, ideal];
+    let title = if bound_tps <= y_tps.max {
+        throughput.push(Series {
+            name: &bound_label,
+            color: "#d62728",
+            points: vec![(0.0, bound_tps), (x.max, bound_tps)],
+            dashed: true,
+        });
+        "Throughput".to_string()
+    } else {
+        format!("Throughput (signature bound {bound_tps:.0} tx/s, above scale)")
+    };
+    panel(
+        &mut svg,
+        80.0,
+        &title,
+        "offered load (tx/s)",
+        "committed (tx/s)",
+        &x,
+        &y_tps,
+        &throughput,
+    );
+    let p50 = Series {
+        name: "p50 latency",
+        color: "#2ca02c",
+        points: points.iter().map(|p| (p.offered_tps, p.p50_ms)).collect(),
+        dashed: false,
+    };
+    let p99 = Series {
+        name: "p99 latency",
+        color: "#ff7f0e",
+        points: points.iter().map(|p| (p.offered_tps, p.p99_ms)).collect(),
+        dashed: false,
+    };
+    panel(
+        &mut svg,
+        80.0 + PANEL_W + 120.0,
+        "Commit latency (submit to seen committed)",
+        "offered load (tx/s)",
+        "latency (ms, log scale)",
+        &x,
+        &y_ms,
+        &[p50, p99],
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_every_point() {
+        let points: Vec<SweepPoint> = [(100.0, 99.0, 40.0, 90.0), (2000.0, 1800.0, 120.0, 900.0)]
+            .iter()
+            .map(|&(o, c, p50, p99)| SweepPoint {
+                label: format!("{o}"),
+                offered_tps: o,
+                committed_tps: c,
+                p50_ms: p50,
+                p99_ms: p99,
+            })
+            .collect();
+        let svg = sweep_svg(&points, 30_000.0, "test <machine>");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<circle").count(), 6);
+        assert!(svg.contains("test &lt;machine&gt;"));
+        assert_eq!(nice_step(2000.0), 500.0);
+        assert_eq!(nice_max(1800.0), 2000.0);
+    }
+}
