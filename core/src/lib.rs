@@ -35,9 +35,12 @@ pub fn max_faulty(n: usize) -> usize {
     n.saturating_sub(1) / 3
 }
 
-/// Matching votes needed by `n` validators: `2f + 1`.
+/// Matching votes needed among `n` validators: the least `q` with
+/// `2q - n >= f + 1`, so any two quorums share an honest validator, for every
+/// `n` (not only `n = 3f + 1`). It is `2f + 1` when `n = 3f + 1` and never
+/// more than `n - f`, so the honest validators alone always make a quorum.
 pub fn quorum(n: usize) -> usize {
-    2 * max_faulty(n) + 1
+    (n + max_faulty(n)) / 2 + 1
 }
 
 #[cfg(test)]
@@ -46,9 +49,21 @@ mod tests {
 
     #[test]
     fn quorum_sizes() {
-        assert_eq!((quorum(1), quorum(2), quorum(3)), (1, 1, 1));
-        assert_eq!((quorum(4), quorum(5), quorum(7)), (3, 3, 5));
+        assert_eq!((quorum(1), quorum(2), quorum(3)), (1, 2, 2));
+        assert_eq!((quorum(4), quorum(7)), (3, 5));
         assert_eq!(max_faulty(4), 1);
         assert_eq!(max_faulty(7), 2);
+        assert_eq!((quorum(5), quorum(6), quorum(10)), (4, 4, 7));
+    }
+
+    /// Safety: two quorums intersect in at least f + 1 validators (so in an
+    /// honest one). Liveness: the n - f honest validators form a quorum.
+    #[test]
+    fn quorums_intersect_in_an_honest_validator_for_every_n() {
+        for n in 1..=crate::limits::VALIDATORS_MAX {
+            let (q, f) = (quorum(n), max_faulty(n));
+            assert!(2 * q >= n + f + 1, "n = {n}: quorums of {q} may not share an honest validator");
+            assert!(q <= n - f, "n = {n}: honest validators alone cannot make a quorum of {q}");
+        }
     }
 }
