@@ -19,6 +19,7 @@
 pub mod bound;
 pub mod chart;
 pub mod checks;
+pub mod fixtures;
 pub mod follow;
 pub mod procstat;
 pub mod run;
