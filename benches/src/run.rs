@@ -201,8 +201,7 @@ pub fn run_once(config: &RunConfig) -> Result<Report, String> {
         bound.bound_tps
     ));
 
-    net.start(&node_binary)?;
-    net.wait_ready()?;
+    net.start_ready(&node_binary)?;
     say("all validators answer and are connected; starting the load");
 
     let start = Instant::now();

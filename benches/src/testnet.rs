@@ -125,7 +125,7 @@ impl Testnet {
             host: "127.0.0.1".into(),
         };
         cairn_genesis::write_testnet(&dir, &options)?;
-        let genesis = tune_genesis(&dir, validators, overrides)?;
+        let genesis = rewrite_genesis(&dir, validators, |g| overrides.apply(&mut g.params))?;
         let accounts = (0..accounts)
             .map(|j| cairn_genesis::keyfile::read(&cairn_genesis::account_key_path(&dir, j)))
             .collect::<Result<Vec<_>, _>>()?;
@@ -144,6 +144,53 @@ impl Testnet {
         })
     }
 
+    /// Moves the (stopped) network to other free ports, keeping its keys and
+    /// chain id, so pre-signed transfers stay valid. For when another
+    /// process took a port between probing and binding it.
+    pub fn move_ports(&mut self) -> Result<(), String> {
+        let _ = self.stop();
+        let n = self.api_urls.len();
+        let base = free_port_base(2 * n as u16)?;
+        self.genesis = rewrite_genesis(&self.dir, n, |g| {
+            for (i, v) in g.validators.iter_mut().enumerate() {
+                v.api_address = format!("127.0.0.1:{}", base as usize + i);
+                v.p2p_address = format!("127.0.0.1:{}", base as usize + n + i);
+            }
+        })?;
+        for i in 0..n {
+            let data = self.home(i).join(cairn_genesis::DATA_DIR);
+            if data.exists() {
+                std::fs::remove_dir_all(&data)
+                    .map_err(|e| format!("cannot remove {}: {e}", data.display()))?;
+            }
+        }
+        self.api_urls = self
+            .genesis
+            .api_addresses
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        Ok(())
+    }
+
+    /// Starts the nodes and waits until they are ready, moving the network
+    /// to other ports (up to a few times) when a port was taken meanwhile.
+    pub fn start_ready(&mut self, node_binary: &Path) -> Result<(), String> {
+        const ATTEMPTS: usize = 4;
+        for attempt in 1..=ATTEMPTS {
+            self.start(node_binary)?;
+            match self.wait_ready() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.contains("Address already in use") && attempt < ATTEMPTS => {
+                    eprintln!("cairn-bench: a port was taken meanwhile; moving the testnet to other ports");
+                    self.move_ports()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
     /// Home folder of validator `i`.
     pub fn home(&self, i: usize) -> PathBuf {
         cairn_genesis::node_home(&self.dir, i)
@@ -157,6 +204,11 @@ impl Testnet {
     /// Starts every validator from `node_binary`, logging to `node.log` in
     /// its home folder.
     pub fn start(&mut self, node_binary: &Path) -> Result<(), String> {
+        assert!(
+            self.nodes.iter().all(Option::is_none),
+            "nodes already running"
+        );
+        self.nodes.clear();
         for i in 0..self.api_urls.len() {
             let log = std::fs::File::create(self.log_path(i))
                 .map_err(|e| format!("cannot create {}: {e}", self.log_path(i).display()))?;
@@ -294,23 +346,23 @@ impl Drop for Testnet {
     }
 }
 
-/// Rewrites `genesis.json` in the testnet folder and every node home with
-/// the overridden parameters, and validates the result.
-fn tune_genesis(
+/// Rewrites `genesis.json` in the testnet folder and every node home after
+/// `edit`, and validates the result.
+fn rewrite_genesis(
     dir: &Path,
     validators: usize,
-    overrides: &ParamOverrides,
+    edit: impl FnOnce(&mut Genesis),
 ) -> Result<ValidGenesis, String> {
     let path = dir.join(GENESIS_FILE);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut genesis: Genesis =
         serde_json::from_str(&text).map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
-    overrides.apply(&mut genesis.params);
+    edit(&mut genesis);
     let valid = genesis
         .clone()
         .validate()
-        .map_err(|e| format!("the tuned genesis is invalid: {e}"))?;
+        .map_err(|e| format!("the rewritten genesis is invalid: {e}"))?;
     let text = serde_json::to_string_pretty(&genesis).map_err(|e| e.to_string())? + "\n";
     let homes = (0..validators).map(|i| cairn_genesis::node_home(dir, i).join(GENESIS_FILE));
     for target in std::iter::once(path.clone()).chain(homes) {
