@@ -1,0 +1,734 @@
+//! Surviving faults on real processes: `kill -9` of the primary (view
+//! change), two of four down (no progress, then recovery), random `kill -9`
+//! under load, a validator whose data folder was wiped (full resync), and a
+//! corrupted data folder (a clear error, never a panic or a fork).
+//!
+//! Measured figures (time to the next commit after the primary dies,
+//! catch-up rate) are printed with `eprintln!`; run with `--nocapture`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cairn_core::api::TxJson;
+use cairn_core::PublicKey;
+use cairn_tests::{try_http_get, try_http_post, tx_hash, wait_for, SeededRng, Signer, Testnet};
+
+const BALANCE: u64 = 1_000_000_000;
+const ALL: [usize; 4] = [0, 1, 2, 3];
+
+/// Posts `tx` to validator `node` and expects 202.
+fn submit(net: &Testnet, node: usize, tx: &TxJson) -> String {
+    let answer = net.post(
+        node,
+        "/v1/transactions",
+        &serde_json::to_string(tx).unwrap(),
+    );
+    assert_eq!(
+        answer.status, 202,
+        "submit to validator {node}: {}",
+        answer.json
+    );
+    let hash = answer.json["hash"].as_str().unwrap().to_string();
+    assert_eq!(hash, tx_hash(tx));
+    hash
+}
+
+/// Submits a transfer through `node` and waits until it is committed on
+/// every validator in `on`; returns its height.
+fn transfer_everywhere(
+    net: &Testnet,
+    node: usize,
+    signer: &mut Signer,
+    to: PublicKey,
+    on: &[usize],
+) -> u64 {
+    let tx = signer.next(to, 3);
+    let hash = submit(net, node, &tx);
+    let height = net.wait_committed(node, &hash, Duration::from_secs(60));
+    for &i in on {
+        assert_eq!(
+            net.wait_committed(i, &hash, Duration::from_secs(60)),
+            height,
+            "{hash} height on validator {i}"
+        );
+    }
+    height
+}
+
+/// Commits `rounds` blocks' worth of transfers from `signers`: each round is
+/// one `POST /v1/transactions/batch` (one transfer per signer) to a rotating
+/// validator, waited for before the next. Returns the transactions sent.
+fn commit_rounds(net: &Testnet, signers: &mut [Signer], rounds: usize) -> usize {
+    let n = signers.len();
+    let addresses: Vec<PublicKey> = signers.iter().map(|s| s.address()).collect();
+    let mut sent = 0;
+    for round in 0..rounds {
+        let batch: Vec<TxJson> = signers
+            .iter_mut()
+            .enumerate()
+            .map(|(k, s)| s.next(addresses[(k + 1 + round) % n], 1 + (round % 5) as u64))
+            .collect();
+        let node = round % net.validator_count();
+        let answer = net.post(
+            node,
+            "/v1/transactions/batch",
+            &serde_json::to_string(&batch).unwrap(),
+        );
+        assert_eq!(answer.status, 200, "batch: {}", answer.json);
+        let entries = answer.json.as_array().expect("one entry per transaction");
+        assert_eq!(entries.len(), batch.len());
+        for (entry, tx) in entries.iter().zip(&batch) {
+            assert_eq!(
+                entry["hash"].as_str(),
+                Some(tx_hash(tx).as_str()),
+                "{entry}"
+            );
+        }
+        sent += batch.len();
+        let last = tx_hash(batch.last().unwrap());
+        net.wait_committed(node, &last, Duration::from_secs(60));
+    }
+    sent
+}
+
+/// Background transfers: one thread per account, each signing its next
+/// transfer, submitting it to a random validator of `targets` and polling
+/// until it is committed (then recording it) or resending it (the same
+/// transaction: signing is deterministic) after a few seconds.
+struct Load {
+    stop: Arc<AtomicBool>,
+    committed: Arc<Mutex<Vec<(String, u64)>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(
+        net: &Testnet,
+        accounts: std::ops::Range<usize>,
+        targets: &[usize],
+        seed: u64,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(Mutex::new(Vec::new()));
+        let urls: Vec<String> = targets.iter().map(|&i| net.api(i)).collect();
+        let everyone: Vec<PublicKey> = accounts
+            .clone()
+            .map(|j| net.account_keypair(j).public())
+            .collect();
+        let threads = accounts
+            .clone()
+            .enumerate()
+            .map(|(k, j)| {
+                let signer = net.signer(j, 0);
+                let to = everyone[(k + 1) % everyone.len()];
+                let (stop, committed, urls) = (stop.clone(), committed.clone(), urls.clone());
+                let rng = SeededRng::new(seed ^ (j as u64).wrapping_mul(0x9E37_79B9));
+                std::thread::spawn(move || load_thread(signer, to, urls, rng, stop, committed))
+            })
+            .collect();
+        Load {
+            stop,
+            committed,
+            threads,
+        }
+    }
+
+    fn committed_count(&self) -> usize {
+        self.committed.lock().unwrap().len()
+    }
+
+    /// Stops the threads and returns every (hash, height) seen committed.
+    fn stop(self) -> Vec<(String, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("load thread");
+        }
+        let committed = self.committed.lock().unwrap().clone();
+        committed
+    }
+}
+
+fn account_nonce(url: &str, address: &PublicKey) -> Option<u64> {
+    let a = try_http_get(&format!("{url}/v1/accounts/{address}"))?;
+    a.json["nonce"].as_u64()
+}
+
+fn load_thread(
+    mut signer: Signer,
+    to: PublicKey,
+    urls: Vec<String>,
+    mut rng: SeededRng,
+    stop: Arc<AtomicBool>,
+    committed: Arc<Mutex<Vec<(String, u64)>>>,
+) {
+    let pick = |rng: &mut SeededRng| urls[rng.below(urls.len() as u64) as usize].clone();
+    'next: while !stop.load(Ordering::Relaxed) {
+        let nonce = signer.nonce;
+        let tx = signer.sign_with_nonce(to, 1 + nonce % 7, nonce);
+        let hash = tx_hash(&tx);
+        let body = serde_json::to_string(&tx).unwrap();
+        // Submit to a random validator that answers.
+        let url = pick(&mut rng);
+        match try_http_post(&format!("{url}/v1/transactions"), &body) {
+            None => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue 'next;
+            }
+            Some(a) if a.status == 202 => {}
+            Some(a) if a.json["code"] == "nonce_pending" => {}
+            Some(a) if a.json["code"] == "nonce_too_low" => {
+                // Only this thread signs for this account, and always the same
+                // transaction per nonce: ours was committed. Catch up.
+                if let Some(now) = account_nonce(&url, &signer.address()) {
+                    if let Some(s) = try_http_get(&format!("{url}/v1/transactions/{hash}")) {
+                        if s.json["status"] == "committed" {
+                            let h = s.json["height"].as_u64().unwrap();
+                            committed.lock().unwrap().push((hash.clone(), h));
+                        }
+                    }
+                    signer.nonce = signer.nonce.max(now);
+                }
+                continue 'next;
+            }
+            Some(a) => {
+                eprintln!("load: {url} refused nonce {nonce}: {} {}", a.status, a.json);
+                std::thread::sleep(Duration::from_millis(200));
+                continue 'next;
+            }
+        }
+        // Wait for the commit, asking random validators.
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < deadline {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let url = pick(&mut rng);
+            if let Some(s) = try_http_get(&format!("{url}/v1/transactions/{hash}")) {
+                if s.json["status"] == "committed" {
+                    let h = s.json["height"].as_u64().expect("committed height");
+                    committed.lock().unwrap().push((hash, h));
+                    signer.nonce = nonce + 1;
+                    continue 'next;
+                }
+                assert_ne!(s.json["status"], "rejected", "{hash} rejected: {}", s.json);
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        // Not committed in time (lost with a killed validator's mempool?):
+        // resend the same transaction.
+    }
+}
+
+/// Highest height among `nodes` that answer.
+fn max_height(net: &Testnet, nodes: &[usize]) -> u64 {
+    nodes
+        .iter()
+        .filter_map(|&i| net.try_height(i))
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn killing_the_primary_changes_view() {
+    let started = Instant::now();
+    let mut net = Testnet::start_all(4, 6, BALANCE);
+    net.wait_peers(&ALL, 3, Duration::from_secs(30));
+    let mut probe = net.signer(5, 0);
+    let sink = net.account_keypair(4).public();
+    transfer_everywhere(&net, 0, &mut probe, sink, &ALL);
+
+    let primary = net.leader_index(0);
+    for i in ALL {
+        assert_eq!(
+            net.leader_index(i),
+            primary,
+            "validator {i} names the same primary"
+        );
+    }
+    let survivors: Vec<usize> = ALL.into_iter().filter(|&i| i != primary).collect();
+    let view_before: Vec<u64> = survivors.iter().map(|&i| net.view(i)).collect();
+    eprintln!("primary is validator {primary}; views {view_before:?}");
+
+    // Transfers flow to the survivors from four accounts.
+    let load = Load::start(&net, 0..4, &survivors, 7);
+    wait_for("transfers flowing", Duration::from_secs(30), || {
+        (load.committed_count() >= 8).then_some(())
+    });
+
+    let height_at_kill = max_height(&net, &survivors);
+    let killed_at = Instant::now();
+    net.kill9(primary);
+    // The next block committed by a survivor, and the first one proposed in a
+    // later view (which needs the view change).
+    let mut first_commit: Option<Duration> = None;
+    let (new_view_commit, block) =
+        wait_for("a block of a new view", Duration::from_secs(60), || {
+            let i = survivors[0];
+            let latest = net.try_get(i, "/v1/blocks/latest")?.json;
+            let h = latest["height"].as_u64()?;
+            if h > height_at_kill && first_commit.is_none() {
+                first_commit = Some(killed_at.elapsed());
+            }
+            (h > height_at_kill && latest["view"].as_u64()? > view_before[0])
+                .then(|| (killed_at.elapsed(), latest))
+        });
+    eprintln!(
+        "MEASURED killed primary {primary} at height {height_at_kill}: next commit after {:.2?}, \
+         first commit in a new view (view {}, height {}) after {new_view_commit:.2?}",
+        first_commit.unwrap_or(new_view_commit),
+        block["view"],
+        block["height"],
+    );
+
+    // A transfer sent to a survivor now commits; the view advanced on each.
+    let height = transfer_everywhere(&net, survivors[1], &mut probe, sink, &survivors);
+    for (k, &i) in survivors.iter().enumerate() {
+        let status = net.get(i, "/v1/status").json;
+        assert!(
+            status["view"].as_u64().unwrap() > view_before[k],
+            "view advanced on validator {i}: {status}"
+        );
+        assert_ne!(
+            net.validator_index(status["leader"].as_str().unwrap()),
+            primary
+        );
+    }
+    assert!(height > height_at_kill);
+
+    // Restart the old primary: it catches up while transfers keep flowing.
+    let target = max_height(&net, &survivors);
+    let caught_up = Instant::now();
+    net.start(primary);
+    net.wait_api(primary);
+    wait_for(
+        "the old primary catches up",
+        Duration::from_secs(60),
+        || (net.try_height(primary)? >= target).then_some(()),
+    );
+    eprintln!(
+        "MEASURED restarted validator {primary} reached height {target} in {:.1?}",
+        caught_up.elapsed()
+    );
+    let committed = load.stop();
+    eprintln!("{} transfers committed under load", committed.len());
+    let tip = net.wait_same_height(&ALL, target, Duration::from_secs(60));
+    net.assert_same_chain(&ALL, tip);
+
+    // The next transfers commit on all four, whichever validator takes them.
+    net.wait_peers(&ALL, 3, Duration::from_secs(30));
+    for node in [primary, survivors[0], survivors[2]] {
+        transfer_everywhere(&net, node, &mut probe, sink, &ALL);
+    }
+    for (hash, height) in &committed {
+        for i in ALL {
+            assert_eq!(
+                net.wait_committed(i, hash, Duration::from_secs(10)),
+                *height
+            );
+        }
+    }
+    let tip = net.wait_same_height(&ALL, tip, Duration::from_secs(30));
+    net.assert_same_chain(&ALL, tip);
+    net.assert_same_state_and_supply(&ALL);
+    eprintln!(
+        "killing_the_primary_changes_view took {:.1?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn two_of_four_down_stops_then_resumes() {
+    let started = Instant::now();
+    let mut net = Testnet::start_all(4, 3, BALANCE);
+    net.wait_peers(&ALL, 3, Duration::from_secs(30));
+    let mut alice = net.signer(0, 0);
+    let bob = net.account_keypair(1).public();
+    transfer_everywhere(&net, 1, &mut alice, bob, &ALL);
+
+    // Down: the primary and the next validator.
+    let primary = net.leader_index(0);
+    let down = [primary, (primary + 1) % 4];
+    let up: Vec<usize> = ALL.into_iter().filter(|i| !down.contains(i)).collect();
+    for &i in &down {
+        net.kill9(i);
+    }
+    let height = net.wait_same_height(&up, 1, Duration::from_secs(10));
+    let tx = alice.next(bob, 5);
+    let hash = submit(&net, up[0], &tx);
+    std::thread::sleep(Duration::from_secs(5));
+    for &i in &up {
+        assert_eq!(
+            net.height(i),
+            height,
+            "validator {i} committed without a quorum"
+        );
+        let status = net.get(i, &format!("/v1/transactions/{hash}")).json;
+        assert_eq!(status["status"], "pending", "on validator {i}: {status}");
+    }
+    eprintln!(
+        "two of four down: no commit in 5 s at height {height} (views {:?})",
+        up.iter().map(|&i| net.view(i)).collect::<Vec<_>>()
+    );
+
+    // One back: three of four is a quorum again.
+    let back = down[1];
+    let restarted = Instant::now();
+    net.start(back);
+    net.wait_api(back);
+    let three = [up[0], up[1], back];
+    let committed_at = net.wait_committed(up[0], &hash, Duration::from_secs(90));
+    eprintln!(
+        "MEASURED with validator {back} back, the pending transfer committed at height {committed_at} \
+         {:.1?} after the restart",
+        restarted.elapsed()
+    );
+    assert_eq!(committed_at, height + 1);
+    for &i in &three {
+        assert_eq!(
+            net.wait_committed(i, &hash, Duration::from_secs(30)),
+            committed_at
+        );
+    }
+    let tip = net.wait_same_height(&three, committed_at, Duration::from_secs(30));
+    net.assert_same_chain(&three, tip);
+    transfer_everywhere(&net, back, &mut alice, bob, &three);
+
+    // The fourth comes back and catches up.
+    net.start(down[0]);
+    net.wait_api(down[0]);
+    let tip = net.wait_same_height(&ALL, tip + 1, Duration::from_secs(60));
+    net.assert_same_chain(&ALL, tip);
+    transfer_everywhere(&net, down[0], &mut alice, bob, &ALL);
+    net.assert_same_state_and_supply(&ALL);
+    eprintln!(
+        "two_of_four_down_stops_then_resumes took {:.1?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn random_kill_9_under_load() {
+    let started = Instant::now();
+    let seed = SeededRng::seed_from_env();
+    eprintln!("random_kill_9_under_load: seed {seed} (replay with CAIRN_SEED={seed})");
+    let mut rng = SeededRng::new(seed);
+    let mut net = Testnet::start_all(4, 6, BALANCE);
+    net.wait_peers(&ALL, 3, Duration::from_secs(30));
+    let load = Load::start(&net, 0..6, &ALL, seed);
+
+    let mut kills = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        std::thread::sleep(rng.millis(1_000, 4_000));
+        let victim = rng.below(4) as usize;
+        let before = load.committed_count();
+        net.kill9(victim);
+        kills += 1;
+        let down = rng.millis(500, 5_000);
+        eprintln!(
+            "[{:>5.1?}] kill -9 validator {victim} for {down:.1?} ({before} committed so far)",
+            started.elapsed()
+        );
+        std::thread::sleep(down);
+        net.start(victim);
+        net.wait_api(victim);
+    }
+    // Let the network settle with everything up, then stop the load.
+    let settled = load.committed_count();
+    wait_for(
+        "progress after the last restart",
+        Duration::from_secs(60),
+        || (load.committed_count() > settled + 10).then_some(()),
+    );
+    let committed = load.stop();
+    eprintln!(
+        "{kills} kills; {} transfers seen committed",
+        committed.len()
+    );
+    assert!(
+        committed.len() >= 50,
+        "only {} transfers committed",
+        committed.len()
+    );
+
+    let top = committed.iter().map(|(_, h)| *h).max().unwrap();
+    let tip = net.wait_same_height(&ALL, top, Duration::from_secs(60));
+    net.assert_same_chain(&ALL, tip);
+    for (hash, height) in &committed {
+        for i in ALL {
+            let status = net.get(i, &format!("/v1/transactions/{hash}")).json;
+            assert_eq!(
+                status["status"], "committed",
+                "{hash} on validator {i}: {status}"
+            );
+            assert_eq!(status["height"], *height, "{hash} on validator {i}");
+        }
+    }
+    net.assert_same_state_and_supply(&ALL);
+    eprintln!(
+        "random_kill_9_under_load took {:.1?} (tip {tip})",
+        started.elapsed()
+    );
+}
+
+/// Commits a few hundred transfers in many blocks, `kill -9`s one validator,
+/// deletes its data folder and restarts it; it must rebuild the whole chain
+/// from its peers. With `traffic`, a trickle of transfers keeps committing
+/// through the other validators meanwhile; without, the network is idle.
+/// Prints the catch-up rate.
+fn wiped_validator_resyncs_with(traffic: bool) {
+    let started = Instant::now();
+    let accounts = 20;
+    let mut net = Testnet::start_all(4, accounts + 1, BALANCE);
+    net.wait_peers(&ALL, 3, Duration::from_secs(30));
+    let mut signers: Vec<Signer> = (0..accounts).map(|j| net.signer(j, 0)).collect();
+    let filled = Instant::now();
+    let sent = commit_rounds(&net, &mut signers, 100);
+    let tip = net.wait_same_height(&ALL, 1, Duration::from_secs(30));
+    eprintln!(
+        "committed {sent} transfers in {tip} blocks in {:.1?}",
+        filled.elapsed()
+    );
+    assert!(tip >= 50, "only {tip} blocks");
+
+    let victim = (net.leader_index(0) + 2) % 4;
+    let others: Vec<usize> = ALL.into_iter().filter(|&i| i != victim).collect();
+    net.kill9(victim);
+    std::fs::remove_dir_all(net.data_dir(victim)).expect("delete the data folder");
+    let load = traffic.then(|| Load::start(&net, accounts..accounts + 1, &others, 11));
+    let restarted = Instant::now();
+    net.start(victim);
+    net.wait_api(victim);
+    let api_up = restarted.elapsed();
+    let reached = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let target = if traffic {
+                max_height(&net, &others)
+            } else {
+                tip
+            };
+            if net.try_height(victim).is_some_and(|h| h >= target) {
+                break target;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the wiped validator {victim} did not rebuild the chain (tip {target}) within \
+                     60 s of its restart; its status: {}",
+                    net.try_status(victim).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let rebuilt = restarted.elapsed();
+    let syncing = (rebuilt - api_up).as_secs_f64();
+    // The chain's transactions up to `reached` (tip plus the trickle's).
+    let txs = sent as u64 + reached.saturating_sub(tip);
+    eprintln!(
+        "MEASURED wiped validator {victim} ({}) rebuilt {reached} blocks (~{txs} transactions) \
+         in {rebuilt:.2?} from restart (API up after {api_up:.2?}): {:.0} blocks/s, {:.0} tx/s \
+         from restart; {:.0} blocks/s, {:.0} tx/s from API up",
+        if traffic {
+            "trickle of transfers"
+        } else {
+            "idle network"
+        },
+        reached as f64 / rebuilt.as_secs_f64(),
+        txs as f64 / rebuilt.as_secs_f64(),
+        reached as f64 / syncing.max(1e-3),
+        txs as f64 / syncing.max(1e-3),
+    );
+    if let Some(load) = load {
+        let committed = load.stop();
+        eprintln!("{} trickle transfers committed meanwhile", committed.len());
+        for (hash, height) in &committed {
+            assert_eq!(
+                net.wait_committed(victim, hash, Duration::from_secs(30)),
+                *height
+            );
+        }
+    }
+
+    let tip = net.wait_same_height(&ALL, reached, Duration::from_secs(30));
+    net.assert_same_chain(&ALL, tip);
+    for h in [1, tip / 2, tip] {
+        let block = net.get(victim, &format!("/v1/blocks/{h}")).json;
+        cairn_tests::assert_certificate_verifies(&net, &block, 3);
+    }
+    net.assert_same_state_and_supply(&ALL);
+    // And it takes part again: a transfer through it commits everywhere.
+    let to = signers[1].address();
+    transfer_everywhere(&net, victim, &mut signers[0], to, &ALL);
+    eprintln!(
+        "wiped validator test ({}) took {:.1?}",
+        if traffic { "traffic" } else { "idle" },
+        started.elapsed()
+    );
+}
+
+#[test]
+fn wiped_validator_resyncs() {
+    wiped_validator_resyncs_with(false);
+}
+
+#[test]
+fn wiped_validator_resyncs_under_traffic() {
+    wiped_validator_resyncs_with(true);
+}
+
+/// Every file under `dir`, largest first.
+fn files_by_size(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read data folder").flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                files.push((meta.len(), entry.path()));
+            }
+        }
+    }
+    files.sort_by(|a, b| b.cmp(a));
+    files
+}
+
+/// Starts validator `i` on a damaged data folder and checks the outcome:
+/// either it exits non-zero with one clear error naming the data folder, or
+/// it comes back with the same chain as the others. Never a panic.
+fn check_damaged_start(net: &mut Testnet, i: usize, others: &[usize], damage: &str) {
+    let log_before = net.log(i).len();
+    net.start(i);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        if let Some(status) = net.try_exit_status(i) {
+            break Err(status);
+        }
+        if net.try_height(i).is_some() {
+            break Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "validator {i} neither exited nor served its API"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = net.log(i);
+    let this_run = &log[log_before..];
+    match outcome {
+        Err(status) => {
+            assert!(
+                !status.success(),
+                "validator {i} on a {damage} data folder exited 0"
+            );
+            assert!(status.code().is_some(), "killed by a signal: {status}");
+            let error: Vec<&str> = this_run.lines().filter(|l| l.contains("error")).collect();
+            assert!(
+                error.iter().any(|l| l.contains("data folder")),
+                "no error line names the data folder:\n{this_run}"
+            );
+            eprintln!("{damage} data folder: validator {i} exited ({status}): {error:?}");
+        }
+        Ok(()) => {
+            // What it serves is a prefix of the others' chain: no fork.
+            let own = net.height(i);
+            net.assert_same_chain(&[others[0], i], own);
+            // Then it catches up. (A transfer gives it a reason to: catch-up
+            // on an idle network is `wiped_validator_resyncs`' concern.)
+            let mut signer = net.signer(0, net.balance(others[0], &net.account_address(0)).1);
+            let to = net.account_keypair(1).public();
+            transfer_everywhere(net, others[0], &mut signer, to, others);
+            let nodes = [others, &[i]].concat();
+            let tip =
+                net.wait_same_height(&nodes, max_height(net, others), Duration::from_secs(60));
+            net.assert_same_chain(&nodes, tip);
+            eprintln!(
+                "{damage} data folder: validator {i} came back at height {own} and caught up \
+                 to the same chain (height {tip})"
+            );
+        }
+    }
+    assert!(
+        !log.contains("panicked at"),
+        "validator {i} panicked:\n{this_run}"
+    );
+}
+
+#[test]
+fn corrupted_data_folder_is_detected() {
+    let started = Instant::now();
+    let accounts = 10;
+    let mut net = Testnet::start_all(4, accounts, BALANCE);
+    net.wait_peers(&ALL, 3, Duration::from_secs(30));
+    let mut signers: Vec<Signer> = (0..accounts).map(|j| net.signer(j, 0)).collect();
+    commit_rounds(&net, &mut signers, 30);
+    let tip = net.wait_same_height(&ALL, 1, Duration::from_secs(30));
+
+    // Validator 3: stopped cleanly, then its largest file cut to half.
+    assert_eq!(
+        net.terminate(3),
+        Some(0),
+        "SIGTERM stops validator 3 cleanly"
+    );
+    let files = files_by_size(&net.data_dir(3));
+    let (size, largest) = files.first().expect("a data file").clone();
+    eprintln!(
+        "truncating {} ({size} bytes) to {}",
+        largest.display(),
+        size / 2
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&largest)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    check_damaged_start(&mut net, 3, &[0, 1, 2], "truncated");
+
+    // Validator 2: stopped cleanly, then garbage written over the middle of
+    // its largest file.
+    let others: Vec<usize> = [0, 1, 3]
+        .into_iter()
+        .filter(|&i| net.is_running(i))
+        .collect();
+    assert_eq!(
+        net.terminate(2),
+        Some(0),
+        "SIGTERM stops validator 2 cleanly"
+    );
+    let (size, largest) = files_by_size(&net.data_dir(2))
+        .first()
+        .expect("a data file")
+        .clone();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&largest)
+            .unwrap();
+        let at = size / 3;
+        let len = (size / 3).min(64 * 1024) as usize;
+        file.seek(SeekFrom::Start(at)).unwrap();
+        file.write_all(&vec![0xA5; len]).unwrap();
+        file.sync_all().unwrap();
+        eprintln!(
+            "overwrote {len} bytes at {at} of {} ({size} bytes)",
+            largest.display()
+        );
+    }
+    check_damaged_start(&mut net, 2, &others, "overwritten");
+
+    // Whatever happened, the validators still running agree with each other.
+    let running = net.running();
+    let height = net.wait_same_height(&running, tip, Duration::from_secs(30));
+    net.assert_same_chain(&running, height);
+    eprintln!(
+        "corrupted_data_folder_is_detected took {:.1?}",
+        started.elapsed()
+    );
+}
