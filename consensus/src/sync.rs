@@ -221,7 +221,9 @@ impl Replica {
 
     /// Applies the certified blocks of a sync reply in order, stopping at
     /// the first that does not extend the tip or whose certificate fails;
-    /// asks the same peer for more while still behind.
+    /// after any progress asks the same peer for more (a reply may be
+    /// unsolicited, from the runtime's idle poll, so the replica may not yet
+    /// know how far behind it is; the last request costs an empty reply).
     pub(crate) fn on_sync_response(
         &mut self,
         ledger: &mut impl Ledger,
@@ -248,7 +250,7 @@ impl Replica {
             }
             progressed = true;
         }
-        if progressed && from.get() < self.n() && self.is_syncing() {
+        if progressed && from.get() < self.n() && from != self.me {
             self.request_sync(from);
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_consensus::{Action, Config, Input, Replica, SafetyState};
-use cairn_core::codec;
+use cairn_core::{codec, Height, ValidatorIndex};
 
 use crate::ledger::{now_ms, NodeLedger};
 use crate::p2p::{Wire, SYNC_BLOCKS_MAX};
@@ -15,6 +15,11 @@ use crate::{ConsensusStatus, Event, Node};
 
 /// How often the replica is ticked.
 const TICK: Duration = Duration::from_millis(10);
+/// Without a commit for this long, ask the next peer whether it has blocks
+/// we lack. An idle network exchanges no consensus messages, so this poll is
+/// how a validator that restarted behind (or with a wiped data folder)
+/// learns that it is behind; the reply is empty when it is not.
+const IDLE_SYNC_POLL: Duration = Duration::from_millis(1_000);
 
 pub fn start(
     node: Arc<Node>,
@@ -42,7 +47,9 @@ pub fn start(
 
 fn run(node: Arc<Node>, mut replica: Replica, mut ledger: NodeLedger, inbox: Receiver<Event>) {
     let mut next_tick = Instant::now();
+    let mut poll = IdlePoll::new(node.genesis.validators.len(), node.me.get());
     loop {
+        poll.maybe_ask(&node, &ledger);
         let timeout = next_tick.saturating_duration_since(Instant::now());
         let input = match inbox.recv_timeout(timeout) {
             Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
@@ -101,5 +108,48 @@ fn execute(node: &Node, action: Action) {
         Action::Committed { height, hash } => {
             tracing::info!("committed block {height} {hash}");
         }
+    }
+}
+
+/// The idle sync poll: rotates through the peers, at most one request per
+/// [`IDLE_SYNC_POLL`], only while the tip stands still.
+struct IdlePoll {
+    peers: Vec<usize>,
+    turn: usize,
+    last_tip: Height,
+    since: Instant,
+}
+
+impl IdlePoll {
+    fn new(n: usize, me: usize) -> IdlePoll {
+        IdlePoll {
+            peers: (0..n).filter(|&i| i != me).collect(),
+            turn: 0,
+            last_tip: Height(0),
+            since: Instant::now(),
+        }
+    }
+
+    fn maybe_ask(&mut self, node: &Node, ledger: &NodeLedger) {
+        use cairn_consensus::Ledger;
+        let (tip, _) = ledger.tip();
+        if tip != self.last_tip {
+            self.last_tip = tip;
+            self.since = Instant::now();
+            return;
+        }
+        if self.peers.is_empty() || self.since.elapsed() < IDLE_SYNC_POLL {
+            return;
+        }
+        self.since = Instant::now();
+        self.turn = (self.turn + 1) % self.peers.len();
+        let peer = ValidatorIndex(self.peers[self.turn] as u16);
+        node.network.send(
+            peer,
+            &Wire::SyncRequest {
+                from_height: tip.next(),
+                max_blocks: SYNC_BLOCKS_MAX,
+            },
+        );
     }
 }

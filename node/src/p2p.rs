@@ -49,8 +49,9 @@ pub const FRAME_BYTES_MAX: usize = 32 * 1024 * 1024;
 pub const PEER_QUEUE_FRAMES_MAX: usize = 8_192;
 /// Most transactions in one gossip frame.
 pub const GOSSIP_TXS_MAX: usize = cairn_core::limits::HTTP_BATCH_TXS_MAX;
-/// Most blocks in one sync response.
-pub const SYNC_BLOCKS_MAX: u32 = 256;
+/// Most blocks in one sync response: as many as the replica applies from
+/// one reply.
+pub const SYNC_BLOCKS_MAX: u32 = cairn_consensus::limits::SYNC_BLOCKS_MAX as u32;
 /// Most bytes of blocks in one sync response.
 pub const SYNC_BYTES_MAX: usize = 16 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
