@@ -4,9 +4,12 @@
 use std::fmt::Write;
 
 /// One measured point of a sweep.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SweepPoint {
     pub label: String,
+    /// Open loop (fixed offered rate) points are joined by lines; a closed
+    /// loop point (the peak search) is drawn apart as a square.
+    pub open_loop: bool,
     pub offered_tps: f64,
     pub committed_tps: f64,
     pub p50_ms: f64,
@@ -229,10 +232,12 @@ pub fn sweep_svg(points: &[SweepPoint], bound_tps: f64, subtitle: &str) -> Strin
         WIDTH / 2.0,
         escape(subtitle)
     );
+    let open: Vec<&SweepPoint> = points.iter().filter(|p| p.open_loop).collect();
+    let closed: Vec<&SweepPoint> = points.iter().filter(|p| !p.open_loop).collect();
     let committed = Series {
-        name: "committed tx/s",
+        name: "committed tx/s (open loop)",
         color: "#1f77b4",
-        points: points
+        points: open
             .iter()
             .map(|p| (p.offered_tps, p.committed_tps))
             .collect(),
@@ -267,16 +272,24 @@ pub fn sweep_svg(points: &[SweepPoint], bound_tps: f64, subtitle: &str) -> Strin
         &y_tps,
         &throughput,
     );
+    squares(
+        &mut svg,
+        80.0,
+        &x,
+        &y_tps,
+        closed.iter().map(|p| (p.offered_tps, p.committed_tps)),
+        0,
+    );
     let p50 = Series {
-        name: "p50 latency",
+        name: "p50 latency (open loop)",
         color: "#2ca02c",
-        points: points.iter().map(|p| (p.offered_tps, p.p50_ms)).collect(),
+        points: open.iter().map(|p| (p.offered_tps, p.p50_ms)).collect(),
         dashed: false,
     };
     let p99 = Series {
-        name: "p99 latency",
+        name: "p99 latency (open loop)",
         color: "#ff7f0e",
-        points: points.iter().map(|p| (p.offered_tps, p.p99_ms)).collect(),
+        points: open.iter().map(|p| (p.offered_tps, p.p99_ms)).collect(),
         dashed: false,
     };
     panel(
@@ -289,8 +302,53 @@ pub fn sweep_svg(points: &[SweepPoint], bound_tps: f64, subtitle: &str) -> Strin
         &y_ms,
         &[p50, p99],
     );
+    let right = 80.0 + PANEL_W + 120.0;
+    squares(
+        &mut svg,
+        right,
+        &x,
+        &y_ms,
+        closed.iter().map(|p| (p.offered_tps, p.p50_ms)),
+        2,
+    );
     svg.push_str("</svg>\n");
     svg
+}
+
+/// Closed-loop points as black squares, with a legend line below the
+/// panel's `legend_row` other entries.
+fn squares(
+    svg: &mut String,
+    left: f64,
+    x: &Axis,
+    y: &Axis,
+    points: impl Iterator<Item = (f64, f64)>,
+    legend_row: usize,
+) {
+    let mut any = false;
+    for (a, b) in points {
+        any = true;
+        let cx = left + x.fraction(a) * PANEL_W;
+        let cy = TOP + PANEL_H - y.fraction(b) * PANEL_H;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{:.1}" y="{:.1}" width="8" height="8" fill="black"/>"#,
+            cx - 4.0,
+            cy - 4.0
+        );
+    }
+    if any {
+        let ly = TOP + 16.0 + (legend_row + 3) as f64 * 16.0;
+        let what = if legend_row == 0 { "committed" } else { "p50" };
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{:.1}" y="{:.1}" width="8" height="8" fill="black"/><text x="{:.1}" y="{:.1}" font-size="11">closed-loop peak ({what})</text>"#,
+            left + 16.0,
+            ly - 4.0,
+            left + 36.0,
+            ly + 4.0
+        );
+    }
 }
 
 fn escape(text: &str) -> String {
@@ -309,6 +367,7 @@ mod tests {
             .iter()
             .map(|&(o, c, p50, p99)| SweepPoint {
                 label: format!("{o}"),
+                open_loop: o < 1000.0,
                 offered_tps: o,
                 committed_tps: c,
                 p50_ms: p50,
@@ -317,7 +376,9 @@ mod tests {
             .collect();
         let svg = sweep_svg(&points, 30_000.0, "test <machine>");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("<circle").count(), 6);
+        // One open-loop point: a circle per series; the closed one: squares.
+        assert_eq!(svg.matches("<circle").count(), 3);
+        assert_eq!(svg.matches("fill=\"black\"").count(), 4);
         assert!(svg.contains("test &lt;machine&gt;"));
         assert_eq!(nice_step(2000.0), 500.0);
         assert_eq!(nice_max(1800.0), 2000.0);

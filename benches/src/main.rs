@@ -78,6 +78,13 @@ struct Options {
     /// folder. The last JSON line is the peak run with a "sweep" array.
     #[arg(long)]
     sweep: bool,
+    /// Only redraw throughput_latency.svg (into --out or the current
+    /// folder) from a sweep.json that --sweep wrote; runs nothing.
+    #[arg(long, value_name = "SWEEP_JSON")]
+    chart_from: Option<PathBuf>,
+    /// Signature bound (tx/s) to draw with --chart-from.
+    #[arg(long, default_value_t = 0.0)]
+    chart_bound: f64,
 }
 
 fn config(options: &Options) -> RunConfig {
@@ -162,6 +169,7 @@ fn sweep(options: &Options) -> Result<serde_json::Value, String> {
     print_json(&peak_json);
     let mut points = vec![SweepPoint {
         label: "peak (closed loop)".into(),
+        open_loop: false,
         offered_tps: peak.offered_tps,
         committed_tps: peak.committed_tps,
         p50_ms: peak.p50_ms,
@@ -188,6 +196,7 @@ fn sweep(options: &Options) -> Result<serde_json::Value, String> {
         runs.push(json);
         points.push(SweepPoint {
             label: format!("{rate} tx/s"),
+            open_loop: true,
             offered_tps: report.offered_tps,
             committed_tps: report.committed_tps,
             p50_ms: report.p50_ms,
@@ -200,6 +209,10 @@ fn sweep(options: &Options) -> Result<serde_json::Value, String> {
     );
     let svg = chart::sweep_svg(&points, peak.bound_tps, &subtitle);
     let dir = options.out.clone().unwrap_or_else(|| PathBuf::from("."));
+    let points_path = dir.join("sweep.json");
+    let points_json = serde_json::to_string_pretty(&points).expect("JSON");
+    std::fs::write(&points_path, points_json)
+        .map_err(|e| format!("cannot write {}: {e}", points_path.display()))?;
     let path = dir.join("throughput_latency.svg");
     std::fs::write(&path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     eprintln!("cairn-bench: wrote {}", path.display());
@@ -209,10 +222,29 @@ fn sweep(options: &Options) -> Result<serde_json::Value, String> {
     Ok(last)
 }
 
+/// `--chart-from`: redraws the chart of an earlier sweep.
+fn chart_from(options: &Options, path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let points: Vec<SweepPoint> = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a sweep.json: {e}", path.display()))?;
+    let subtitle = format!(
+        "cairn-bench: {} validators, fresh network per point",
+        options.validators
+    );
+    let svg = chart::sweep_svg(&points, options.chart_bound, &subtitle);
+    let dir = options.out.clone().unwrap_or_else(|| PathBuf::from("."));
+    let out = dir.join("throughput_latency.svg");
+    std::fs::write(&out, svg).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(serde_json::json!({ "chart": out.display().to_string(), "points": points.len() }))
+}
+
 fn main() {
     let options = Options::parse();
     let result = check_options(&options).and_then(|()| {
-        if options.sweep {
+        if let Some(path) = &options.chart_from {
+            chart_from(&options, path)
+        } else if options.sweep {
             sweep(&options)
         } else {
             let report = run_once(&config(&options))?;
