@@ -15,12 +15,7 @@ pub fn run(validators: usize, dir: &Path) -> Result<(), String> {
     } else {
         let options = TestnetOptions {
             validators,
-            accounts: 4,
-            balance: 1_000_000_000,
-            chain_id: "cairn-localnet".into(),
-            api_port_base: 8080,
-            p2p_port_base: 26600,
-            host: "127.0.0.1".into(),
+            ..TestnetOptions::default()
         };
         eprintln!(
             "creating a {validators}-validator testnet in {}",
