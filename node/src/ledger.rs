@@ -137,7 +137,7 @@ impl Ledger for NodeLedger {
     }
 
     fn has_pending(&self) -> bool {
-        !self.node.mempool.lock().expect("mempool lock").is_empty()
+        self.node.mempool.lock().expect("mempool lock").has_ready()
     }
 
     fn propose(&mut self, view: View, proposer: PublicKey, now_ms: u64) -> Option<Block> {

@@ -5,7 +5,7 @@
 //! in (API or gossip); block validation trusts that and does not verify it
 //! again. After each commit the mempool drops what the block made invalid.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use cairn_core::state::Account;
 use cairn_core::{Hash, PublicKey, SignedTransaction, TxError};
@@ -65,6 +65,10 @@ pub struct Mempool {
     chain_id: String,
     capacity: usize,
     senders: HashMap<PublicKey, BTreeMap<u64, Pending>>,
+    /// Senders whose queue holds their committed account nonce: the ones a
+    /// block can take transactions from now. (A queue that starts above the
+    /// account nonce waits for the gap to fill.)
+    ready: HashSet<PublicKey>,
     hashes: HashMap<Hash, (PublicKey, u64)>,
     rejected: HashMap<Hash, String>,
     rejected_order: VecDeque<Hash>,
@@ -77,6 +81,7 @@ impl Mempool {
             chain_id,
             capacity,
             senders: HashMap::new(),
+            ready: HashSet::new(),
             hashes: HashMap::new(),
             rejected: HashMap::new(),
             rejected_order: VecDeque::new(),
@@ -89,6 +94,12 @@ impl Mempool {
 
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
+    }
+
+    /// Whether a block could take a transaction now. Transactions waiting
+    /// behind a nonce gap do not count: they are no work for consensus.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     pub fn contains(&self, hash: &Hash) -> bool {
@@ -167,6 +178,9 @@ impl Mempool {
             .entry(from)
             .or_default()
             .insert(nonce, Pending { tx, hash });
+        if nonce == account.nonce {
+            self.ready.insert(from);
+        }
         Ok(Admitted::New)
     }
 
@@ -179,10 +193,13 @@ impl Mempool {
         mut account: impl FnMut(&PublicKey) -> Account,
     ) -> Vec<SignedTransaction> {
         let mut out = Vec::with_capacity(max.min(self.hashes.len()));
-        for (sender, queue) in &self.senders {
+        for sender in &self.ready {
             if out.len() >= max {
                 break;
             }
+            let Some(queue) = self.senders.get(sender) else {
+                continue;
+            };
             let first = account(sender).nonce;
             let run = (first..)
                 .zip(queue.range(first..))
@@ -213,6 +230,11 @@ impl Mempool {
             };
             let keep = queue.split_off(&nonce);
             let stale = std::mem::replace(queue, keep);
+            if queue.contains_key(&nonce) {
+                self.ready.insert(sender);
+            } else {
+                self.ready.remove(&sender);
+            }
             if queue.is_empty() {
                 self.senders.remove(&sender);
             }
@@ -309,6 +331,29 @@ mod tests {
             "invalid_amount"
         );
         assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn a_nonce_gap_is_not_ready_work() {
+        let key = Keypair::from_seed([1; 32]);
+        let mut pool = Mempool::new("c".into(), 10);
+        let later = tx(&key, 1, 1);
+        pool.admit(later.clone(), later.hash(), funded(100, 0))
+            .unwrap();
+        assert!(!pool.has_ready(), "nonce 1 waits for nonce 0");
+        assert!(pool.candidates(10, |_| funded(100, 0)).is_empty());
+        let first = tx(&key, 1, 0);
+        pool.admit(first.clone(), first.hash(), funded(100, 0))
+            .unwrap();
+        assert!(pool.has_ready());
+        assert_eq!(pool.candidates(10, |_| funded(100, 0)).len(), 2);
+        pool.remove_committed(
+            &[first.clone(), later.clone()],
+            &[first.hash(), later.hash()],
+            |_| funded(98, 2),
+        );
+        assert!(!pool.has_ready());
+        assert!(pool.is_empty());
     }
 
     #[test]
