@@ -34,6 +34,25 @@ pub fn bin_dir() -> &'static Path {
             .expect("workspace");
         let release = !cfg!(debug_assertions);
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        // Cargo sets these for the test binary, not for itself: build scripts
+        // that watch them (ring's `rerun-if-env-changed=CARGO_PKG_NAME`, ...)
+        // would otherwise rebuild on every switch between this nested build
+        // and the outer `cargo test`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*name)
+            {
+                cargo.env_remove(&*name);
+            }
+        }
         cargo.current_dir(workspace).args([
             "build",
             "--bin",
