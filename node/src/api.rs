@@ -213,13 +213,8 @@ fn rejection_response(rejection: Rejection) -> Response {
 }
 
 fn status(node: &Node) -> Response {
-    let tip = match node.storage.tip_height() {
+    let (tip, latest) = match node.storage.tip() {
         Ok(tip) => tip,
-        Err(e) => return storage_failure(e),
-    };
-    let latest = match node.storage.block(tip) {
-        Ok(Some(block)) => block.hash(),
-        Ok(None) => return storage_failure("tip block missing"),
         Err(e) => return storage_failure(e),
     };
     let consensus = node.status.read().expect("status lock").clone();
@@ -515,5 +510,9 @@ fn events(node: &Node) -> Response {
         }
     })
     .map(Ok::<_, Infallible>);
+    let mut stopping = node.stopping.subscribe();
+    let stream = stream.take_until(async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    });
     warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
 }

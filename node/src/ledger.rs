@@ -151,15 +151,20 @@ impl Ledger for NodeLedger {
         if candidates.is_empty() {
             return None;
         }
-        let (included, changes) = self.execute(&candidates, true).ok()?;
+        let (mut transactions, mut tx_hashes): (Vec<SignedTransaction>, Vec<Hash>) =
+            candidates.into_iter().unzip();
+        let (included, changes) = self.execute(&transactions, true).ok()?;
         if included.is_empty() {
             return None;
         }
-        let transactions: Vec<SignedTransaction> = included
-            .into_iter()
-            .map(|i| candidates[i].clone())
-            .collect();
-        let tx_hashes: Vec<Hash> = transactions.iter().map(|t| t.hash()).collect();
+        if included.len() < transactions.len() {
+            let mut keep = vec![false; transactions.len()];
+            included.iter().for_each(|&i| keep[i] = true);
+            let mut keep_iter = keep.iter();
+            transactions.retain(|_| *keep_iter.next().expect("one flag per transaction"));
+            let mut keep_iter = keep.iter();
+            tx_hashes.retain(|_| *keep_iter.next().expect("one flag per transaction"));
+        }
         let header = BlockHeader {
             height: self.tip.height.next(),
             parent_hash: self.tip_hash,

@@ -38,6 +38,8 @@ use crate::storage::Storage;
 pub const CONSENSUS_EVENTS_MAX: usize = 16_384;
 /// Block events buffered for slow SSE subscribers (they skip on overflow).
 pub const SSE_EVENTS_MAX: usize = 1_024;
+/// How long open API requests may take to finish once shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An input for the consensus thread.
 #[derive(Debug)]
@@ -69,6 +71,9 @@ pub struct Node {
     pub mempool: Mutex<Mempool>,
     pub metrics: Arc<Metrics>,
     pub events: broadcast::Sender<BlockEventJson>,
+    /// Becomes true when the node starts shutting down: long-lived API
+    /// streams (SSE) end so the graceful shutdown does not wait on them.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     pub status: RwLock<ConsensusStatus>,
     pub network: Network,
     consensus_events: SyncSender<Event>,
@@ -119,6 +124,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
         mempool: Mutex::new(mempool),
         metrics,
         events: broadcast::channel(SSE_EVENTS_MAX).0,
+        stopping: tokio::sync::watch::channel(false).0,
         status: RwLock::new(ConsensusStatus::default()),
         network,
         consensus_events,
@@ -138,10 +144,23 @@ pub async fn run(home: &Path) -> Result<(), String> {
     p2p::start(node.clone(), queues, p2p_listen)
         .await
         .map_err(|e| format!("cannot listen for peers on {p2p_listen}: {e}"))?;
-    let (api_address, api_server) = api::serve(node.clone(), api_listen, shutdown_signal())
+    let stopping = node.stopping.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        stopping.send_replace(true);
+    };
+    let (api_address, api_server) = api::serve(node.clone(), api_listen, shutdown)
         .map_err(|e| format!("cannot serve the API on {api_listen}: {e}"))?;
     tracing::info!("API listening on http://{api_address}");
-    api_server.await;
+    let mut stopping = node.stopping.subscribe();
+    tokio::select! {
+        _ = api_server => {}
+        // Open requests get a grace period once shutdown starts, not forever.
+        _ = async {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("API requests still open after {SHUTDOWN_GRACE:?}; stopping anyway"),
+    }
 
     tracing::info!("shutting down");
     let _ = node.consensus_events.send(Event::Shutdown);

@@ -5,7 +5,7 @@
 //! in (API or gossip); block validation trusts that and does not verify it
 //! again. After each commit the mempool drops what the block made invalid.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use cairn_core::state::Account;
 use cairn_core::{Hash, PublicKey, SignedTransaction, TxError};
@@ -61,14 +61,26 @@ struct Pending {
     hash: Hash,
 }
 
+/// One sender's pending transactions by nonce, and what they spend in all.
+#[derive(Default)]
+struct SenderQueue {
+    txs: BTreeMap<u64, Pending>,
+    spend: u128,
+}
+
 pub struct Mempool {
     chain_id: String,
     capacity: usize,
-    senders: HashMap<PublicKey, BTreeMap<u64, Pending>>,
-    /// Senders whose queue holds their committed account nonce: the ones a
-    /// block can take transactions from now. (A queue that starts above the
-    /// account nonce waits for the gap to fill.)
-    ready: HashSet<PublicKey>,
+    senders: HashMap<PublicKey, SenderQueue>,
+    /// Senders whose queue holds their committed account nonce (the ones a
+    /// block can take transactions from now), each with the turn it got when
+    /// it became ready. A queue that starts above the account nonce waits
+    /// for the gap to fill.
+    ready: HashMap<PublicKey, u64>,
+    /// The ready senders in turn order: blocks serve the longest-waiting
+    /// sender first, and a sender served by a commit goes to the back.
+    turns: BTreeSet<(u64, PublicKey)>,
+    next_turn: u64,
     hashes: HashMap<Hash, (PublicKey, u64)>,
     rejected: HashMap<Hash, String>,
     rejected_order: VecDeque<Hash>,
@@ -81,7 +93,9 @@ impl Mempool {
             chain_id,
             capacity,
             senders: HashMap::new(),
-            ready: HashSet::new(),
+            ready: HashMap::new(),
+            turns: BTreeSet::new(),
+            next_turn: 0,
             hashes: HashMap::new(),
             rejected: HashMap::new(),
             rejected_order: VecDeque::new(),
@@ -116,6 +130,20 @@ impl Mempool {
         }
     }
 
+    /// Gives `sender` a new turn at the back (or drops its turn when it is
+    /// not ready).
+    fn set_ready(&mut self, sender: PublicKey, ready: bool) {
+        if let Some(turn) = self.ready.remove(&sender) {
+            self.turns.remove(&(turn, sender));
+        }
+        if ready {
+            let turn = self.next_turn;
+            self.next_turn += 1;
+            self.ready.insert(sender, turn);
+            self.turns.insert((turn, sender));
+        }
+    }
+
     /// Admits a transaction whose signature the caller verified, against the
     /// sender's committed `account`. Nothing changes on error.
     pub fn admit(
@@ -144,16 +172,10 @@ impl Mempool {
             .into());
         }
         let queue = self.senders.get(&t.from);
-        if queue.is_some_and(|q| q.contains_key(&t.nonce)) {
+        if queue.is_some_and(|q| q.txs.contains_key(&t.nonce)) {
             return Err(AdmitError::NoncePending(t.nonce));
         }
-        let pending_spend: u128 = queue
-            .map(|q| {
-                q.range(account.nonce..)
-                    .map(|(_, p)| p.tx.transfer.amount as u128)
-                    .sum()
-            })
-            .unwrap_or(0);
+        let pending_spend = queue.map_or(0, |q| q.spend);
         let needed = pending_spend + t.amount as u128;
         if needed > account.balance as u128 {
             return Err(if pending_spend == 0 {
@@ -172,28 +194,27 @@ impl Mempool {
         if self.hashes.len() >= self.capacity {
             return Err(AdmitError::Full(self.capacity));
         }
-        let (from, nonce) = (t.from, t.nonce);
+        let (from, nonce, amount) = (t.from, t.nonce, t.amount);
         self.hashes.insert(hash, (from, nonce));
-        self.senders
-            .entry(from)
-            .or_default()
-            .insert(nonce, Pending { tx, hash });
-        if nonce == account.nonce {
-            self.ready.insert(from);
+        let queue = self.senders.entry(from).or_default();
+        queue.spend += amount as u128;
+        queue.txs.insert(nonce, Pending { tx, hash });
+        if nonce == account.nonce && !self.ready.contains_key(&from) {
+            self.set_ready(from, true);
         }
         Ok(Admitted::New)
     }
 
-    /// Candidate transactions for a block: for each sender, the run of
-    /// consecutive nonces starting at its committed nonce. `account` reads
-    /// committed state. At most `max` transactions.
+    /// Candidate transactions for a block, with their hashes: senders in turn
+    /// order, each with the run of consecutive nonces starting at its
+    /// committed nonce. `account` reads committed state. At most `max`.
     pub fn candidates(
         &self,
         max: usize,
         mut account: impl FnMut(&PublicKey) -> Account,
-    ) -> Vec<SignedTransaction> {
+    ) -> Vec<(SignedTransaction, Hash)> {
         let mut out = Vec::with_capacity(max.min(self.hashes.len()));
-        for sender in &self.ready {
+        for (_, sender) in &self.turns {
             if out.len() >= max {
                 break;
             }
@@ -202,17 +223,17 @@ impl Mempool {
             };
             let first = account(sender).nonce;
             let run = (first..)
-                .zip(queue.range(first..))
+                .zip(queue.txs.range(first..))
                 .take_while(|(expected, (nonce, _))| expected == *nonce)
                 .take(max - out.len());
-            out.extend(run.map(|(_, (_, pending))| pending.tx.clone()));
+            out.extend(run.map(|(_, (_, pending))| (pending.tx.clone(), pending.hash)));
         }
         out
     }
 
     /// After a commit: drops the block's transactions and every pending
     /// transaction of the touched senders whose nonce is now used, remembering
-    /// the latter as rejected.
+    /// the latter as rejected; touched senders still ready go to the back.
     pub fn remove_committed(
         &mut self,
         committed: &[SignedTransaction],
@@ -222,22 +243,22 @@ impl Mempool {
         let mut senders: Vec<PublicKey> = committed.iter().map(|t| t.transfer.from).collect();
         senders.sort_unstable();
         senders.dedup();
-        let committed_hashes: std::collections::HashSet<&Hash> = committed_hashes.iter().collect();
+        let committed_hashes: HashSet<&Hash> = committed_hashes.iter().collect();
         for sender in senders {
             let nonce = account(&sender).nonce;
             let Some(queue) = self.senders.get_mut(&sender) else {
                 continue;
             };
-            let keep = queue.split_off(&nonce);
-            let stale = std::mem::replace(queue, keep);
-            if queue.contains_key(&nonce) {
-                self.ready.insert(sender);
-            } else {
-                self.ready.remove(&sender);
+            let keep = queue.txs.split_off(&nonce);
+            let stale = std::mem::replace(&mut queue.txs, keep);
+            for pending in stale.values() {
+                queue.spend -= pending.tx.transfer.amount as u128;
             }
-            if queue.is_empty() {
+            let ready = queue.txs.contains_key(&nonce);
+            if queue.txs.is_empty() {
                 self.senders.remove(&sender);
             }
+            self.set_ready(sender, ready);
             for (_, pending) in stale {
                 self.hashes.remove(&pending.hash);
                 if !committed_hashes.contains(&pending.hash) {
@@ -356,6 +377,28 @@ mod tests {
         assert!(pool.is_empty());
     }
 
+    /// A sender served by a commit goes behind the senders still waiting.
+    #[test]
+    fn senders_take_turns() {
+        let a = Keypair::from_seed([1; 32]);
+        let b = Keypair::from_seed([2; 32]);
+        let mut pool = Mempool::new("c".into(), 100);
+        for nonce in 0..5 {
+            let t = tx(&a, 1, nonce);
+            pool.admit(t.clone(), t.hash(), funded(100, 0)).unwrap();
+        }
+        let tb = tx(&b, 1, 0);
+        pool.admit(tb.clone(), tb.hash(), funded(100, 0)).unwrap();
+        let first: Vec<_> = pool.candidates(2, |_| funded(100, 0));
+        assert!(first.iter().all(|(t, _)| t.transfer.from == a.public()));
+        let (txs, hashes): (Vec<_>, Vec<_>) = first.into_iter().unzip();
+        pool.remove_committed(&txs, &hashes, |k| {
+            funded(100, if *k == a.public() { 2 } else { 0 })
+        });
+        let next = pool.candidates(1, |k| funded(100, if *k == a.public() { 2 } else { 0 }));
+        assert_eq!(next[0].0.transfer.from, b.public(), "b waited longer");
+    }
+
     #[test]
     fn bounded() {
         let key = Keypair::from_seed([1; 32]);
@@ -381,18 +424,21 @@ mod tests {
         }
         let picked = pool.candidates(10, |_| funded(100, 0));
         assert_eq!(
-            picked.iter().map(|t| t.transfer.nonce).collect::<Vec<_>>(),
+            picked
+                .iter()
+                .map(|(t, _)| t.transfer.nonce)
+                .collect::<Vec<_>>(),
             vec![0, 1]
         );
         // Block commits nonces 0 and 1 (one of them a different tx for nonce 1).
         let other1 = tx(&a, 2, 1);
-        let block = [picked[0].clone(), other1];
+        let block = [picked[0].0.clone(), other1];
         let hashes: Vec<Hash> = block.iter().map(|t| t.hash()).collect();
         pool.remove_committed(&block, &hashes, |_| funded(97, 2));
         assert_eq!(pool.len(), 1);
-        assert_eq!(pool.status(&picked[0].hash()), MempoolStatus::Unknown);
+        assert_eq!(pool.status(&picked[0].1), MempoolStatus::Unknown);
         assert!(matches!(
-            pool.status(&picked[1].hash()),
+            pool.status(&picked[1].1),
             MempoolStatus::Rejected(_)
         ));
     }

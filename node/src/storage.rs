@@ -6,27 +6,35 @@
 //! - `certificates`: height -> encoded [`Certificate`]
 //! - `block_heights`: block hash -> height
 //! - `tx_locations`: transaction hash -> (height, index in block)
-//! - `accounts`: address -> encoded [`Account`]
-//! - `meta`: tip height, genesis hash, safety state
+//! - `state`: address -> encoded [`Account`], and the tip (height and hash
+//!   of the last committed block) under [`TIP_KEY`]
+//! - `meta`: genesis hash, consensus safety state
 //!
-//! A block, its certificate, its indexes, the account changes it produces and
-//! the new tip are written in **one** sled transaction across the trees and
-//! then flushed once, so a `kill -9` at any moment leaves either the whole
-//! block or none of it. The safety state is flushed before a vote leaves.
+//! Committing a block writes the block, its certificate and its indexes
+//! first, then the account changes together with the new tip in **one**
+//! atomic sled batch on `state`, then flushes once. Readers see nothing above
+//! the tip, so until that batch lands the block is invisible; a `kill -9` at
+//! any moment leaves the committed state either before or after the whole
+//! block. (A block written above the tip before a crash is the certified
+//! block of that height, so the same block is written there again when the
+//! height commits; it is removed at start-up meanwhile.) The safety state is
+//! flushed before a vote leaves.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 use cairn_core::codec;
 use cairn_core::state::{Account, StateView};
 use cairn_core::{Block, Certificate, Hash, Height, PublicKey};
 
-const META_TIP: &[u8] = b"tip_height";
+/// Key of the tip in the `state` tree (shorter than any address, so it can
+/// never collide with one).
+pub const TIP_KEY: &[u8] = b"tip";
 const META_GENESIS: &[u8] = b"genesis_hash";
 const META_SAFETY: &[u8] = b"safety";
+/// sled's page cache (its default is 1 GiB, which a validator's RSS budget
+/// cannot afford).
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What went wrong with the data folder.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +66,7 @@ pub struct Storage {
     certificates: sled::Tree,
     block_heights: sled::Tree,
     tx_locations: sled::Tree,
-    accounts: sled::Tree,
+    state: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -66,11 +74,25 @@ fn height_key(height: Height) -> [u8; 8] {
     height.0.to_be_bytes()
 }
 
+fn decode_height(bytes: &[u8]) -> Result<Height, StorageError> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt("height has the wrong length"))?;
+    Ok(Height(u64::from_be_bytes(bytes)))
+}
+
+fn tip_value(height: Height, hash: &Hash) -> [u8; 40] {
+    let mut value = [0u8; 40];
+    value[..8].copy_from_slice(&height_key(height));
+    value[8..].copy_from_slice(&hash.0);
+    value
+}
+
 impl Storage {
     /// Opens (or creates) the database in `path` for the chain whose genesis
     /// is `genesis_block` with `genesis_accounts`, and checks that what is
     /// there is whole: the genesis matches, the tip block and certificate
-    /// exist and decode, and the tip links to its parent.
+    /// exist, decode, match the recorded tip and link to their parent.
     pub fn open(
         path: &Path,
         genesis_block: &Block,
@@ -78,9 +100,9 @@ impl Storage {
     ) -> Result<Storage, StorageError> {
         // sled may panic instead of erring on some damaged files; a damaged
         // data folder must be a clear error, never a panic (or a panic loop
-        // under a supervisor).
-        // The default hook would print a panic report for a failure we turn
-        // into an error; silence it for the duration (start-up only).
+        // under a supervisor). The default hook would print a panic report
+        // for a failure we turn into an error; silence it meanwhile
+        // (start-up only).
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -102,13 +124,17 @@ impl Storage {
         genesis_block: &Block,
         genesis_accounts: &BTreeMap<PublicKey, Account>,
     ) -> Result<Storage, StorageError> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
         let storage = Storage {
             blocks: db.open_tree("blocks")?,
             certificates: db.open_tree("certificates")?,
             block_heights: db.open_tree("block_heights")?,
             tx_locations: db.open_tree("tx_locations")?,
-            accounts: db.open_tree("accounts")?,
+            state: db.open_tree("state")?,
             meta: db.open_tree("meta")?,
             db,
         };
@@ -131,6 +157,7 @@ impl Storage {
             }
         }
         storage.check_consistency(genesis_block)?;
+        storage.remove_above_tip()?;
         Ok(storage)
     }
 
@@ -148,7 +175,7 @@ impl Storage {
     }
 
     fn check_consistency(&self, genesis_block: &Block) -> Result<(), StorageError> {
-        let tip = self.tip_height()?;
+        let (tip, tip_hash) = self.tip()?;
         let stored_genesis = self
             .block(Height(0))?
             .ok_or_else(|| corrupt("genesis block missing"))?;
@@ -157,22 +184,13 @@ impl Storage {
                 "stored genesis block differs from the genesis file",
             ));
         }
-        if let Some((last, _)) = self.blocks.last()? {
-            let last = u64::from_be_bytes(
-                last.as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("block key has the wrong length"))?,
-            );
-            if last != tip.0 {
-                return Err(corrupt(format!(
-                    "tip is {tip} but the last stored block is {last}"
-                )));
-            }
+        let block = self
+            .block(tip)?
+            .ok_or_else(|| corrupt(format!("tip block {tip} missing")))?;
+        if block.hash() != tip_hash {
+            return Err(corrupt(format!("block {tip} is not the recorded tip")));
         }
         if tip.0 > 0 {
-            let block = self
-                .block(tip)?
-                .ok_or_else(|| corrupt(format!("tip block {tip} missing")))?;
             let parent = self
                 .block(Height(tip.0 - 1))?
                 .ok_or_else(|| corrupt(format!("block {} missing", tip.0 - 1)))?;
@@ -182,7 +200,7 @@ impl Storage {
             let certificate = self
                 .certificate(tip)?
                 .ok_or_else(|| corrupt(format!("certificate of block {tip} missing")))?;
-            if certificate.block_hash != block.hash() {
+            if certificate.block_hash != tip_hash {
                 return Err(corrupt(format!(
                     "certificate of block {tip} is for another block"
                 )));
@@ -191,8 +209,23 @@ impl Storage {
         Ok(())
     }
 
-    /// Writes a block, its certificate (none for genesis), its indexes, the
-    /// account changes and the new tip in one transaction, then flushes.
+    /// Removes blocks a crash left written above the tip (see the module
+    /// doc); their index entries stay, invisible above the tip, and are
+    /// rewritten by the same block when its height commits.
+    fn remove_above_tip(&self) -> Result<(), StorageError> {
+        let (tip, _) = self.tip()?;
+        let above = height_key(tip.next());
+        for tree in [&self.blocks, &self.certificates] {
+            let keys: Vec<sled::IVec> = tree.range(above..).keys().collect::<Result<_, _>>()?;
+            for key in keys {
+                tree.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a committed block with its certificate, transaction hashes
+    /// (one per transaction, in order) and account changes, then flushes.
     pub fn commit_block(
         &self,
         block: &Block,
@@ -210,6 +243,8 @@ impl Storage {
         Ok(())
     }
 
+    /// The block and its indexes first (invisible above the tip), then the
+    /// account changes and the new tip in one atomic batch.
     fn write_block(
         &self,
         block: &Block,
@@ -219,45 +254,28 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let height = block.height();
         let key = height_key(height);
-        let block_bytes = codec::encode(block);
-        let certificate_bytes = certificate.map(codec::encode);
-        let mut tx_batch = sled::Batch::default();
-        for (index, hash) in tx_hashes.iter().enumerate() {
+        let hash = block.hash();
+        self.blocks.insert(key, codec::encode(block))?;
+        if let Some(certificate) = certificate {
+            self.certificates.insert(key, codec::encode(certificate))?;
+        }
+        self.block_heights.insert(hash.0, &key)?;
+        let mut locations = sled::Batch::default();
+        for (index, tx_hash) in tx_hashes.iter().enumerate() {
             let location = TxLocation {
                 height,
                 index: index as u32,
             };
-            tx_batch.insert(&hash.0[..], codec::encode(&location));
+            locations.insert(&tx_hash.0[..], codec::encode(&location));
         }
-        let mut account_batch = sled::Batch::default();
+        self.tx_locations.apply_batch(locations)?;
+        let mut state = sled::Batch::default();
         for (address, account) in changes {
-            account_batch.insert(&address.0[..], codec::encode(account));
+            state.insert(&address.0[..], codec::encode(account));
         }
-        let hash = block.hash();
-        let result: Result<(), TransactionError<()>> = (
-            &self.blocks,
-            &self.certificates,
-            &self.block_heights,
-            &self.tx_locations,
-            &self.accounts,
-            &self.meta,
-        )
-            .transaction(|(blocks, certificates, heights, txs, accounts, meta)| {
-                blocks.insert(&key, block_bytes.as_slice())?;
-                if let Some(bytes) = &certificate_bytes {
-                    certificates.insert(&key, bytes.as_slice())?;
-                }
-                heights.insert(&hash.0, &key)?;
-                txs.apply_batch(&tx_batch)?;
-                accounts.apply_batch(&account_batch)?;
-                meta.insert(META_TIP, &key)?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-            Err(TransactionError::Abort(())) => unreachable!("the block transaction never aborts"),
-        }
+        state.insert(TIP_KEY, &tip_value(height, &hash)[..]);
+        self.state.apply_batch(state)?;
+        Ok(())
     }
 
     /// Durably records the consensus safety state. Returns after the flush.
@@ -276,53 +294,74 @@ impl Storage {
         Ok(self.meta.get(META_SAFETY)?.map(|v| v.to_vec()))
     }
 
+    /// Height and hash of the last committed block.
+    pub fn tip(&self) -> Result<(Height, Hash), StorageError> {
+        let value = self
+            .state
+            .get(TIP_KEY)?
+            .ok_or_else(|| corrupt("tip missing"))?;
+        if value.len() != 40 {
+            return Err(corrupt("tip has the wrong length"));
+        }
+        let hash = Hash(value[8..].try_into().expect("32 bytes"));
+        Ok((decode_height(&value[..8])?, hash))
+    }
+
     pub fn tip_height(&self) -> Result<Height, StorageError> {
-        let bytes = self
-            .meta
-            .get(META_TIP)?
-            .ok_or_else(|| corrupt("tip height missing"))?;
-        let bytes: [u8; 8] = bytes
-            .as_ref()
-            .try_into()
-            .map_err(|_| corrupt("tip height has the wrong length"))?;
-        Ok(Height(u64::from_be_bytes(bytes)))
+        Ok(self.tip()?.0)
+    }
+
+    fn committed(&self, height: Height) -> Result<bool, StorageError> {
+        Ok(height <= self.tip_height()?)
     }
 
     pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {
+        if !self.committed(height)? {
+            return Ok(None);
+        }
         self.decode_from(&self.blocks, &height_key(height), "block")
     }
 
     pub fn certificate(&self, height: Height) -> Result<Option<Certificate>, StorageError> {
+        if !self.committed(height)? {
+            return Ok(None);
+        }
         self.decode_from(&self.certificates, &height_key(height), "certificate")
     }
 
     pub fn tx_location(&self, hash: &Hash) -> Result<Option<TxLocation>, StorageError> {
-        self.decode_from(&self.tx_locations, &hash.0, "transaction location")
+        let location: Option<TxLocation> =
+            self.decode_from(&self.tx_locations, &hash.0, "transaction location")?;
+        match location {
+            Some(location) if self.committed(location.height)? => Ok(Some(location)),
+            _ => Ok(None),
+        }
     }
 
     pub fn height_of(&self, hash: &Hash) -> Result<Option<Height>, StorageError> {
         match self.block_heights.get(hash.0)? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(Height(u64::from_be_bytes(
-                bytes
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("block height has the wrong length"))?,
-            )))),
+            Some(bytes) => {
+                let height = decode_height(&bytes)?;
+                Ok(self.committed(height)?.then_some(height))
+            }
         }
     }
 
     pub fn account(&self, address: &PublicKey) -> Result<Account, StorageError> {
         Ok(self
-            .decode_from(&self.accounts, &address.0, "account")?
+            .decode_from(&self.state, &address.0, "account")?
             .unwrap_or_default())
     }
 
     /// Sum of all balances (walks every account: for tests and checks).
     pub fn total_supply(&self) -> Result<u128, StorageError> {
         let mut total = 0u128;
-        for entry in self.accounts.iter() {
-            let (_, bytes) = entry?;
+        for entry in self.state.iter() {
+            let (key, bytes) = entry?;
+            if key.len() != PublicKey::LEN {
+                continue;
+            }
             let account: Account =
                 codec::decode(&bytes).map_err(|e| corrupt(format!("account: {e}")))?;
             total += account.balance as u128;
@@ -361,6 +400,24 @@ impl StateView for Storage {
 mod tests {
     use super::*;
     use cairn_core::{BlockHeader, View};
+
+    /// Reopens a database this process just closed: sled's background
+    /// flusher may hold the folder's lock for a moment after the drop.
+    fn reopen(
+        path: &Path,
+        genesis: &Block,
+        accounts: &BTreeMap<PublicKey, Account>,
+    ) -> Result<Storage, StorageError> {
+        for _ in 0..100 {
+            match Storage::open(path, genesis, accounts) {
+                Err(StorageError::Sled(sled::Error::Io(e))) if e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                result => return result,
+            }
+        }
+        Storage::open(path, genesis, accounts)
+    }
 
     fn genesis() -> (Block, BTreeMap<PublicKey, Account>) {
         let mut accounts = BTreeMap::new();
@@ -423,7 +480,7 @@ mod tests {
                 .commit_block(&block, &certificate, &[], &change)
                 .unwrap();
         }
-        let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+        let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
         assert_eq!(storage.tip_height().unwrap(), Height(1));
         assert_eq!(storage.block(Height(1)).unwrap(), Some(block.clone()));
         assert_eq!(storage.certificate(Height(1)).unwrap(), Some(certificate));
@@ -443,7 +500,7 @@ mod tests {
         let mut other = genesis.clone();
         other.header.parent_hash = Hash([8; 32]);
         assert!(matches!(
-            Storage::open(dir.path(), &other, &accounts),
+            reopen(dir.path(), &other, &accounts),
             Err(StorageError::WrongGenesis { .. })
         ));
     }
@@ -462,8 +519,43 @@ mod tests {
             storage.db.flush().unwrap();
         }
         assert!(matches!(
-            Storage::open(dir.path(), &genesis, &accounts),
+            reopen(dir.path(), &genesis, &accounts),
             Err(StorageError::Corrupt(_))
         ));
+    }
+
+    /// A crash after the block was written but before the state batch:
+    /// nothing of the block is visible, and start-up removes it.
+    #[test]
+    fn a_block_above_the_tip_is_invisible_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, accounts) = genesis();
+        let (block, certificate) = child(&genesis);
+        let tx_hash = Hash([5; 32]);
+        {
+            let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+            let key = height_key(Height(1));
+            storage.blocks.insert(key, codec::encode(&block)).unwrap();
+            storage
+                .certificates
+                .insert(key, codec::encode(&certificate))
+                .unwrap();
+            let location = TxLocation {
+                height: Height(1),
+                index: 0,
+            };
+            storage
+                .tx_locations
+                .insert(tx_hash.0, codec::encode(&location))
+                .unwrap();
+            assert_eq!(storage.block(Height(1)).unwrap(), None);
+            assert_eq!(storage.tx_location(&tx_hash).unwrap(), None);
+            storage.db.flush().unwrap();
+        }
+        let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
+        assert_eq!(storage.tip_height().unwrap(), Height(0));
+        assert!(storage.blocks.get(height_key(Height(1))).unwrap().is_none());
+        assert_eq!(storage.tx_location(&tx_hash).unwrap(), None);
+        assert_eq!(storage.total_supply().unwrap(), 100);
     }
 }

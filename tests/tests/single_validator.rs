@@ -156,7 +156,12 @@ fn transfer_commits_and_survives_kill_9() {
     assert!(new_height > tip);
     assert_eq!(net.supply_of_genesis_accounts(0), 3 * BALANCE as u128);
 
+    // SIGTERM stops the node cleanly, even with an SSE subscriber attached.
+    let subscriber = ureq::get(&format!("{}/v1/events", net.api(0)))
+        .call()
+        .expect("SSE");
     assert_eq!(net.terminate(0), Some(0), "SIGTERM stops the node cleanly");
+    drop(subscriber);
 }
 
 #[test]
