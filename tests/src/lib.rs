@@ -115,7 +115,9 @@ fn free_port_base(count: u16) -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let seed = (std::process::id() as u16).wrapping_mul(7919);
     for _ in 0..1000 {
-        let offset = NEXT.fetch_add(count, Ordering::Relaxed).wrapping_add(seed) % 30_000;
+        // 20000..32000 stays below Linux's ephemeral range (32768..), where
+        // client sockets in TIME_WAIT may hold ports.
+        let offset = NEXT.fetch_add(count, Ordering::Relaxed).wrapping_add(seed) % 12_000;
         let base = 20_000 + offset;
         if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
@@ -574,11 +576,21 @@ pub fn assert_certificate_verifies(net: &Testnet, block: &Value, min_signers: us
 // ---------------------------------------------------------------------------
 
 /// A short-timeout agent for probing validators that may be down or busy.
+/// One shared agent, so connections are kept alive and reused: a fresh
+/// connection per request under load leaves tens of thousands of client
+/// sockets in TIME_WAIT, which then block binding the next testnet's ports.
 fn probe_agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .build()
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(2))
+                .timeout(Duration::from_secs(10))
+                .max_idle_connections(256)
+                .max_idle_connections_per_host(32)
+                .build()
+        })
+        .clone()
 }
 
 fn try_answer(result: Result<ureq::Response, ureq::Error>) -> Option<Answer> {

@@ -459,7 +459,12 @@ fn random_kill_9_under_load() {
     net.assert_same_chain(&ALL, tip);
     for (hash, height) in &committed {
         for i in ALL {
-            let status = net.get(i, &format!("/v1/transactions/{hash}")).json;
+            // `try_get` reuses connections: thousands of fresh ones would
+            // crowd the ephemeral ports with sockets in TIME_WAIT.
+            let status = net
+                .try_get(i, &format!("/v1/transactions/{hash}"))
+                .unwrap_or_else(|| panic!("validator {i} does not answer"))
+                .json;
             assert_eq!(
                 status["status"], "committed",
                 "{hash} on validator {i}: {status}"
