@@ -52,9 +52,14 @@ async fn strangers_and_garbage_are_refused() {
         probe.closed_within(Duration::from_secs(5)).await,
         "a stranger is disconnected"
     );
-    assert!(
-        log_of(&net, 3).contains("is not a validator of this chain"),
-        "the refusal is logged"
+    wait_for(
+        "the refusal in validator 3's log",
+        Duration::from_secs(10),
+        || {
+            log_of(&net, 3)
+                .contains("is not a validator of this chain")
+                .then_some(())
+        },
     );
 
     // A validator key of another chain (different genesis hash).
