@@ -62,8 +62,14 @@ mod tests {
     fn quorums_intersect_in_an_honest_validator_for_every_n() {
         for n in 1..=crate::limits::VALIDATORS_MAX {
             let (q, f) = (quorum(n), max_faulty(n));
-            assert!(2 * q >= n + f + 1, "n = {n}: quorums of {q} may not share an honest validator");
-            assert!(q <= n - f, "n = {n}: honest validators alone cannot make a quorum of {q}");
+            assert!(
+                2 * q >= n + f + 1,
+                "n = {n}: quorums of {q} may not share an honest validator"
+            );
+            assert!(
+                q <= n - f,
+                "n = {n}: honest validators alone cannot make a quorum of {q}"
+            );
         }
     }
 }
