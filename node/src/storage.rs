@@ -30,6 +30,12 @@ use cairn_core::{Block, Certificate, Hash, Height, PublicKey};
 /// Key of the tip in the `state` tree (shorter than any address, so it can
 /// never collide with one).
 pub const TIP_KEY: &[u8] = b"tip";
+/// A small file beside sled's own, in the data folder, holding the height
+/// of the last block committed and flushed. sled recovers a truncated or
+/// damaged log to an earlier consistent state without a word; the marker
+/// turns that into a clear error at start instead of a validator that
+/// silently forgot committed blocks (and the votes it cast for them).
+pub const TIP_MARKER_FILE: &str = "cairn-tip";
 const META_GENESIS: &[u8] = b"genesis_hash";
 const META_SAFETY: &[u8] = b"safety";
 /// sled's page cache (its default is 1 GiB, which a validator's RSS budget
@@ -63,6 +69,8 @@ pub struct TxLocation {
 #[derive(Clone)]
 pub struct Storage {
     db: sled::Db,
+    /// The tip marker file (see [`TIP_MARKER_FILE`]).
+    marker: std::path::PathBuf,
     blocks: sled::Tree,
     certificates: sled::Tree,
     block_heights: sled::Tree,
@@ -130,6 +138,7 @@ impl Storage {
             .cache_capacity(CACHE_BYTES)
             .open()?;
         let storage = Storage {
+            marker: path.join(TIP_MARKER_FILE),
             blocks: db.open_tree("blocks")?,
             certificates: db.open_tree("certificates")?,
             block_heights: db.open_tree("block_heights")?,
@@ -157,6 +166,7 @@ impl Storage {
             }
         }
         storage.check_consistency(genesis_block)?;
+        storage.check_marker()?;
         storage.remove_above_tip()?;
         Ok(storage)
     }
@@ -209,6 +219,51 @@ impl Storage {
         Ok(())
     }
 
+    /// Refuses a database whose tip is below the last height this data
+    /// folder recorded as committed.
+    fn check_marker(&self) -> Result<(), StorageError> {
+        let recorded = match std::fs::read_to_string(&self.marker) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(corrupt(format!(
+                    "cannot read {}: {e}",
+                    self.marker.display()
+                )))
+            }
+        };
+        let recorded: u64 = recorded
+            .trim()
+            .parse()
+            .map_err(|_| corrupt(format!("{} is not a height", self.marker.display())))?;
+        let tip = self.tip_height()?;
+        if tip.0 < recorded {
+            return Err(corrupt(format!(
+                "the database ends at height {tip} but block {recorded} was committed here: \
+                 the data folder was truncated or damaged (move it aside to resync from peers)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records `height` as committed in the marker file (after the flush).
+    /// Written to a temporary file and renamed, so a crash leaves the old
+    /// or the new height, never a torn one; a lost rename only weakens the
+    /// check, it never raises a false alarm.
+    fn write_marker(&self, height: Height) {
+        let temporary = self.marker.with_extension("tmp");
+        let written = std::fs::File::create(&temporary)
+            .and_then(|mut file| {
+                use std::io::Write;
+                file.write_all(height.0.to_string().as_bytes())?;
+                file.sync_all()
+            })
+            .and_then(|_| std::fs::rename(&temporary, &self.marker));
+        if let Err(e) = written {
+            tracing::warn!("cannot record the tip in {}: {e}", self.marker.display());
+        }
+    }
+
     /// Removes blocks a crash left written above the tip (see the module
     /// doc); their index entries stay, invisible above the tip, and are
     /// rewritten by the same block when its height commits.
@@ -240,6 +295,7 @@ impl Storage {
         );
         self.write_block(block, Some(certificate), tx_hashes, changes)?;
         self.db.flush()?;
+        self.write_marker(block.height());
         Ok(())
     }
 
@@ -525,6 +581,34 @@ mod tests {
             reopen(dir.path(), &genesis, &accounts),
             Err(StorageError::Corrupt(_))
         ));
+    }
+
+    /// A database that lost committed blocks (here: a marker ahead of it, as
+    /// after sled recovered a truncated log) is refused with a clear error.
+    #[test]
+    fn a_database_behind_its_marker_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, accounts) = genesis();
+        let (block, certificate) = child(&genesis);
+        {
+            let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+            storage
+                .commit_block(&block, &certificate, &[], &[])
+                .unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(TIP_MARKER_FILE)).unwrap(),
+            "1"
+        );
+        assert!(reopen(dir.path(), &genesis, &accounts).is_ok());
+        std::fs::write(dir.path().join(TIP_MARKER_FILE), "7").unwrap();
+        let error = reopen(dir.path(), &genesis, &accounts)
+            .err()
+            .expect("refused");
+        assert!(
+            error.to_string().contains("block 7 was committed"),
+            "{error}"
+        );
     }
 
     /// A crash after the block was written but before the state batch:
