@@ -63,7 +63,7 @@ mod tests {
         for n in 1..=crate::limits::VALIDATORS_MAX {
             let (q, f) = (quorum(n), max_faulty(n));
             assert!(
-                2 * q >= n + f + 1,
+                2 * q > n + f,
                 "n = {n}: quorums of {q} may not share an honest validator"
             );
             assert!(
