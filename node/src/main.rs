@@ -4,11 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc: the validator allocates per transaction on every hot path, and
-/// glibc malloc showed up as a fifth of node CPU in profiles.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "cairn-node", version, about = "A Cairn validator")]
 struct Cli {
