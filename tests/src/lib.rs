@@ -473,6 +473,44 @@ impl Testnet {
         run("cairn-wallet", &all)
     }
 
+    /// `cairn-wallet --json transfer ... --wait` against validator `node`.
+    pub fn wallet_transfer(
+        &self,
+        node: usize,
+        from: usize,
+        to: &str,
+        amount: u64,
+    ) -> (String, u64) {
+        let key = self.account_key(from);
+        let output = self.wallet(
+            node,
+            &[
+                "--json",
+                "transfer",
+                "--key",
+                key.to_str().unwrap(),
+                "--to",
+                to,
+                "--amount",
+                &amount.to_string(),
+                "--wait",
+                "--timeout",
+                "60",
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "transfer from account {from} via validator {node} failed: {}",
+            stderr(&output)
+        );
+        let json: Value = serde_json::from_str(&stdout(&output)).expect("--json output");
+        assert_eq!(json["status"], "committed", "{json}");
+        (
+            json["hash"].as_str().unwrap().to_string(),
+            json["height"].as_u64().unwrap(),
+        )
+    }
+
     /// Sum of the balances of the genesis accounts as validator `i` sees them.
     pub fn supply_of_genesis_accounts(&self, i: usize) -> u128 {
         self.genesis

@@ -16,44 +16,6 @@ use serde_json::Value;
 
 const BALANCE: u64 = 1_000_000;
 
-/// `cairn-wallet --json transfer ... --wait` against validator `node`.
-fn wallet_transfer(
-    net: &Testnet,
-    node: usize,
-    from: usize,
-    to: &str,
-    amount: u64,
-) -> (String, u64) {
-    let key = net.account_key(from);
-    let output = net.wallet(
-        node,
-        &[
-            "--json",
-            "transfer",
-            "--key",
-            key.to_str().unwrap(),
-            "--to",
-            to,
-            "--amount",
-            &amount.to_string(),
-            "--wait",
-            "--timeout",
-            "60",
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "transfer from account {from} via validator {node} failed: {}",
-        stderr(&output)
-    );
-    let json: Value = serde_json::from_str(&stdout(&output)).expect("--json output");
-    assert_eq!(json["status"], "committed", "{json}");
-    (
-        json["hash"].as_str().unwrap().to_string(),
-        json["height"].as_u64().unwrap(),
-    )
-}
-
 #[test]
 fn four_validators_agree() {
     let started = Instant::now();
@@ -74,7 +36,7 @@ fn four_validators_agree() {
                     scope.spawn(move || {
                         let node = (sender + round) % 4;
                         (0..3)
-                            .map(|k| wallet_transfer(net, node, sender, &to, 10 + k))
+                            .map(|k| net.wallet_transfer(node, sender, &to, 10 + k))
                             .collect::<Vec<_>>()
                     })
                 })

@@ -9,41 +9,6 @@ use serde_json::Value;
 
 const BALANCE: u64 = 1_000_000;
 
-fn transfer_and_wait(
-    net: &Testnet,
-    node: usize,
-    from: usize,
-    to: &str,
-    amount: u64,
-) -> (String, u64) {
-    let key = net.account_key(from);
-    let output = net.wallet(
-        node,
-        &[
-            "--json",
-            "transfer",
-            "--key",
-            key.to_str().unwrap(),
-            "--to",
-            to,
-            "--amount",
-            &amount.to_string(),
-            "--wait",
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "transfer failed: {}",
-        stderr(&output)
-    );
-    let json: Value = serde_json::from_str(&stdout(&output)).expect("--json output");
-    assert_eq!(json["status"], "committed", "{json}");
-    (
-        json["hash"].as_str().unwrap().to_string(),
-        json["height"].as_u64().unwrap(),
-    )
-}
-
 #[test]
 fn transfer_commits_and_survives_kill_9() {
     let mut net = Testnet::start_all(1, 3, BALANCE);
@@ -78,7 +43,7 @@ fn transfer_commits_and_survives_kill_9() {
     });
     std::thread::sleep(Duration::from_millis(300));
 
-    let (hash, height) = transfer_and_wait(&net, 0, 0, &bob, 1_234);
+    let (hash, height) = net.wallet_transfer(0, 0, &bob, 1_234);
     assert_eq!(net.balance(0, &alice), (BALANCE - 1_234, 1));
     assert_eq!(net.balance(0, &bob), (BALANCE + 1_234, 0));
 
@@ -130,9 +95,9 @@ fn transfer_commits_and_survives_kill_9() {
 
     // More traffic from two senders, then kill -9 and restart.
     for amount in [5, 6, 7] {
-        transfer_and_wait(&net, 0, 1, &alice, amount);
+        net.wallet_transfer(0, 1, &alice, amount);
     }
-    transfer_and_wait(&net, 0, 0, &bob, 100);
+    net.wallet_transfer(0, 0, &bob, 100);
     let tip = net.height(0);
     let hashes_before = net.block_hashes(0, tip);
     let alice_before = net.balance(0, &alice);
@@ -152,7 +117,7 @@ fn transfer_commits_and_survives_kill_9() {
         "committed"
     );
 
-    let (_, new_height) = transfer_and_wait(&net, 0, 0, &bob, 1);
+    let (_, new_height) = net.wallet_transfer(0, 0, &bob, 1);
     assert!(new_height > tip);
     assert_eq!(net.supply_of_genesis_accounts(0), 3 * BALANCE as u128);
 
