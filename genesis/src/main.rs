@@ -56,7 +56,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return usage_error(error),
+        Err(error) => return cairn_genesis::cli::usage_error(error),
     };
     let result = match cli.command {
         Command::Testnet {
@@ -88,42 +88,6 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Help and version go out as clap writes them; a usage error becomes one
-/// line on stderr.
-fn usage_error(error: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = error.print();
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = error.print();
-            ExitCode::from(2)
-        }
-        _ => {
-            eprintln!("{}", one_line(&error.render().to_string()));
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// The first paragraph of a clap error, joined into one line.
-fn one_line(text: &str) -> String {
-    let line = text
-        .lines()
-        .skip_while(|l| l.trim().is_empty())
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ");
-    if line.starts_with("error:") {
-        line
-    } else {
-        format!("error: {line}")
     }
 }
 

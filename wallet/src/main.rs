@@ -105,7 +105,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => return usage_error(error),
+        Err(error) => return cairn_genesis::cli::usage_error(error),
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,38 +181,6 @@ fn run(cli: Cli) -> Result<(), WalletError> {
             show(&client()?, &id.path(), cli.json, print_block)
         }
         Command::Status => show(&client()?, "/v1/status", cli.json, print_status),
-    }
-}
-
-/// Help and version go out as clap writes them; a usage error becomes one
-/// line on stderr.
-fn usage_error(error: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = error.print();
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = error.print();
-            ExitCode::from(2)
-        }
-        _ => {
-            let text = error.render().to_string();
-            let line = text
-                .lines()
-                .skip_while(|l| l.trim().is_empty())
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ");
-            if line.starts_with("error:") {
-                eprintln!("{line}");
-            } else {
-                eprintln!("error: {line}");
-            }
-            ExitCode::from(2)
-        }
     }
 }
 
