@@ -47,6 +47,10 @@ const CHUNK_PLAINTEXT_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX - NOISE_TAG_BYT
 pub const FRAME_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Frames queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_FRAMES_MAX: usize = 8_192;
+/// Bytes queued for one peer before new frames are dropped: the frame count
+/// alone would let a down peer's queue of large gossip frames grow to
+/// gigabytes.
+pub const PEER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most transactions in one gossip frame.
 pub const GOSSIP_TXS_MAX: usize = cairn_core::limits::HTTP_BATCH_TXS_MAX;
 /// Most blocks in one sync response: as many as the replica applies from
@@ -118,6 +122,8 @@ struct Connection {
 pub struct Network {
     me: usize,
     queues: Vec<Option<mpsc::Sender<Frame>>>,
+    /// Bytes waiting in each peer's queue (taken off when written).
+    queued_bytes: Vec<std::sync::atomic::AtomicUsize>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -145,6 +151,7 @@ impl Network {
         (
             Network {
                 me,
+                queued_bytes: (0..validators).map(|_| Default::default()).collect(),
                 queues,
                 metrics,
             },
@@ -153,13 +160,23 @@ impl Network {
     }
 
     fn enqueue(&self, peer: usize, frame: &Frame) {
-        if let Some(Some(queue)) = self.queues.get(peer) {
-            if queue.try_send(frame.clone()).is_err() {
-                self.metrics
-                    .p2p_frames_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        let Some(Some(queue)) = self.queues.get(peer) else {
+            return;
+        };
+        let queued = &self.queued_bytes[peer];
+        let fits = queued.load(Ordering::Relaxed) + frame.len() <= PEER_QUEUE_BYTES_MAX;
+        if fits && queue.try_send(frame.clone()).is_ok() {
+            queued.fetch_add(frame.len(), Ordering::Relaxed);
+        } else {
+            self.metrics
+                .p2p_frames_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A frame for `peer` left its queue.
+    fn dequeued(&self, peer: usize, frame: &Frame) {
+        self.queued_bytes[peer].fetch_sub(frame.len(), Ordering::Relaxed);
     }
 
     pub fn send(&self, peer: ValidatorIndex, wire: &Wire) {
@@ -453,6 +470,7 @@ async fn serve(
         tokio::select! {
             frame = queue.recv() => {
                 let Some(frame) = frame else { break None };
+                node.network.dequeued(peer, &frame);
                 if let Err(e) = write_frame(&mut writer, &transport, &mut nonce, &frame, &mut ciphertext).await {
                     tracing::debug!("write to validator {peer}: {e}");
                     break None;
@@ -688,5 +706,35 @@ pub mod probe {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_queue_is_bounded_in_bytes() {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (network, _receivers) = Network::new(2, 0, metrics.clone());
+        let frame: Frame = Arc::new(vec![0u8; PEER_QUEUE_BYTES_MAX / 4]);
+        for _ in 0..5 {
+            network.enqueue(1, &frame);
+        }
+        let dropped = || metrics.p2p_frames_dropped.load(Ordering::Relaxed);
+        assert_eq!(dropped(), 1, "the fifth quarter does not fit");
+        assert_eq!(
+            network.queued_bytes[1].load(Ordering::Relaxed),
+            PEER_QUEUE_BYTES_MAX
+        );
+        network.dequeued(1, &frame);
+        network.enqueue(1, &frame);
+        assert_eq!(dropped(), 1, "room again once a frame left the queue");
+        network.enqueue(0, &frame);
+        assert_eq!(
+            network.queued_bytes[0].load(Ordering::Relaxed),
+            0,
+            "nothing to ourselves"
+        );
     }
 }
