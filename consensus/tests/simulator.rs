@@ -1,7 +1,8 @@
 //! The deterministic simulator: named scenarios and many random seeds.
 //!
 //! `CAIRN_SIM_SEEDS` sets how many random seeds each random test runs
-//! (default 500 per test: 1,000 in all, half n=4 and half n=7);
+//! (default 500 per test: 1,000 in all, half n=4 and half n=7, plus 100 each
+//! at n=5 and n=6);
 //! `CAIRN_SIM_SEED` (+ `CAIRN_SIM_SCENARIO`, default `random`) replays one
 //! run exactly with the `replay` test.
 
@@ -50,6 +51,24 @@ fn random_seeds_n7_second_half() {
     random_seeds(3, 4, seed_count() - seed_count() / 2);
 }
 
+/// n = 5 and n = 6 are not 3f + 1: their quorum (4) is larger than 2f + 1,
+/// which keeps any two quorums overlapping in an honest validator. A fifth
+/// of the seed count each.
+#[test]
+fn random_seeds_n5_and_n6() {
+    let count = (seed_count() / 5).max(1);
+    let failures: Vec<String> = (0..count)
+        .flat_map(|seed| [Scenario::random_n(seed, 5), Scenario::random_n(seed, 6)])
+        .filter_map(|scenario| run(scenario).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failing seeds:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
 /// Replays one seed of one scenario (`CAIRN_SIM_SEED`, `CAIRN_SIM_SCENARIO`).
 #[test]
 fn replay() {
@@ -68,6 +87,8 @@ fn replay() {
 fn named(name: &str, seed: u64) -> Option<Scenario> {
     Some(match name {
         "random" => Scenario::random(seed),
+        "random_n5" => Scenario::random_n(seed, 5),
+        "random_n6" => Scenario::random_n(seed, 6),
         "single_validator" => single_validator(seed),
         "primary_equivocates" => primary_equivocates(seed),
         "partition_2_2_no_progress_then_heals" => partition_2_2(seed),

@@ -82,8 +82,18 @@ impl Scenario {
     /// Everything random: n is 4 for even seeds, 7 for odd ones.
     pub fn random(seed: u64) -> Scenario {
         let n = if seed.is_multiple_of(2) { 4 } else { 7 };
+        Scenario::random_with("random", seed, n)
+    }
+
+    /// A random run with `n` validators where `n` is not `3f + 1` (the
+    /// quorum is then larger than `2f + 1`): named `random_n<n>`.
+    pub fn random_n(seed: u64, n: usize) -> Scenario {
+        Scenario::random_with(&format!("random_n{n}"), seed, n)
+    }
+
+    fn random_with(name: &str, seed: u64, n: usize) -> Scenario {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5ca1_ab1e);
-        let mut s = Scenario::calm("random", seed, n);
+        let mut s = Scenario::calm(name, seed, n);
         s.extra_heights = 4;
         s.block_interval_ms = 100;
         s.heal_ms = rng.gen_range(700..2_000);
