@@ -19,13 +19,14 @@ fn seed_count() -> u64 {
         .unwrap_or(500)
 }
 
-/// Runs `count` random seeds `first, first + step, ...`, reporting every
-/// failure with its replay command.
+/// Runs `count` random seeds `first, first + step, ...`.
 fn random_seeds(first: u64, step: u64, count: u64) {
-    let failures: Vec<String> = (0..count)
-        .map(|i| first + step * i)
-        .filter_map(|seed| run(Scenario::random(seed)).err())
-        .collect();
+    all_pass((0..count).map(|i| Scenario::random(first + step * i)));
+}
+
+/// Runs every scenario, reporting every failure with its replay command.
+fn all_pass(scenarios: impl Iterator<Item = Scenario>) {
+    let failures: Vec<String> = scenarios.filter_map(|s| run(s).err()).collect();
     assert!(
         failures.is_empty(),
         "{} failing seeds:\n{}",
@@ -57,15 +58,8 @@ fn random_seeds_n7_second_half() {
 #[test]
 fn random_seeds_n5_and_n6() {
     let count = (seed_count() / 5).max(1);
-    let failures: Vec<String> = (0..count)
-        .flat_map(|seed| [Scenario::random_n(seed, 5), Scenario::random_n(seed, 6)])
-        .filter_map(|scenario| run(scenario).err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} failing seeds:\n{}",
-        failures.len(),
-        failures.join("\n\n")
+    all_pass(
+        (0..count).flat_map(|seed| [Scenario::random_n(seed, 5), Scenario::random_n(seed, 6)]),
     );
 }
 
