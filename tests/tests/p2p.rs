@@ -32,14 +32,15 @@ fn identity(net: &Testnet, key: cairn_core::Keypair) -> Identity {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_and_garbage_are_refused() {
-    let net = tokio::task::spawn_blocking(|| {
+    let mut net = tokio::task::spawn_blocking(|| {
         let net = Testnet::start_all(4, 2, 1_000_000);
         wait_all_connected(&net, 4);
         net
     })
     .await
     .unwrap();
-    let p2p = |i: usize| net.genesis.p2p_addresses[i];
+    let addresses = net.genesis.p2p_addresses.clone();
+    let p2p = |i: usize| addresses[i];
 
     // A key that is not in the genesis file: the handshake completes on our
     // side (we know the node), and the node hangs up without reading a frame.
@@ -92,7 +93,11 @@ async fn strangers_and_garbage_are_refused() {
 
     // An authenticated peer (validator 0's real key, dialing validator 3)
     // that sends an oversized frame, an undecodable frame, or bytes that do
-    // not decrypt: each closes its connection.
+    // not decrypt: each closes its connection. The real validator 0 is
+    // stopped first: while it runs, its reconnects replace our probe's
+    // connection at validator 3 at any moment, which would close the probe
+    // for a reason other than the one under test.
+    net.kill9(0);
     let validator0 = identity(&net, node0_key);
     let mut oversized = probe::connect(&validator0, p2p(3))
         .await
@@ -147,6 +152,8 @@ async fn strangers_and_garbage_are_refused() {
     // attacked validator commits everywhere.
     drop(asker);
     tokio::task::spawn_blocking(move || {
+        net.start(0);
+        net.wait_api(0);
         wait_all_connected(&net, 4);
         let bob = net.account_address(1);
         let key = net.account_key(0);
