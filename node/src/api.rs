@@ -393,13 +393,10 @@ fn transaction(node: &Node, hash: &str) -> Response {
         height,
         error,
     };
-    match node.storage.tx_location(&hash) {
+    match node.storage.tx_height(&hash) {
         Err(e) => return storage_failure(e),
-        Ok(Some(location)) => {
-            return json_response(
-                StatusCode::OK,
-                &status("committed", Some(location.height.0), None),
-            )
+        Ok(Some(height)) => {
+            return json_response(StatusCode::OK, &status("committed", Some(height.0), None))
         }
         Ok(None) => {}
     }

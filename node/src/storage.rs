@@ -2,13 +2,25 @@
 //! consensus safety state.
 //!
 //! Trees:
-//! - `blocks`: height (big-endian u64) -> encoded [`Block`]
-//! - `certificates`: height -> encoded [`Certificate`]
+//! - `blocks`: (height, chunk number), both big-endian -> one
+//!   [`BLOCK_CHUNK_BYTES`] piece of the encoded [`Block`] (see below)
+//! - `certificates`: height (big-endian u64) -> encoded [`Certificate`]
 //! - `block_heights`: block hash -> height
-//! - `tx_locations`: transaction hash -> (height, index in block)
+//! - `tx_heights`: first 20 bytes of a transaction hash -> height
+//!   (big-endian) followed by the hash's last 12 bytes
 //! - `state`: address -> encoded [`Account`], and the tip (height and hash
 //!   of the last committed block) under [`TIP_KEY`]
-//! - `meta`: genesis hash, consensus safety state
+//! - `meta`: genesis hash, storage format, consensus safety state
+//!
+//! **Memory.** The shapes of `blocks` and `tx_heights` are chosen for
+//! sled 0.34's cache, which bounds memory only for small pages: a leaf
+//! holds up to 16 entries, and a page alone in its LRU shard (of 256) is
+//! never evicted, so whole blocks as values stayed resident (200 full blocks
+//! held 372 MB with a 16 MiB cache). In 4 KiB chunks they are evicted
+//! like any small page. Keys and values of at most 22 bytes are stored
+//! inline (no allocation each), which is why a transaction's entry is
+//! split 20 + 12 and carries no in-block index. docs/BENCHMARKS.md has the
+//! measurements.
 //!
 //! Committing a block writes the block, its certificate and its indexes
 //! first, then the account changes together with the new tip in **one**
@@ -37,6 +49,15 @@ pub const TIP_KEY: &[u8] = b"tip";
 /// silently forgot committed blocks (and the votes it cast for them).
 pub const TIP_MARKER_FILE: &str = "cairn-tip";
 const META_GENESIS: &[u8] = b"genesis_hash";
+/// Layout version of the trees above, written when a data folder is
+/// created; a folder of another layout is refused, never misread.
+const META_FORMAT: &[u8] = b"format";
+const FORMAT: &[u8] = b"cairn-storage-2";
+/// Size of one stored piece of an encoded block (see the module doc).
+pub const BLOCK_CHUNK_BYTES: usize = 4096;
+/// A transaction's key in `tx_heights`: its hash's first bytes; the rest
+/// is checked against the value.
+const TX_KEY_BYTES: usize = 20;
 const META_SAFETY: &[u8] = b"safety";
 /// sled's page cache (its default is 1 GiB, which a validator's RSS budget
 /// cannot afford; sled still keeps recently written data beyond it, see
@@ -58,13 +79,6 @@ fn corrupt(message: impl Into<String>) -> StorageError {
     StorageError::Corrupt(message.into())
 }
 
-/// Where a committed transaction is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TxLocation {
-    pub height: Height,
-    pub index: u32,
-}
-
 /// The node's database. Cheap to clone (sled trees are reference counted).
 #[derive(Clone)]
 pub struct Storage {
@@ -74,7 +88,7 @@ pub struct Storage {
     blocks: sled::Tree,
     certificates: sled::Tree,
     block_heights: sled::Tree,
-    tx_locations: sled::Tree,
+    tx_heights: sled::Tree,
     state: sled::Tree,
     meta: sled::Tree,
 }
@@ -88,6 +102,14 @@ fn decode_height(bytes: &[u8]) -> Result<Height, StorageError> {
         .try_into()
         .map_err(|_| corrupt("height has the wrong length"))?;
     Ok(Height(u64::from_be_bytes(bytes)))
+}
+
+/// Key of chunk `chunk` of the block at `height`.
+fn chunk_key(height: Height, chunk: u32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&height_key(height));
+    key[8..].copy_from_slice(&chunk.to_be_bytes());
+    key
 }
 
 fn tip_value(height: Height, hash: &Hash) -> [u8; 40] {
@@ -142,7 +164,7 @@ impl Storage {
             blocks: db.open_tree("blocks")?,
             certificates: db.open_tree("certificates")?,
             block_heights: db.open_tree("block_heights")?,
-            tx_locations: db.open_tree("tx_locations")?,
+            tx_heights: db.open_tree("tx_heights")?,
             state: db.open_tree("state")?,
             meta: db.open_tree("meta")?,
             db,
@@ -151,6 +173,12 @@ impl Storage {
         match storage.meta.get(META_GENESIS)? {
             None => storage.init_genesis(genesis_block, genesis_accounts)?,
             Some(found) => {
+                if storage.meta.get(META_FORMAT)?.as_deref() != Some(FORMAT) {
+                    return Err(corrupt(
+                        "the data folder was written by another version of cairn-node \
+                         (storage format differs); move it aside to resync from peers",
+                    ));
+                }
                 let found = Hash(
                     found
                         .as_ref()
@@ -178,6 +206,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let changes: Vec<_> = accounts.iter().map(|(k, a)| (*k, *a)).collect();
         self.write_block(genesis_block, None, &[], &changes)?;
+        self.meta.insert(META_FORMAT, FORMAT)?;
         self.meta
             .insert(META_GENESIS, &genesis_block.header.parent_hash.0[..])?;
         self.db.flush()?;
@@ -269,6 +298,7 @@ impl Storage {
     /// rewritten by the same block when its height commits.
     fn remove_above_tip(&self) -> Result<(), StorageError> {
         let (tip, _) = self.tip()?;
+        // Both key layouts start with the big-endian height.
         let above = height_key(tip.next());
         for tree in [&self.blocks, &self.certificates] {
             let keys: Vec<sled::IVec> = tree.range(above..).keys().collect::<Result<_, _>>()?;
@@ -311,7 +341,9 @@ impl Storage {
         let height = block.height();
         let key = height_key(height);
         let hash = block.hash();
-        self.blocks.insert(key, codec::encode(block))?;
+        for (chunk, bytes) in codec::encode(block).chunks(BLOCK_CHUNK_BYTES).enumerate() {
+            self.blocks.insert(chunk_key(height, chunk as u32), bytes)?;
+        }
         if let Some(certificate) = certificate {
             self.certificates.insert(key, codec::encode(certificate))?;
         }
@@ -320,13 +352,12 @@ impl Storage {
         // above the tip), and sled keeps a large batch of small keys in
         // memory (measured with 60 blocks of 8,000: 1.9 GB RSS with one
         // batch per block, 0.24 GB with single inserts; docs/BENCHMARKS.md).
-        for (index, tx_hash) in tx_hashes.iter().enumerate() {
-            let location = TxLocation {
-                height,
-                index: index as u32,
-            };
-            self.tx_locations
-                .insert(&tx_hash.0[..], codec::encode(&location))?;
+        for tx_hash in tx_hashes {
+            let mut value = [0u8; 8 + 32 - TX_KEY_BYTES];
+            value[..8].copy_from_slice(&key);
+            value[8..].copy_from_slice(&tx_hash.0[TX_KEY_BYTES..]);
+            self.tx_heights
+                .insert(&tx_hash.0[..TX_KEY_BYTES], &value[..])?;
         }
         let mut state = sled::Batch::default();
         for (address, account) in changes {
@@ -378,7 +409,23 @@ impl Storage {
         if !self.committed(height)? {
             return Ok(None);
         }
-        self.decode_from(&self.blocks, &height_key(height), "block")
+        let mut bytes = Vec::new();
+        let chunks = self
+            .blocks
+            .range(chunk_key(height, 0)..=chunk_key(height, u32::MAX));
+        for (expected, entry) in chunks.enumerate() {
+            let (key, chunk) = entry?;
+            if key[8..] != (expected as u32).to_be_bytes() {
+                return Err(corrupt(format!("block {height}: chunk {expected} missing")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| corrupt(format!("block {height}: {e}")))
     }
 
     pub fn certificate(&self, height: Height) -> Result<Option<Certificate>, StorageError> {
@@ -388,13 +435,21 @@ impl Storage {
         self.decode_from(&self.certificates, &height_key(height), "certificate")
     }
 
-    pub fn tx_location(&self, hash: &Hash) -> Result<Option<TxLocation>, StorageError> {
-        let location: Option<TxLocation> =
-            self.decode_from(&self.tx_locations, &hash.0, "transaction location")?;
-        match location {
-            Some(location) if self.committed(location.height)? => Ok(Some(location)),
-            _ => Ok(None),
+    /// Height of the committed block holding transaction `hash`.
+    pub fn tx_height(&self, hash: &Hash) -> Result<Option<Height>, StorageError> {
+        let Some(value) = self.tx_heights.get(&hash.0[..TX_KEY_BYTES])? else {
+            return Ok(None);
+        };
+        if value.len() != 8 + 32 - TX_KEY_BYTES {
+            return Err(corrupt("transaction index entry has the wrong length"));
         }
+        // Another transaction sharing the first 20 bytes (a 2^-80 chance
+        // per pair) is not this one.
+        if value[8..] != hash.0[TX_KEY_BYTES..] {
+            return Ok(None);
+        }
+        let height = decode_height(&value[..8])?;
+        Ok(self.committed(height)?.then_some(height))
     }
 
     pub fn height_of(&self, hash: &Hash) -> Result<Option<Height>, StorageError> {
@@ -503,12 +558,42 @@ mod tests {
     }
 
     fn child(parent: &Block) -> (Block, Certificate) {
+        child_with(parent, vec![])
+    }
+
+    /// A child of `parent` holding `count` transfers (signed, but not
+    /// meant to apply: storage does not execute).
+    fn child_with_transfers(parent: &Block, count: u64) -> (Block, Certificate) {
+        let key = cairn_core::Keypair::from_seed([3; 32]);
+        let transactions = (0..count)
+            .map(|nonce| {
+                cairn_core::SignedTransaction::sign(
+                    cairn_core::Transfer {
+                        chain_id: "storage-test".into(),
+                        from: key.public(),
+                        to: PublicKey([2; 32]),
+                        amount: 1,
+                        nonce,
+                    },
+                    &key,
+                )
+            })
+            .collect();
+        child_with(parent, transactions)
+    }
+
+    fn child_with(
+        parent: &Block,
+        transactions: Vec<cairn_core::SignedTransaction>,
+    ) -> (Block, Certificate) {
         let mut header = parent.header.clone();
         header.height = parent.height().next();
         header.parent_hash = parent.hash();
+        let hashes: Vec<Hash> = transactions.iter().map(|tx| tx.hash()).collect();
+        header.tx_root = cairn_core::tx_root(&hashes);
         let block = Block {
             header,
-            transactions: vec![],
+            transactions,
         };
         let certificate = Certificate {
             height: block.height(),
@@ -519,11 +604,18 @@ mod tests {
         (block, certificate)
     }
 
+    fn tx_hashes(block: &Block) -> Vec<Hash> {
+        block.transactions.iter().map(|tx| tx.hash()).collect()
+    }
+
     #[test]
     fn commit_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (genesis, accounts) = genesis();
-        let (block, certificate) = child(&genesis);
+        // Large enough to be stored in several chunks.
+        let (block, certificate) = child_with_transfers(&genesis, 200);
+        assert!(codec::encode(&block).len() > 3 * BLOCK_CHUNK_BYTES);
+        let hashes = tx_hashes(&block);
         {
             let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
             assert_eq!(storage.tip_height().unwrap(), Height(0));
@@ -536,19 +628,64 @@ mod tests {
                 },
             )];
             storage
-                .commit_block(&block, &certificate, &[], &change)
+                .commit_block(&block, &certificate, &hashes, &change)
                 .unwrap();
         }
         let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
         assert_eq!(storage.tip_height().unwrap(), Height(1));
         assert_eq!(storage.block(Height(1)).unwrap(), Some(block.clone()));
+        assert_eq!(storage.block(Height(0)).unwrap(), Some(genesis.clone()));
+        assert_eq!(storage.block(Height(2)).unwrap(), None);
         assert_eq!(storage.certificate(Height(1)).unwrap(), Some(certificate));
         assert_eq!(storage.height_of(&block.hash()).unwrap(), Some(Height(1)));
+        for hash in &hashes {
+            assert_eq!(storage.tx_height(hash).unwrap(), Some(Height(1)));
+        }
+        assert_eq!(storage.tx_height(&Hash([9; 32])).unwrap(), None);
         assert_eq!(storage.account(&PublicKey([2; 32])).unwrap().nonce, 1);
         assert_eq!(
             storage.account(&PublicKey([3; 32])).unwrap(),
             Account::default()
         );
+    }
+
+    /// The index is keyed by a hash's first 20 bytes; a transaction that
+    /// shares them with a committed one is not reported as committed.
+    #[test]
+    fn a_hash_sharing_the_index_key_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, accounts) = genesis();
+        let (block, certificate) = child(&genesis);
+        let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+        let committed = Hash([4; 32]);
+        let mut lookalike = committed;
+        lookalike.0[31] ^= 1;
+        let block = Block {
+            transactions: vec![],
+            ..block
+        };
+        storage
+            .write_block(&block, Some(&certificate), &[committed], &[])
+            .unwrap();
+        assert_eq!(storage.tx_height(&committed).unwrap(), Some(Height(1)));
+        assert_eq!(storage.tx_height(&lookalike).unwrap(), None);
+    }
+
+    /// A folder written by another storage layout is refused by name, not
+    /// misread.
+    #[test]
+    fn refuses_another_storage_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, accounts) = genesis();
+        {
+            let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+            storage.meta.remove(META_FORMAT).unwrap();
+            storage.db.flush().unwrap();
+        }
+        let error = reopen(dir.path(), &genesis, &accounts)
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("storage format"), "{error}");
     }
 
     #[test]
@@ -574,11 +711,44 @@ mod tests {
             storage
                 .commit_block(&block, &certificate, &[], &[])
                 .unwrap();
-            storage.blocks.remove(height_key(Height(1))).unwrap();
+            storage.blocks.remove(chunk_key(Height(1), 0)).unwrap();
             storage.db.flush().unwrap();
         }
         assert!(matches!(
             reopen(dir.path(), &genesis, &accounts),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+
+    /// A block missing a piece in the middle, or truncated, is an error,
+    /// never a silently shorter block.
+    #[test]
+    fn detects_a_missing_or_damaged_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, accounts) = genesis();
+        let (block, certificate) = child_with_transfers(&genesis, 200);
+        let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+        storage
+            .commit_block(&block, &certificate, &tx_hashes(&block), &[])
+            .unwrap();
+        let second = storage.blocks.remove(chunk_key(Height(1), 1)).unwrap();
+        let error = storage.block(Height(1)).expect_err("missing chunk");
+        assert!(error.to_string().contains("chunk 1 missing"), "{error}");
+        storage
+            .blocks
+            .insert(chunk_key(Height(1), 1), second.unwrap())
+            .unwrap();
+        assert_eq!(storage.block(Height(1)).unwrap(), Some(block.clone()));
+        let chunks = storage
+            .blocks
+            .range(chunk_key(Height(1), 0)..chunk_key(Height(2), 0))
+            .count() as u32;
+        storage
+            .blocks
+            .remove(chunk_key(Height(1), chunks - 1))
+            .unwrap();
+        assert!(matches!(
+            storage.block(Height(1)),
             Err(StorageError::Corrupt(_))
         ));
     }
@@ -621,28 +791,39 @@ mod tests {
         let tx_hash = Hash([5; 32]);
         {
             let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
-            let key = height_key(Height(1));
-            storage.blocks.insert(key, codec::encode(&block)).unwrap();
+            // What `write_block` writes before the state batch (in smaller
+            // pieces, so that several lie above the tip).
+            for (chunk, bytes) in codec::encode(&block).chunks(16).enumerate() {
+                storage
+                    .blocks
+                    .insert(chunk_key(Height(1), chunk as u32), bytes)
+                    .unwrap();
+            }
             storage
                 .certificates
-                .insert(key, codec::encode(&certificate))
+                .insert(height_key(Height(1)), codec::encode(&certificate))
                 .unwrap();
-            let location = TxLocation {
-                height: Height(1),
-                index: 0,
-            };
+            let mut value = height_key(Height(1)).to_vec();
+            value.extend_from_slice(&tx_hash.0[TX_KEY_BYTES..]);
             storage
-                .tx_locations
-                .insert(tx_hash.0, codec::encode(&location))
+                .tx_heights
+                .insert(&tx_hash.0[..TX_KEY_BYTES], value)
                 .unwrap();
             assert_eq!(storage.block(Height(1)).unwrap(), None);
-            assert_eq!(storage.tx_location(&tx_hash).unwrap(), None);
+            assert_eq!(storage.certificate(Height(1)).unwrap(), None);
+            assert_eq!(storage.tx_height(&tx_hash).unwrap(), None);
             storage.db.flush().unwrap();
         }
         let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
         assert_eq!(storage.tip_height().unwrap(), Height(0));
-        assert!(storage.blocks.get(height_key(Height(1))).unwrap().is_none());
-        assert_eq!(storage.tx_location(&tx_hash).unwrap(), None);
+        let above = chunk_key(Height(1), 0);
+        assert_eq!(storage.blocks.range(above..).count(), 0);
+        assert!(storage
+            .certificates
+            .get(height_key(Height(1)))
+            .unwrap()
+            .is_none());
+        assert_eq!(storage.tx_height(&tx_hash).unwrap(), None);
         assert_eq!(storage.total_supply().unwrap(), 100);
     }
 }
