@@ -44,7 +44,7 @@ struct Options {
     window: u64,
     /// Closed loop: transactions pre-signed per second of run (the most the
     /// run can offer).
-    #[arg(long, default_value_t = 12_000.0)]
+    #[arg(long, default_value_t = 16_000.0)]
     pool_tps: f64,
     /// Transactions per HTTP batch (default: 1000 closed loop; about 50 ms
     /// of each validator's share open loop).
