@@ -23,13 +23,24 @@ impl Replica {
     }
 
     /// Runs the view timer while there is work (a proposal seen, or
-    /// transactions pending), in a view and while asking for one alike: so
-    /// replicas split over several requested views (one of them moved on,
-    /// or a Byzantine one sent its view change to some only) still meet in
-    /// a higher view, and an idle network does not change views. When it
-    /// expires the replica asks for the next view; the timeout doubles per
-    /// view asked for since the last commit.
+    /// transactions pending), so an idle network does not change views.
+    /// When it expires the replica asks for the next view; the timeout
+    /// doubles per view asked for since the last commit.
+    ///
+    /// While asking for a view, the timer runs only once a quorum asks for
+    /// that view or a higher one (PBFT starts the new view's timer on 2f+1
+    /// view changes). Otherwise replicas whose timers expire a little
+    /// earlier leapfrog the rest forever, each group one view apart and
+    /// neither a quorum (a seen livelock: 2 of 7 always one view ahead of the
+    /// other 5, one of them withholding votes). Replicas split over several
+    /// requested views still meet: the lowest asker counts every honest
+    /// request, the honest validators alone are a quorum, so its timer runs
+    /// and it moves up.
     pub(crate) fn check_view_timer(&mut self, ledger: &mut impl Ledger) {
+        if self.awaiting_new_view() && !self.quorum_asks_at_least(self.view()) {
+            self.view_deadline_ms = None;
+            return;
+        }
         let Some(deadline_ms) = self.view_deadline_ms else {
             if !self.round.proposals.is_empty() || ledger.has_pending() {
                 self.view_deadline_ms = Some(self.now_ms + self.view_timeout_ms());
@@ -39,6 +50,18 @@ impl Replica {
         if self.now_ms >= deadline_ms {
             self.start_view_change(self.view().next());
         }
+    }
+
+    /// Whether a quorum of validators (this one included) asks for `view`
+    /// or a higher one at this height.
+    fn quorum_asks_at_least(&self, view: View) -> bool {
+        let asking = self
+            .round
+            .view_changes
+            .values()
+            .filter(|e| e.new_view >= view)
+            .count();
+        asking >= self.quorum()
     }
 
     /// Asks for `new_view` (or again for the current one) at this height.
