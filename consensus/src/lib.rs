@@ -81,6 +81,7 @@
 //!     validators: vec![key.public()],
 //!     block_interval_ms: 100,
 //!     view_timeout_ms: 1_000,
+//!     block_txs_max: 1_000,
 //! };
 //! let mut replica = Replica::new(config, key, SafetyState::default());
 //! let mut chain = Chain::default();
@@ -124,6 +125,11 @@ pub struct Config {
     /// Time without progress (while there is work) before a replica asks for
     /// the next view; doubles for each consecutive failed view.
     pub view_timeout_ms: u64,
+    /// Most transactions in a block. A committed block with fewer had room:
+    /// if a transaction this replica has held ready for a whole view
+    /// timeout is still pending after it, the primary is censoring (or never
+    /// got it), and the commit does not count as progress.
+    pub block_txs_max: usize,
 }
 
 /// Application state as the replica sees it.
@@ -132,6 +138,12 @@ pub trait Ledger {
     fn tip(&self) -> (Height, Hash);
     /// Whether the mempool holds transactions waiting for a block.
     fn has_pending(&self) -> bool;
+    /// Since when (`Tick` time) the longest-waiting transaction that a
+    /// block could take now has been pending here; `None` when there is
+    /// none (or the ledger does not track it).
+    fn oldest_pending_ms(&self) -> Option<u64> {
+        None
+    }
     /// Builds a block for `tip().0 + 1` on top of the tip, or `None` when there
     /// is nothing to propose.
     fn propose(&mut self, view: View, proposer: PublicKey, now_ms: u64) -> Option<Block>;

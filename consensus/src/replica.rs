@@ -35,6 +35,8 @@ pub struct Replica {
     pub(crate) failed_views: u32,
     /// Time of the last own proposal or commit.
     last_proposal_ms: u64,
+    /// When the current height started (the last commit).
+    height_started_ms: u64,
     retransmit_at_ms: u64,
     /// Verified messages for heights just above the next one.
     pub(crate) future: BTreeMap<Height, Vec<SignedMessage>>,
@@ -73,6 +75,7 @@ impl Replica {
             view_deadline_ms: None,
             failed_views: 0,
             last_proposal_ms: 0,
+            height_started_ms: 0,
             retransmit_at_ms: 0,
             future: BTreeMap::new(),
             sync: SyncState::new(n),
@@ -171,6 +174,7 @@ impl Replica {
         self.view_deadline_ms = None;
         self.failed_views = 0;
         self.last_proposal_ms = self.now_ms;
+        self.height_started_ms = self.now_ms;
         self.retransmit_at_ms = self.now_ms + self.retransmit_interval_ms();
         self.sync.on_new_height();
     }
@@ -432,9 +436,32 @@ impl Replica {
                 block_hash: hash,
                 signatures: self.round.signatures(Kind::Commit, view, hash),
             };
-            return self.commit_block(ledger, block, certificate);
+            let had_room = block.transactions.len() < self.config.block_txs_max;
+            let height_started_ms = self.height_started_ms;
+            if !self.commit_block(ledger, block, certificate) {
+                return false;
+            }
+            if had_room {
+                self.check_censorship(ledger, height_started_ms);
+            }
+            return true;
         }
         false
+    }
+
+    /// A transaction that was ready here for a whole view timeout before
+    /// the height started, and that a block with room for it left out, means
+    /// the primary censors it (or never received it): the commit is no
+    /// progress, and the replica asks for the next view at once. Only
+    /// commits by quorum in this replica's own round are judged (synced
+    /// blocks were decided while it was away).
+    fn check_censorship(&mut self, ledger: &mut impl Ledger, height_started_ms: u64) {
+        let overdue = ledger.oldest_pending_ms().is_some_and(|since| {
+            since.saturating_add(self.config.view_timeout_ms) <= height_started_ms
+        });
+        if overdue {
+            self.view_deadline_ms = Some(self.now_ms);
+        }
     }
 
     /// Commits `block` (whose parent is the tip and whose certificate is

@@ -34,6 +34,7 @@ impl Net {
             validators: self.validators.clone(),
             block_interval_ms: 50,
             view_timeout_ms: 1_000,
+            block_txs_max: 1_000,
         }
     }
 

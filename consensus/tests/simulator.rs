@@ -91,6 +91,7 @@ fn named(name: &str, seed: u64) -> Option<Scenario> {
         "far_future_flood" => far_future_flood(seed),
         "lagging_replica_catches_up" => lagging_replica(seed),
         "two_byzantine_of_seven" => two_byzantine_of_seven(seed),
+        "censoring_primary" => censoring_primary(seed),
         _ => return None,
     })
 }
@@ -165,6 +166,16 @@ fn two_byzantine_of_seven(seed: u64) -> Scenario {
     s
 }
 
+/// Validator 0, the first primary, is live but leaves the client's
+/// transfer out of every block it proposes.
+fn censoring_primary(seed: u64) -> Scenario {
+    let mut s = Scenario::calm("censoring_primary", seed, 4);
+    s.byzantine = vec![(0, Behaviour::Censor)];
+    s.client_tx_at_ms = Some(200);
+    s.heal_ms = 2_000;
+    s
+}
+
 #[test]
 fn single_validator_commits_alone() {
     let report = run_or_panic(single_validator(1));
@@ -221,6 +232,16 @@ fn lagging_replica_catches_up_by_sync() {
     for seed in 0..10 {
         let report = run_or_panic(lagging_replica(seed));
         assert!(report.sync_responses > 0, "the cut-off replica synced");
+    }
+}
+
+/// The run ends only once every honest validator committed the client's
+/// transfer, which a censoring primary never proposes: it must be replaced.
+#[test]
+fn a_censoring_primary_is_replaced() {
+    for seed in 0..10 {
+        let report = run_or_panic(censoring_primary(seed));
+        assert!(report.max_view >= 1, "the censor was voted out");
     }
 }
 

@@ -81,6 +81,7 @@ impl Node {
         let refs: Vec<&SignedTransaction> = to_verify.iter().map(|&i| &txs[i]).collect();
         let signature_ok = verify_signatures(&refs);
         let mut admitted = Vec::new();
+        let now_ms = crate::ledger::now_ms();
         {
             let mut mempool = self.mempool.lock().expect("mempool lock");
             for (&i, ok) in to_verify.iter().zip(signature_ok) {
@@ -100,14 +101,16 @@ impl Node {
                         continue;
                     }
                 };
-                verdicts[i] = Some(match mempool.admit(tx.clone(), hashes[i], account) {
-                    Ok(Admitted::New) => {
-                        admitted.push(tx.clone());
-                        Ok(hashes[i])
-                    }
-                    Ok(Admitted::AlreadyPending) => Ok(hashes[i]),
-                    Err(e) => Err(e.into()),
-                });
+                verdicts[i] = Some(
+                    match mempool.admit(tx.clone(), hashes[i], account, now_ms) {
+                        Ok(Admitted::New) => {
+                            admitted.push(tx.clone());
+                            Ok(hashes[i])
+                        }
+                        Ok(Admitted::AlreadyPending) => Ok(hashes[i]),
+                        Err(e) => Err(e.into()),
+                    },
+                );
             }
             self.metrics
                 .mempool_size

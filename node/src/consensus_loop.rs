@@ -36,6 +36,7 @@ pub fn start(
         validators: node.genesis.validators.clone(),
         block_interval_ms: params.block_interval_ms,
         view_timeout_ms: params.view_timeout_ms,
+        block_txs_max: params.block_txs_max,
     };
     let replica = Replica::new(config, node.key.clone(), safety);
     let ledger = NodeLedger::new(node.clone())?;

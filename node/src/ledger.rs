@@ -16,6 +16,9 @@ use crate::Node;
 
 /// How far ahead of this node's clock a proposal's timestamp may be.
 const TIMESTAMP_FUTURE_MS_MAX: u64 = 30_000;
+/// Most transactions sent again in one re-gossip round (see
+/// [`NodeLedger::regossip_overdue`]).
+const REGOSSIP_TXS_MAX: usize = 4_096;
 
 pub struct NodeLedger {
     node: Arc<Node>,
@@ -24,6 +27,8 @@ pub struct NodeLedger {
     /// The last block validated or proposed, so committing it does not
     /// execute or hash it again.
     executed: Option<Executed>,
+    /// When overdue transactions were last gossiped again.
+    regossiped_ms: u64,
 }
 
 /// A block this node executed on top of its tip.
@@ -54,7 +59,41 @@ impl NodeLedger {
             tip_hash: tip.hash(),
             tip,
             executed: None,
+            regossiped_ms: 0,
         })
+    }
+
+    /// After a committed block that had room: transactions that a block
+    /// could take and that have waited here for half a view timeout were
+    /// probably never received by the primary (gossip is best effort: a
+    /// full peer queue drops frames). Send them to every validator again,
+    /// at most once per half timeout, before the replica, after a whole
+    /// timeout, counts them as censored and asks for the next view.
+    fn regossip_overdue(&mut self, block: &Block) {
+        let params = &self.node.genesis.genesis.params;
+        if block.transactions.len() >= params.block_txs_max {
+            return;
+        }
+        let half_timeout_ms = params.view_timeout_ms / 2;
+        let now = now_ms();
+        if now < self.regossiped_ms.saturating_add(half_timeout_ms) {
+            return;
+        }
+        let overdue = self
+            .node
+            .mempool
+            .lock()
+            .expect("mempool lock")
+            .ready_since(now.saturating_sub(half_timeout_ms), REGOSSIP_TXS_MAX);
+        if overdue.is_empty() {
+            return;
+        }
+        self.regossiped_ms = now;
+        tracing::info!(
+            count = overdue.len(),
+            "gossiping again transactions that wait although blocks have room"
+        );
+        self.node.network.gossip_transactions(overdue);
     }
 
     /// Applies `transactions` on top of the tip. With `skip_invalid`, drops
@@ -138,6 +177,14 @@ impl Ledger for NodeLedger {
 
     fn has_pending(&self) -> bool {
         self.node.mempool.lock().expect("mempool lock").has_ready()
+    }
+
+    fn oldest_pending_ms(&self) -> Option<u64> {
+        self.node
+            .mempool
+            .lock()
+            .expect("mempool lock")
+            .oldest_ready_since_ms()
     }
 
     fn propose(&mut self, view: View, proposer: PublicKey, now_ms: u64) -> Option<Block> {
@@ -233,6 +280,7 @@ impl Ledger for NodeLedger {
         self.tip = block.header.clone();
         self.tip_hash = hash;
         self.node.after_commit(block, &executed.tx_hashes);
+        self.regossip_overdue(block);
         Ok(())
     }
 }

@@ -59,6 +59,8 @@ pub enum MempoolStatus {
 struct Pending {
     tx: SignedTransaction,
     hash: Hash,
+    /// When it was admitted here (`ledger::now_ms` time).
+    since_ms: u64,
 }
 
 /// One sender's pending transactions by nonce, and what they spend in all.
@@ -145,12 +147,13 @@ impl Mempool {
     }
 
     /// Admits a transaction whose signature the caller verified, against the
-    /// sender's committed `account`. Nothing changes on error.
+    /// sender's committed `account`, at `now_ms`. Nothing changes on error.
     pub fn admit(
         &mut self,
         tx: SignedTransaction,
         hash: Hash,
         account: Account,
+        now_ms: u64,
     ) -> Result<Admitted, AdmitError> {
         if self.hashes.contains_key(&hash) {
             return Ok(Admitted::AlreadyPending);
@@ -198,7 +201,14 @@ impl Mempool {
         self.hashes.insert(hash, (from, nonce));
         let queue = self.senders.entry(from).or_default();
         queue.spend += amount as u128;
-        queue.txs.insert(nonce, Pending { tx, hash });
+        queue.txs.insert(
+            nonce,
+            Pending {
+                tx,
+                hash,
+                since_ms: now_ms,
+            },
+        );
         if nonce == account.nonce && !self.ready.contains_key(&from) {
             self.set_ready(from, true);
         }
@@ -227,6 +237,43 @@ impl Mempool {
                 .take_while(|(expected, (nonce, _))| expected == *nonce)
                 .take(max - out.len());
             out.extend(run.map(|(_, (_, pending))| (pending.tx.clone(), pending.hash)));
+        }
+        out
+    }
+
+    /// Since when the longest-waiting transaction a block could take now
+    /// (the next one of each ready sender) has been here. Walks the ready
+    /// senders.
+    pub fn oldest_ready_since_ms(&self) -> Option<u64> {
+        self.ready
+            .keys()
+            .filter_map(|sender| self.senders.get(sender)?.txs.values().next())
+            .map(|pending| pending.since_ms)
+            .min()
+    }
+
+    /// Up to `max` transactions a block could take now that have waited
+    /// here since `before_ms` or earlier: the runs of consecutive nonces of
+    /// the ready senders, oldest first within each.
+    pub fn ready_since(&self, before_ms: u64, max: usize) -> Vec<SignedTransaction> {
+        let mut out = Vec::new();
+        for sender in self.ready.keys() {
+            let Some(queue) = self.senders.get(sender) else {
+                continue;
+            };
+            let mut expected = None;
+            for (nonce, pending) in &queue.txs {
+                if out.len() >= max || expected.is_some_and(|e| e != *nonce) {
+                    break;
+                }
+                expected = Some(nonce + 1);
+                if pending.since_ms <= before_ms {
+                    out.push(pending.tx.clone());
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
         }
         out
     }
@@ -311,42 +358,42 @@ mod tests {
         let mut pool = Mempool::new("c".into(), 3);
         let t0 = tx(&key, 40, 0);
         assert_eq!(
-            pool.admit(t0.clone(), t0.hash(), funded(100, 0)),
+            pool.admit(t0.clone(), t0.hash(), funded(100, 0), 0),
             Ok(Admitted::New)
         );
         assert_eq!(
-            pool.admit(t0.clone(), t0.hash(), funded(100, 0)),
+            pool.admit(t0.clone(), t0.hash(), funded(100, 0), 0),
             Ok(Admitted::AlreadyPending)
         );
         let other0 = tx(&key, 41, 0);
         assert_eq!(
-            pool.admit(other0.clone(), other0.hash(), funded(100, 0)),
+            pool.admit(other0.clone(), other0.hash(), funded(100, 0), 0),
             Err(AdmitError::NoncePending(0))
         );
         let t1 = tx(&key, 61, 1);
         assert_eq!(
-            pool.admit(t1.clone(), t1.hash(), funded(100, 0))
+            pool.admit(t1.clone(), t1.hash(), funded(100, 0), 0)
                 .unwrap_err()
                 .code(),
             "insufficient_funds"
         );
         let old = tx(&key, 1, 0);
         assert_eq!(
-            pool.admit(old.clone(), old.hash(), funded(100, 1))
+            pool.admit(old.clone(), old.hash(), funded(100, 1), 0)
                 .unwrap_err()
                 .code(),
             "nonce_too_low"
         );
         let far = tx(&key, 1, NONCE_GAP_MAX + 1);
         assert_eq!(
-            pool.admit(far.clone(), far.hash(), funded(100, 0))
+            pool.admit(far.clone(), far.hash(), funded(100, 0), 0)
                 .unwrap_err()
                 .code(),
             "nonce_too_high"
         );
         let zero = tx(&key, 0, 1);
         assert_eq!(
-            pool.admit(zero.clone(), zero.hash(), funded(100, 0))
+            pool.admit(zero.clone(), zero.hash(), funded(100, 0), 0)
                 .unwrap_err()
                 .code(),
             "invalid_amount"
@@ -359,12 +406,12 @@ mod tests {
         let key = Keypair::from_seed([1; 32]);
         let mut pool = Mempool::new("c".into(), 10);
         let later = tx(&key, 1, 1);
-        pool.admit(later.clone(), later.hash(), funded(100, 0))
+        pool.admit(later.clone(), later.hash(), funded(100, 0), 0)
             .unwrap();
         assert!(!pool.has_ready(), "nonce 1 waits for nonce 0");
         assert!(pool.candidates(10, |_| funded(100, 0)).is_empty());
         let first = tx(&key, 1, 0);
-        pool.admit(first.clone(), first.hash(), funded(100, 0))
+        pool.admit(first.clone(), first.hash(), funded(100, 0), 0)
             .unwrap();
         assert!(pool.has_ready());
         assert_eq!(pool.candidates(10, |_| funded(100, 0)).len(), 2);
@@ -385,10 +432,11 @@ mod tests {
         let mut pool = Mempool::new("c".into(), 100);
         for nonce in 0..5 {
             let t = tx(&a, 1, nonce);
-            pool.admit(t.clone(), t.hash(), funded(100, 0)).unwrap();
+            pool.admit(t.clone(), t.hash(), funded(100, 0), 0).unwrap();
         }
         let tb = tx(&b, 1, 0);
-        pool.admit(tb.clone(), tb.hash(), funded(100, 0)).unwrap();
+        pool.admit(tb.clone(), tb.hash(), funded(100, 0), 0)
+            .unwrap();
         let first: Vec<_> = pool.candidates(2, |_| funded(100, 0));
         assert!(first.iter().all(|(t, _)| t.transfer.from == a.public()));
         let (txs, hashes): (Vec<_>, Vec<_>) = first.into_iter().unzip();
@@ -405,11 +453,11 @@ mod tests {
         let mut pool = Mempool::new("c".into(), 2);
         for nonce in 0..2 {
             let t = tx(&key, 1, nonce);
-            pool.admit(t.clone(), t.hash(), funded(100, 0)).unwrap();
+            pool.admit(t.clone(), t.hash(), funded(100, 0), 0).unwrap();
         }
         let t = tx(&key, 1, 2);
         assert_eq!(
-            pool.admit(t.clone(), t.hash(), funded(100, 0)),
+            pool.admit(t.clone(), t.hash(), funded(100, 0), 0),
             Err(AdmitError::Full(2))
         );
     }
@@ -420,7 +468,7 @@ mod tests {
         let mut pool = Mempool::new("c".into(), 100);
         for nonce in [0, 1, 3] {
             let t = tx(&a, 1, nonce);
-            pool.admit(t.clone(), t.hash(), funded(100, 0)).unwrap();
+            pool.admit(t.clone(), t.hash(), funded(100, 0), 0).unwrap();
         }
         let picked = pool.candidates(10, |_| funded(100, 0));
         assert_eq!(
@@ -441,5 +489,39 @@ mod tests {
             pool.status(&picked[1].1),
             MempoolStatus::Rejected(_)
         ));
+    }
+
+    /// The age a replica judges censorship by counts only transactions a
+    /// block could take now: the next one of each ready sender.
+    #[test]
+    fn the_oldest_ready_transaction_and_the_overdue_ones() {
+        let a = Keypair::from_seed([1; 32]);
+        let b = Keypair::from_seed([2; 32]);
+        let gapped = Keypair::from_seed([3; 32]);
+        let mut pool = Mempool::new("c".into(), 100);
+        assert_eq!(pool.oldest_ready_since_ms(), None);
+        let g = tx(&gapped, 1, 5);
+        pool.admit(g.clone(), g.hash(), funded(100, 0), 50).unwrap();
+        assert_eq!(pool.oldest_ready_since_ms(), None, "a gap is no work");
+        let a0 = tx(&a, 1, 0);
+        pool.admit(a0.clone(), a0.hash(), funded(100, 0), 100)
+            .unwrap();
+        let b1 = tx(&b, 1, 1);
+        pool.admit(b1.clone(), b1.hash(), funded(100, 0), 10)
+            .unwrap();
+        let b0 = tx(&b, 1, 0);
+        pool.admit(b0.clone(), b0.hash(), funded(100, 0), 200)
+            .unwrap();
+        assert_eq!(pool.oldest_ready_since_ms(), Some(100));
+        let mut overdue: Vec<Hash> = pool.ready_since(150, 10).iter().map(|t| t.hash()).collect();
+        overdue.sort();
+        let mut expected = vec![a0.hash(), b1.hash()];
+        expected.sort();
+        assert_eq!(overdue, expected, "not b0 (new), not g (behind a gap)");
+        assert_eq!(pool.ready_since(150, 1).len(), 1, "bounded");
+        pool.remove_committed(std::slice::from_ref(&a0), &[a0.hash()], |k| {
+            funded(100, u64::from(*k == a.public()))
+        });
+        assert_eq!(pool.oldest_ready_since_ms(), Some(200));
     }
 }

@@ -25,14 +25,18 @@ pub enum Behaviour {
     /// Floods far-future heights and views, bogus certificates, and replays
     /// of other validators' old messages.
     Flood,
+    /// As primary, proposes valid blocks that leave out the client's
+    /// transfer (a live primary that censors).
+    Censor,
 }
 
-pub const ALL: [Behaviour; 5] = [
+pub const ALL: [Behaviour; 6] = [
     Behaviour::Equivocate,
     Behaviour::ConflictingVotes,
     Behaviour::BadSignatures,
     Behaviour::WithholdVotes,
     Behaviour::Flood,
+    Behaviour::Censor,
 ];
 
 pub struct Faulty<'a> {
@@ -129,6 +133,20 @@ pub fn rewrite(
             out
         }
         (Behaviour::WithholdVotes, Message::Prepare { .. } | Message::Commit { .. }) => vec![],
+        (Behaviour::Censor, Message::PrePrepare { view, height, .. }) => {
+            let block = f
+                .ledger
+                .build_with(*view, f.key.public(), f.now_ms, 0, false);
+            let censored = sign(
+                f,
+                Message::PrePrepare {
+                    view: *view,
+                    height: *height,
+                    block,
+                },
+            );
+            to_all(&censored)
+        }
         _ => to_all(&message),
     }
 }

@@ -14,6 +14,22 @@ use cairn_core::{
 /// Funded accounts that send the simulated transfers.
 pub const ACCOUNTS: u8 = 4;
 const BALANCE: u64 = 1_000_000;
+/// Blocks carry at most two transfers (filler and the client's), so every
+/// block has room by this bound.
+pub const BLOCK_TXS_MAX: usize = 4;
+
+/// One transfer a client submits to every validator at some moment: honest
+/// primaries put it in their next block; a censoring one leaves it out.
+#[derive(Clone)]
+pub struct ClientTx {
+    pub tx: SignedTransaction,
+    pub since_ms: u64,
+    pub committed_at: Option<Height>,
+}
+
+fn client_key() -> Keypair {
+    Keypair::from_seed([99; 32])
+}
 
 pub struct SimLedger {
     chain_id: String,
@@ -26,6 +42,7 @@ pub struct SimLedger {
     genesis_hash: Hash,
     pub pending: bool,
     pub validate_calls: u64,
+    pub client: Option<ClientTx>,
 }
 
 impl SimLedger {
@@ -41,6 +58,13 @@ impl SimLedger {
             };
             state.accounts.insert(key.public(), account);
         }
+        state.accounts.insert(
+            client_key().public(),
+            Account {
+                balance: BALANCE,
+                nonce: 0,
+            },
+        );
         let root = cairn_core::state::genesis_state_root(&state.accounts);
         SimLedger {
             chain_id: chain_id.to_string(),
@@ -51,7 +75,28 @@ impl SimLedger {
             genesis_hash: Hash::digest(&[b"sim genesis"]),
             pending: true,
             validate_calls: 0,
+            client: None,
         }
+    }
+
+    /// The client's transfer reaches this validator at `now_ms`.
+    pub fn submit_client_tx(&mut self, now_ms: u64) {
+        let transfer = Transfer {
+            chain_id: self.chain_id.clone(),
+            from: client_key().public(),
+            to: self.accounts[0].public(),
+            amount: 5,
+            nonce: 0,
+        };
+        self.client = Some(ClientTx {
+            tx: SignedTransaction::sign(transfer, &client_key()),
+            since_ms: now_ms,
+            committed_at: None,
+        });
+    }
+
+    fn client_pending(&self) -> Option<&ClientTx> {
+        self.client.as_ref().filter(|c| c.committed_at.is_none())
     }
 
     pub fn height(&self) -> Height {
@@ -73,9 +118,23 @@ impl SimLedger {
             .collect()
     }
 
-    /// A valid block on the tip; `salt` varies the transfer amount so a
-    /// Byzantine primary can make a conflicting block.
+    /// A valid block on the tip, with the client's transfer if it is
+    /// pending; `salt` varies the transfer amount so a Byzantine primary can
+    /// make a conflicting block.
     pub fn build(&self, view: View, proposer: PublicKey, now_ms: u64, salt: u64) -> Block {
+        self.build_with(view, proposer, now_ms, salt, true)
+    }
+
+    /// [`SimLedger::build`], leaving out the client's transfer unless
+    /// `with_client`.
+    pub fn build_with(
+        &self,
+        view: View,
+        proposer: PublicKey,
+        now_ms: u64,
+        salt: u64,
+        with_client: bool,
+    ) -> Block {
         let height = self.height().next();
         let k = self.accounts.len() as u64;
         let from = &self.accounts[((height.0 + view.0) % k) as usize];
@@ -87,24 +146,30 @@ impl SimLedger {
             amount: 1 + (height.0 + salt) % 7,
             nonce: self.state.account(&from.public()).nonce,
         };
-        let tx = SignedTransaction::sign(transfer, from);
+        let mut transactions = vec![SignedTransaction::sign(transfer, from)];
+        if let Some(client) = self.client_pending().filter(|_| with_client) {
+            transactions.push(client.tx.clone());
+        }
         let mut overlay = Overlay::new(&self.state);
-        overlay
-            .apply(&tx, &self.chain_id)
-            .expect("the generator makes valid transfers");
+        for tx in &transactions {
+            overlay
+                .apply(tx, &self.chain_id)
+                .expect("the generator makes valid transfers");
+        }
         let state_root = next_state_root(self.root(), overlay.changes());
+        let hashes: Vec<Hash> = transactions.iter().map(|t| t.hash()).collect();
         let header = BlockHeader {
             height,
             parent_hash: self.tip().1,
             view,
             proposer,
             timestamp_ms: now_ms,
-            tx_root: tx_root([&tx.hash()]),
+            tx_root: tx_root(&hashes),
             state_root,
         };
         Block {
             header,
-            transactions: vec![tx],
+            transactions,
         }
     }
 
@@ -150,6 +215,10 @@ impl Ledger for SimLedger {
         self.pending
     }
 
+    fn oldest_pending_ms(&self) -> Option<u64> {
+        self.client_pending().map(|c| c.since_ms)
+    }
+
     fn propose(&mut self, view: View, proposer: PublicKey, now_ms: u64) -> Option<Block> {
         self.pending.then(|| self.build(view, proposer, now_ms, 0))
     }
@@ -174,6 +243,13 @@ impl Ledger for SimLedger {
         self.state.apply_changes(&changes);
         self.roots.push(block.header.state_root);
         self.blocks.push((block.clone(), certificate.clone()));
+        let height = self.height();
+        if let Some(client) = self.client.as_mut() {
+            let hash = client.tx.hash();
+            if block.transactions.iter().any(|t| t.hash() == hash) {
+                client.committed_at = Some(height);
+            }
+        }
         Ok(())
     }
 }

@@ -55,6 +55,10 @@ pub struct Scenario {
     pub liveness_budget_ms: u64,
     pub block_interval_ms: u64,
     pub view_timeout_ms: u64,
+    /// When a client's transfer reaches every validator; every honest node
+    /// must then commit it before the run ends (a censoring primary must be
+    /// replaced).
+    pub client_tx_at_ms: Option<u64>,
 }
 
 impl Scenario {
@@ -76,6 +80,7 @@ impl Scenario {
             liveness_budget_ms: 60_000,
             block_interval_ms: 60,
             view_timeout_ms: 300,
+            client_tx_at_ms: None,
         }
     }
 
@@ -132,6 +137,9 @@ impl Scenario {
         }
         if rng.gen_bool(0.3) {
             s.crash_mid_actions = 0.002;
+        }
+        if rng.gen_bool(0.5) {
+            s.client_tx_at_ms = Some(rng.gen_range(0..s.heal_ms));
         }
         s
     }
@@ -227,6 +235,7 @@ impl Sim {
             validators: self.validators.clone(),
             block_interval_ms: self.s.block_interval_ms,
             view_timeout_ms: self.s.view_timeout_ms,
+            block_txs_max: ledger::BLOCK_TXS_MAX,
         }
     }
 
@@ -253,10 +262,14 @@ impl Sim {
                 target = Some(self.heal());
             }
             if let Some(target) = target {
-                if self
-                    .honest()
-                    .all(|i| self.nodes[i].ledger.height() >= target)
-                {
+                if self.honest().all(|i| {
+                    let ledger = &self.nodes[i].ledger;
+                    ledger.height() >= target
+                        && ledger
+                            .client
+                            .as_ref()
+                            .is_none_or(|c| c.committed_at.is_some())
+                }) {
                     return Ok(self.finish());
                 }
                 if self.now_ms > self.s.heal_ms + self.s.liveness_budget_ms {
@@ -280,16 +293,18 @@ impl Sim {
             .map(|(i, n)| {
                 let r = n.replica.as_ref();
                 format!(
-                    "node {i} {:?}: height {} view {:?} syncing {:?}",
+                    "node {i} {:?}: height {} view {:?} syncing {:?} client tx committed at {:?}",
                     n.behaviour,
                     n.ledger.height(),
                     r.map(|r| r.view()),
-                    r.map(|r| r.is_syncing())
+                    r.map(|r| r.is_syncing()),
+                    n.ledger.client.as_ref().map(|c| c.committed_at)
                 )
             })
             .collect();
         format!(
-            "liveness: honest nodes did not reach height {target} by {} ms\n{}",
+            "liveness: honest nodes did not reach height {target} (and commit the client's \
+             transfer, if any) by {} ms\n{}",
             self.now_ms,
             states.join("\n")
         )
@@ -311,6 +326,12 @@ impl Sim {
     }
 
     fn tick_all(&mut self) {
+        if self.s.client_tx_at_ms.is_some_and(|t| t <= self.now_ms) {
+            self.s.client_tx_at_ms = None;
+            for node in &mut self.nodes {
+                node.ledger.submit_client_tx(self.now_ms);
+            }
+        }
         let (due, later): (Vec<Crash>, Vec<Crash>) = self
             .s
             .crashes
