@@ -376,7 +376,20 @@ impl Replica {
             .insert_vote(Kind::Prepare, view, self.me, hash, signed.signature);
         self.round.own.prepare = Some(signed.clone());
         self.broadcast(signed);
+        self.note_progress();
         true
+    }
+
+    /// Restarts a running view timer: this replica just voted in the current
+    /// view (it validated the proposal, or saw it prepared), so the height
+    /// is moving even if slower than one timeout (a large block on a busy
+    /// machine). Each vote happens once per view, so a view lasts at most
+    /// three timeouts from when work appeared; a primary that proposes
+    /// nothing, or a block that cannot gather a quorum, still times out.
+    fn note_progress(&mut self) {
+        if self.view_deadline_ms.is_some() {
+            self.view_deadline_ms = Some(self.now_ms + self.view_timeout_ms());
+        }
     }
 
     /// Whether the ledger accepts the proposed block `hash` (asked once).
@@ -420,6 +433,7 @@ impl Replica {
             .insert_vote(Kind::Commit, view, self.me, hash, signed.signature);
         self.round.own.commit = Some(signed.clone());
         self.broadcast(signed);
+        self.note_progress();
         true
     }
 
