@@ -6,7 +6,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_consensus::{Action, Config, Input, Replica, SafetyState};
+use cairn_consensus::{Action, Config, Input, Ledger, Replica, SafetyState};
 use cairn_core::{codec, Height, ValidatorIndex};
 
 use crate::ledger::{now_ms, NodeLedger};
@@ -75,8 +75,18 @@ fn run(node: Arc<Node>, mut replica: Replica, mut ledger: NodeLedger, inbox: Rec
 }
 
 fn step(node: &Node, replica: &mut Replica, ledger: &mut NodeLedger, input: Input) {
+    let view_before = replica.view();
     for action in replica.handle(ledger, input) {
         execute(node, action);
+    }
+    if replica.view() != view_before {
+        tracing::info!(
+            "view {} -> {} at height {} (primary now validator {})",
+            view_before.0,
+            replica.view().0,
+            ledger.tip().0.next(),
+            replica.primary().0
+        );
     }
     let status = ConsensusStatus {
         view: replica.view(),
