@@ -891,6 +891,11 @@ impl Testnet {
 
     /// Asserts that `nodes` agree on every genesis account (balance and
     /// nonce) and that the total supply is the genesis supply.
+    ///
+    /// The chain may still be moving (a transaction that waited at one
+    /// validator gets gossiped again and committed late), so the states are
+    /// compared only when read at one height on every node: the heights
+    /// are read before and after, and the reading is retried if any moved.
     pub fn assert_same_state_and_supply(&self, nodes: &[usize]) {
         let expected: u128 = self
             .genesis
@@ -898,24 +903,38 @@ impl Testnet {
             .values()
             .map(|a| a.balance as u128)
             .sum();
-        let reference: Vec<(u64, u64)> = self
-            .genesis
-            .accounts
-            .keys()
-            .map(|k| self.balance(nodes[0], &k.to_hex()))
-            .collect();
-        let supply: u128 = reference.iter().map(|(b, _)| *b as u128).sum();
-        assert_eq!(supply, expected, "total supply on validator {}", nodes[0]);
-        for &i in &nodes[1..] {
-            let state: Vec<(u64, u64)> = self
-                .genesis
+        let state_of = |i: usize| -> Vec<(u64, u64)> {
+            self.genesis
                 .accounts
                 .keys()
                 .map(|k| self.balance(i, &k.to_hex()))
-                .collect();
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (height, states) = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let height = self.wait_same_height(nodes, 0, remaining);
+            let states: Vec<Vec<(u64, u64)>> = nodes.iter().map(|&i| state_of(i)).collect();
+            if nodes.iter().all(|&i| self.try_height(i) == Some(height)) {
+                break (height, states);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "validators {nodes:?} never held still at one height for long enough \
+                 to compare their states; last heights {:?}",
+                heights_debug(self, nodes)
+            );
+        };
+        let supply: u128 = states[0].iter().map(|(b, _)| *b as u128).sum();
+        assert_eq!(
+            supply, expected,
+            "total supply on validator {} at height {height}",
+            nodes[0]
+        );
+        for (k, &i) in nodes.iter().enumerate().skip(1) {
             assert_eq!(
-                state, reference,
-                "account state of validator {i} differs from validator {}",
+                states[k], states[0],
+                "account state of validator {i} differs from validator {} at height {height}",
                 nodes[0]
             );
         }
