@@ -67,12 +67,17 @@ impl Node {
         let mut verdicts: Vec<Option<Result<Hash, Refusal>>> = vec![None; txs.len()];
         let mut to_verify = Vec::new();
         {
+            // Signatures are the expensive check: an overloaded node sheds
+            // what its mempool has no room for before verifying anything.
             let mempool = self.mempool.lock().expect("mempool lock");
+            let room = mempool.room();
             for (i, tx) in txs.iter().enumerate() {
                 if let Err(e) = tx.check_stateless(chain_id) {
                     verdicts[i] = Some(Err(Refusal::new(400, e.code(), e.to_string())));
                 } else if mempool.contains(&hashes[i]) {
                     verdicts[i] = Some(Ok(hashes[i]));
+                } else if to_verify.len() >= room {
+                    verdicts[i] = Some(Err(AdmitError::Full(mempool.capacity()).into()));
                 } else {
                     to_verify.push(i);
                 }

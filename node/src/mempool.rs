@@ -108,6 +108,15 @@ impl Mempool {
         self.hashes.len()
     }
 
+    /// How many more transactions fit.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.hashes.len())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
     }

@@ -190,3 +190,46 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(net.balance(0, &bob), (before.1 .0 - 3, 1));
     assert_eq!(net.supply_of_genesis_accounts(0), 2 * BALANCE as u128);
 }
+
+/// A full mempool answers 503 `mempool_full` and changes nothing. It
+/// refuses before checking signatures (a transfer with a broken signature
+/// gets `mempool_full` too, where a node with room answers
+/// `invalid_signature`), so an overloaded node spends nothing on what it
+/// cannot keep.
+#[test]
+fn a_full_mempool_refuses_with_503() {
+    let mut net = Testnet::create(1, 2, BALANCE);
+    let genesis_path = net.home(0).join("genesis.json");
+    let mut genesis: Value =
+        serde_json::from_str(&std::fs::read_to_string(&genesis_path).unwrap()).unwrap();
+    genesis["params"]["mempool_txs_max"] = Value::from(3);
+    genesis["params"]["block_txs_max"] = Value::from(3);
+    std::fs::write(&genesis_path, genesis.to_string()).unwrap();
+    net.start(0);
+    net.wait_api(0);
+    let alice = net.signer(0, 0);
+    let bob = net.account_address(1);
+    let bob_key = net.account_keypair(1).public();
+    let post = |tx: &cairn_core::api::TxJson| {
+        net.post(0, "/v1/transactions", &serde_json::to_string(tx).unwrap())
+    };
+
+    // Nonces 1 to 3 wait behind nonce 0, which never comes: they fill it.
+    for nonce in 1..=3 {
+        let answer = post(&alice.sign_with_nonce(bob_key, 1, nonce));
+        assert_eq!(answer.status, 202, "{}", answer.json);
+    }
+    let ready = alice.sign_with_nonce(bob_key, 1, 0);
+    assert_error(&post(&ready), 503, "mempool_full");
+    let mut forged = alice.sign_with_nonce(bob_key, 2, 0);
+    forged.amount = 3;
+    assert_error(&post(&forged), 503, "mempool_full");
+    let status = net.get(
+        0,
+        &format!("/v1/transactions/{}", cairn_tests::tx_hash(&ready)),
+    );
+    assert_eq!(status.status, 404, "{}", status.json);
+    assert_eq!(net.get(0, "/v1/status").json["mempool_size"], 3);
+    assert_eq!(net.balance(0, &bob), (BALANCE, 0));
+    assert_eq!(net.height(0), 0);
+}
