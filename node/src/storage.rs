@@ -12,15 +12,15 @@
 //!   of the last committed block) under [`TIP_KEY`]
 //! - `meta`: genesis hash, storage format, consensus safety state
 //!
-//! **Memory.** The shapes of `blocks` and `tx_heights` are chosen for
-//! sled 0.34's cache, which bounds memory only for small pages: a leaf
-//! holds up to 16 entries, and a page alone in its LRU shard (of 256) is
-//! never evicted, so whole blocks as values stayed resident (200 full blocks
-//! held 372 MB with a 16 MiB cache). In 4 KiB chunks they are evicted
-//! like any small page. Keys and values of at most 22 bytes are stored
-//! inline (no allocation each), which is why a transaction's entry is
-//! split 20 + 12 and carries no in-block index. docs/BENCHMARKS.md has the
-//! measurements.
+//! **Memory.** `blocks` is shaped for sled 0.34's cache, which bounds
+//! memory only for small pages: a leaf holds up to 16 entries, and a page
+//! alone in its LRU shard (of 256) is never evicted, so whole blocks as
+//! values stayed resident (200 full blocks: 303 MiB with a 16 MiB cache).
+//! In 4 KiB chunks they are evicted like any small page (75 MiB, flat).
+//! A transaction's entry is split 20 + 12 so key and value fit sled's
+//! inline size (22 bytes); that showed no consistent memory gain.
+//! docs/BENCHMARKS.md (Analysis, point 5) has the measurements and
+//! `benches/examples/storage_memory.rs` reproduces them.
 //!
 //! Committing a block writes the block, its certificate and its indexes
 //! first, then the account changes together with the new tip in **one**

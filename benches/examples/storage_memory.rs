@@ -1,0 +1,191 @@
+//! How much memory a node's storage holds as the chain grows: commits
+//! full blocks and prints the process RSS every 20 blocks.
+//!
+//! ```sh
+//! cargo run --release -p cairn-bench --example storage_memory -- storage 200
+//! cargo run --release -p cairn-bench --example storage_memory -- raw-whole 200
+//! ```
+//!
+//! Modes (one per process, so the RSS figures do not mix):
+//! - `storage`: `cairn_node::storage::Storage::commit_block`, as a validator
+//!   commits (blocks in 4 KiB chunks, the 20-byte transaction index);
+//! - `raw-whole` / `raw-chunked`: 1.5 MB values into a bare sled tree with
+//!   the same 16 MiB cache, each block as one value or in 4 KiB chunks;
+//! - `raw-index32` / `raw-index20`: 10,000 index entries per block into a
+//!   bare sled tree, keyed by 32 or 20 bytes (12-byte values).
+//!
+//! docs/BENCHMARKS.md ("Memory") gives the figures and why.
+
+use std::collections::BTreeMap;
+
+use cairn_core::state::{genesis_state_root, Account};
+use cairn_core::{
+    tx_root, Block, BlockHeader, Certificate, Hash, Height, Keypair, PublicKey, Signature,
+    SignedTransaction, Transfer, View,
+};
+use cairn_node::storage::{Storage, BLOCK_CHUNK_BYTES};
+
+const TXS_PER_BLOCK: u64 = 10_000;
+const RAW_VALUE_BYTES: usize = 1_500_000;
+
+fn rss_mib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A block of `TXS_PER_BLOCK` transfers with distinct hashes. Storage
+/// neither verifies signatures nor executes, so they carry a dummy one.
+fn block_at(parent: &Block, from: &Keypair) -> (Block, Vec<Hash>) {
+    let height = parent.height().next();
+    let transactions: Vec<SignedTransaction> = (0..TXS_PER_BLOCK)
+        .map(|i| SignedTransaction {
+            transfer: Transfer {
+                chain_id: "memory-probe".into(),
+                from: from.public(),
+                to: PublicKey([2; 32]),
+                amount: 1,
+                nonce: height.0 * TXS_PER_BLOCK + i,
+            },
+            signature: Signature([7; 64]),
+        })
+        .collect();
+    let hashes: Vec<Hash> = transactions.iter().map(|t| t.hash()).collect();
+    let mut header = parent.header.clone();
+    header.height = height;
+    header.parent_hash = parent.hash();
+    header.tx_root = tx_root(&hashes);
+    (
+        Block {
+            header,
+            transactions,
+        },
+        hashes,
+    )
+}
+
+fn storage(dir: &std::path::Path, blocks: u64) {
+    let from = Keypair::from_seed([1; 32]);
+    let mut accounts = BTreeMap::new();
+    accounts.insert(
+        from.public(),
+        Account {
+            balance: u64::MAX,
+            nonce: 0,
+        },
+    );
+    let genesis = Block {
+        header: BlockHeader {
+            height: Height(0),
+            parent_hash: Hash([7; 32]),
+            view: View(0),
+            proposer: PublicKey([0; 32]),
+            timestamp_ms: 1,
+            tx_root: tx_root([]),
+            state_root: genesis_state_root(&accounts),
+        },
+        transactions: vec![],
+    };
+    let storage = Storage::open(dir, &genesis, &accounts).expect("open storage");
+    let mut parent = genesis;
+    for h in 1..=blocks {
+        let (block, hashes) = block_at(&parent, &from);
+        let certificate = Certificate {
+            height: block.height(),
+            view: View(0),
+            block_hash: block.hash(),
+            signatures: vec![],
+        };
+        let change = [(
+            from.public(),
+            Account {
+                balance: u64::MAX - h,
+                nonce: h * TXS_PER_BLOCK,
+            },
+        )];
+        storage
+            .commit_block(&block, &certificate, &hashes, &change)
+            .expect("commit");
+        report("storage", h);
+        parent = block;
+    }
+}
+
+fn raw(mode: &str, dir: &std::path::Path, blocks: u64) {
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(16 * 1024 * 1024)
+        .open()
+        .expect("open sled");
+    let tree = db.open_tree("probe").expect("tree");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for h in 1..=blocks {
+        match mode {
+            "raw-whole" | "raw-chunked" => {
+                let value: Vec<u8> = (0..RAW_VALUE_BYTES).map(|_| next() as u8).collect();
+                if mode == "raw-whole" {
+                    tree.insert(h.to_be_bytes(), value).expect("insert");
+                } else {
+                    for (c, chunk) in value.chunks(BLOCK_CHUNK_BYTES).enumerate() {
+                        let mut key = h.to_be_bytes().to_vec();
+                        key.extend_from_slice(&(c as u32).to_be_bytes());
+                        tree.insert(key, chunk).expect("insert");
+                    }
+                }
+            }
+            "raw-index32" | "raw-index20" => {
+                let key_bytes = if mode == "raw-index32" { 32 } else { 20 };
+                for i in 0..TXS_PER_BLOCK {
+                    let key: Vec<u8> = (0..4).flat_map(|_| next().to_le_bytes()).collect();
+                    let mut value = h.to_be_bytes().to_vec();
+                    value.extend_from_slice(&(i as u32).to_be_bytes());
+                    tree.insert(&key[..key_bytes], value).expect("insert");
+                }
+            }
+            _ => unreachable!(),
+        }
+        db.flush().expect("flush");
+        report(mode, h);
+    }
+}
+
+fn report(mode: &str, height: u64) {
+    if height.is_multiple_of(20) {
+        println!("{mode} blocks={height} rss_mib={:.0}", rss_mib("VmRSS:"));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage =
+        "usage: storage_memory storage|raw-whole|raw-chunked|raw-index32|raw-index20 BLOCKS";
+    let (Some(mode), Some(blocks)) = (args.get(1), args.get(2).and_then(|b| b.parse().ok())) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    match mode.as_str() {
+        "storage" => storage(dir.path(), blocks),
+        "raw-whole" | "raw-chunked" | "raw-index32" | "raw-index20" => {
+            raw(mode, dir.path(), blocks)
+        }
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    }
+    println!(
+        "{mode} blocks={blocks} peak_rss_mib={:.0}",
+        rss_mib("VmHWM:")
+    );
+}
