@@ -16,12 +16,11 @@
 //!
 //! docs/BENCHMARKS.md ("Memory") gives the figures and why.
 
-use std::collections::BTreeMap;
-
-use cairn_core::state::{genesis_state_root, Account};
+use cairn_bench::fixtures;
+use cairn_core::state::Account;
 use cairn_core::{
-    tx_root, Block, BlockHeader, Certificate, Hash, Height, Keypair, PublicKey, Signature,
-    SignedTransaction, Transfer, View,
+    tx_root, Block, Certificate, Hash, Keypair, PublicKey, Signature, SignedTransaction, Transfer,
+    View,
 };
 use cairn_node::storage::{Storage, BLOCK_CHUNK_BYTES};
 
@@ -69,31 +68,14 @@ fn block_at(parent: &Block, from: &Keypair) -> (Block, Vec<Hash>) {
 }
 
 fn storage(dir: &std::path::Path, blocks: u64) {
-    let from = Keypair::from_seed([1; 32]);
-    let mut accounts = BTreeMap::new();
-    accounts.insert(
-        from.public(),
-        Account {
-            balance: u64::MAX,
-            nonce: 0,
-        },
-    );
-    let genesis = Block {
-        header: BlockHeader {
-            height: Height(0),
-            parent_hash: Hash([7; 32]),
-            view: View(0),
-            proposer: PublicKey([0; 32]),
-            timestamp_ms: 1,
-            tx_root: tx_root([]),
-            state_root: genesis_state_root(&accounts),
-        },
-        transactions: vec![],
-    };
+    let keys = fixtures::keys(1);
+    let from = &keys[0];
+    let accounts = fixtures::funded(&keys);
+    let genesis = fixtures::genesis_block(&accounts);
     let storage = Storage::open(dir, &genesis, &accounts).expect("open storage");
     let mut parent = genesis;
     for h in 1..=blocks {
-        let (block, hashes) = block_at(&parent, &from);
+        let (block, hashes) = block_at(&parent, from);
         let certificate = Certificate {
             height: block.height(),
             view: View(0),
@@ -103,7 +85,7 @@ fn storage(dir: &std::path::Path, blocks: u64) {
         let change = [(
             from.public(),
             Account {
-                balance: u64::MAX - h,
+                balance: fixtures::BALANCE - h,
                 nonce: h * TXS_PER_BLOCK,
             },
         )];
