@@ -310,6 +310,97 @@ pub struct NodeConfig {
     /// Where to serve the API; default: this validator's `api_address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_listen: Option<SocketAddr>,
+    /// This node's admission and API limits; every one has a default.
+    #[serde(default, skip_serializing_if = "NodeLimits::is_default")]
+    pub limits: NodeLimits,
+}
+
+/// Every limit an operator may tune on one node (`node.json` `"limits"`),
+/// in one place. Consensus does not depend on any of them: validators may
+/// differ. The mempool's total size is a chain parameter
+/// (`params.mempool_txs_max` in genesis); these split and bound it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeLimits {
+    /// Most transactions one sender may hold in the mempool, ready and
+    /// parked together (over it: 429 `sender_limit`).
+    pub mempool_sender_txs_max: usize,
+    /// Most transactions one sender may hold parked behind a nonce gap.
+    pub mempool_sender_parked_max: usize,
+    /// Most parked transactions in all (a share of the mempool).
+    pub mempool_parked_max: usize,
+    /// How long a parked transaction may wait for its gap to fill.
+    pub mempool_parked_ttl_ms: u64,
+    /// How long any transaction may wait in the mempool in all.
+    pub mempool_ttl_ms: u64,
+    /// Time a client has to send complete request headers.
+    pub api_header_timeout_ms: u64,
+    /// Time a client has to send a whole request body.
+    pub api_body_timeout_ms: u64,
+    /// Open API connections from one client IP address.
+    pub api_connections_per_ip_max: usize,
+    /// Open API connections in all.
+    pub api_connections_max: usize,
+    /// Open `GET /v1/events` streams in all.
+    pub api_sse_subscribers_max: usize,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            mempool_sender_txs_max: 1_000,
+            mempool_sender_parked_max: 64,
+            mempool_parked_max: 20_000,
+            mempool_parked_ttl_ms: 60_000,
+            mempool_ttl_ms: 600_000,
+            api_header_timeout_ms: 10_000,
+            api_body_timeout_ms: 30_000,
+            api_connections_per_ip_max: 256,
+            api_connections_max: 4_096,
+            api_sse_subscribers_max: 256,
+        }
+    }
+}
+
+impl NodeLimits {
+    fn is_default(&self) -> bool {
+        *self == NodeLimits::default()
+    }
+
+    /// Checks the limits make sense together.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("mempool_sender_txs_max", self.mempool_sender_txs_max as u64),
+            ("mempool_parked_max", self.mempool_parked_max as u64),
+            ("mempool_parked_ttl_ms", self.mempool_parked_ttl_ms),
+            ("mempool_ttl_ms", self.mempool_ttl_ms),
+            ("api_header_timeout_ms", self.api_header_timeout_ms),
+            ("api_body_timeout_ms", self.api_body_timeout_ms),
+            (
+                "api_connections_per_ip_max",
+                self.api_connections_per_ip_max as u64,
+            ),
+            ("api_connections_max", self.api_connections_max as u64),
+            (
+                "api_sse_subscribers_max",
+                self.api_sse_subscribers_max as u64,
+            ),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("limits.{name} must be greater than zero"));
+        }
+        if self.mempool_sender_parked_max > self.mempool_sender_txs_max {
+            return Err(
+                "limits.mempool_sender_parked_max must be at most mempool_sender_txs_max".into(),
+            );
+        }
+        if self.api_connections_per_ip_max > self.api_connections_max {
+            return Err(
+                "limits.api_connections_per_ip_max must be at most api_connections_max".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 pub const NODE_CONFIG_FILE: &str = "node.json";
@@ -325,6 +416,10 @@ impl NodeConfig {
         config.genesis = home.join(&config.genesis);
         config.key = home.join(&config.key);
         config.data = home.join(&config.data);
+        config
+            .limits
+            .check()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
 }

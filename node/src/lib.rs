@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 use cairn_consensus::SignedMessage;
 use cairn_core::api::BlockEventJson;
 use cairn_core::{Block, Certificate, Keypair, ValidatorIndex, View};
-use cairn_genesis::{Genesis, NodeConfig, ValidGenesis};
+use cairn_genesis::{Genesis, NodeConfig, NodeLimits, ValidGenesis};
 
 use crate::mempool::Mempool;
 use crate::metrics::Metrics;
@@ -65,6 +65,8 @@ pub struct ConsensusStatus {
 /// State shared by the consensus thread, the p2p tasks and the API.
 pub struct Node {
     pub genesis: ValidGenesis,
+    /// This node's admission and API limits (`node.json`).
+    pub limits: NodeLimits,
     pub key: Keypair,
     pub me: ValidatorIndex,
     pub storage: Storage,
@@ -129,6 +131,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
         network,
         consensus_events,
         genesis,
+        limits: config.limits.clone(),
     });
     let tip = node.storage.tip_height().map_err(|e| e.to_string())?;
     node.metrics
