@@ -119,6 +119,11 @@ pub struct AccountJson {
     pub address: String,
     pub balance: u64,
     pub nonce: u64,
+    /// The next nonce counting the transactions the answering node holds
+    /// for this account (equal to `nonce` when none). Always sent by the
+    /// node; optional only so older answers still parse.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pending_nonce: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,13 +144,17 @@ pub struct StatusJson {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxStatusJson {
     pub hash: String,
-    /// `pending`, `committed` or `rejected`.
+    /// `pending`, `committed`, `rejected` or `expired` (admitted, then
+    /// dropped unexecuted: it waited too long, or was evicted).
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub height: Option<u64>,
-    /// Why a rejected transaction was rejected.
+    /// Why a rejected or expired transaction is so, for a person.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// The error code that applies to a rejected or expired transaction.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,9 +1,10 @@
 //! Admission: every check a transaction passes before it enters the mempool
-//! (well-formed, right chain, amount > 0, signature, nonce, balance), shared
+//! (well-formed, right chain, amount > 0, nonce, balance, caps, signature), shared
 //! by the API and by transactions gossiped from peers.
 
 use std::sync::atomic::Ordering;
 
+use cairn_core::state::Account;
 use cairn_core::{Hash, SignedTransaction};
 
 use crate::mempool::{AdmitError, Admitted};
@@ -31,9 +32,10 @@ impl Refusal {
 impl From<AdmitError> for Refusal {
     fn from(e: AdmitError) -> Refusal {
         let status = match e {
-            AdmitError::Full(_) => 503,
+            AdmitError::Full(_) | AdmitError::ParkedFull(_) => 503,
+            AdmitError::SenderLimit { .. } | AdmitError::SenderParkedLimit { .. } => 429,
             AdmitError::NoncePending(_) => 409,
-            _ => 400,
+            AdmitError::Invalid(_) | AdmitError::PendingOverspend { .. } => 400,
         };
         Refusal::new(status, e.code(), e.to_string())
     }
@@ -61,35 +63,73 @@ impl Node {
     /// Returns one verdict per transaction, in order. New transactions are
     /// gossiped to the other validators when `gossip` is set (they came from
     /// a client, not a peer). Blocking: verifies signatures.
+    ///
+    /// The checks run cheapest first, and signatures last: chain, amount
+    /// and addresses; then, against committed state and the mempool, the
+    /// nonce window, a pending nonce, the balance, the sender's caps and room
+    /// in the pool. Only what passes all of them costs a signature check, so
+    /// unfunded keys, replays and an overloaded node's refusals cost no
+    /// curve arithmetic.
     pub fn submit(&self, txs: Vec<SignedTransaction>, gossip: bool) -> Vec<Result<Hash, Refusal>> {
         let chain_id = self.genesis.chain_id();
         let hashes: Vec<Hash> = txs.iter().map(|t| t.hash()).collect();
         let mut verdicts: Vec<Option<Result<Hash, Refusal>>> = vec![None; txs.len()];
-        let mut to_verify = Vec::new();
-        {
-            // Signatures are the expensive check: an overloaded node sheds
-            // what its mempool has no room for before verifying anything.
-            let mempool = self.mempool.lock().expect("mempool lock");
-            let room = mempool.room();
-            for (i, tx) in txs.iter().enumerate() {
-                if let Err(e) = tx.check_stateless(chain_id) {
-                    verdicts[i] = Some(Err(Refusal::new(400, e.code(), e.to_string())));
-                } else if mempool.contains(&hashes[i]) {
-                    verdicts[i] = Some(Ok(hashes[i]));
-                } else if to_verify.len() >= room {
-                    verdicts[i] = Some(Err(AdmitError::Full(mempool.capacity()).into()));
-                } else {
-                    to_verify.push(i);
+        // Stateless checks, and the committed accounts of the rest (read
+        // outside the mempool lock).
+        let mut candidates: Vec<(usize, Account)> = Vec::with_capacity(txs.len());
+        let mut seen = std::collections::HashSet::with_capacity(txs.len());
+        for (i, tx) in txs.iter().enumerate() {
+            if let Err(e) = tx.check_stateless(chain_id) {
+                verdicts[i] = Some(Err(Refusal::new(400, e.code(), e.to_string())));
+                continue;
+            }
+            if !seen.insert(hashes[i]) {
+                // The same transaction twice in one request: one check,
+                // one verdict for both.
+                continue;
+            }
+            match self.storage.account(&tx.transfer.from) {
+                Ok(account) => candidates.push((i, account)),
+                Err(e) => {
+                    verdicts[i] = Some(Err(Refusal::new(503, "storage_error", e.to_string())))
                 }
             }
         }
-        let refs: Vec<&SignedTransaction> = to_verify.iter().map(|&i| &txs[i]).collect();
+        let mut to_verify: Vec<(usize, Account)> = Vec::with_capacity(candidates.len());
+        {
+            let mempool = self.mempool.lock().expect("mempool lock");
+            let mut room = mempool.room();
+            for (i, account) in candidates {
+                if mempool.contains(&hashes[i]) {
+                    verdicts[i] = Some(Ok(hashes[i]));
+                    continue;
+                }
+                // `precheck` judges room in the pool as it is (in a full
+                // one: whether this sender may evict); what this request
+                // adds before it takes room too.
+                let checked = mempool.precheck(&txs[i], account).and_then(|()| {
+                    if room > 0 {
+                        room -= 1;
+                        Ok(())
+                    } else if mempool.room() == 0 {
+                        Ok(())
+                    } else {
+                        Err(AdmitError::Full(mempool.capacity()))
+                    }
+                });
+                match checked {
+                    Ok(()) => to_verify.push((i, account)),
+                    Err(e) => verdicts[i] = Some(Err(e.into())),
+                }
+            }
+        }
+        let refs: Vec<&SignedTransaction> = to_verify.iter().map(|&(i, _)| &txs[i]).collect();
         let signature_ok = verify_signatures(&refs);
         let mut admitted = Vec::new();
         let now_ms = crate::ledger::now_ms();
         {
             let mut mempool = self.mempool.lock().expect("mempool lock");
-            for (&i, ok) in to_verify.iter().zip(signature_ok) {
+            for (&(i, account), ok) in to_verify.iter().zip(signature_ok) {
                 if ok.is_err() {
                     verdicts[i] = Some(Err(Refusal::new(
                         400,
@@ -98,14 +138,9 @@ impl Node {
                     )));
                     continue;
                 }
+                // An earlier transaction of this request may have moved the
+                // sender's state on; admission re-checks everything.
                 let tx = &txs[i];
-                let account = match self.storage.account(&tx.transfer.from) {
-                    Ok(account) => account,
-                    Err(e) => {
-                        verdicts[i] = Some(Err(Refusal::new(503, "storage_error", e.to_string())));
-                        continue;
-                    }
-                };
                 verdicts[i] = Some(
                     match mempool.admit(tx.clone(), hashes[i], account, now_ms) {
                         Ok(Admitted::New) => {
@@ -113,18 +148,38 @@ impl Node {
                             Ok(hashes[i])
                         }
                         Ok(Admitted::AlreadyPending) => Ok(hashes[i]),
-                        Err(e) => Err(e.into()),
+                        Err(e) => {
+                            mempool.remember_refused(hashes[i], &e);
+                            Err(e.into())
+                        }
                     },
                 );
             }
-            self.metrics
-                .mempool_size
+            let m = &self.metrics;
+            m.mempool_size
                 .store(mempool.len() as u64, Ordering::Relaxed);
+            m.mempool_ready
+                .store(mempool.ready_len() as u64, Ordering::Relaxed);
+            m.mempool_parked
+                .store(mempool.parked_len() as u64, Ordering::Relaxed);
         }
-        let refused = verdicts
-            .iter()
-            .filter(|v| matches!(v, Some(Err(_))))
-            .count();
+        // Duplicates within the request share the first one's verdict.
+        let mut first_verdict: std::collections::HashMap<Hash, Result<Hash, Refusal>> =
+            std::collections::HashMap::new();
+        for (i, verdict) in verdicts.iter().enumerate() {
+            if let Some(v) = verdict {
+                first_verdict.entry(hashes[i]).or_insert_with(|| v.clone());
+            }
+        }
+        let verdicts: Vec<Result<Hash, Refusal>> = verdicts
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.or_else(|| first_verdict.get(&hashes[i]).cloned())
+                    .expect("every transaction has a verdict")
+            })
+            .collect();
+        let refused = verdicts.iter().filter(|v| v.is_err()).count();
         self.metrics
             .rejected_transactions
             .fetch_add(refused as u64, Ordering::Relaxed);
@@ -138,8 +193,5 @@ impl Node {
             self.nudge_consensus();
         }
         verdicts
-            .into_iter()
-            .map(|v| v.expect("every transaction has a verdict"))
-            .collect()
     }
 }

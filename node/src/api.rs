@@ -251,14 +251,22 @@ fn account(node: &Node, address: &str) -> Response {
         }
     };
     match node.storage.account(&key) {
-        Ok(account) => json_response(
-            StatusCode::OK,
-            &AccountJson {
-                address: key.to_hex(),
-                balance: account.balance,
-                nonce: account.nonce,
-            },
-        ),
+        Ok(account) => {
+            let pending_nonce = node
+                .mempool
+                .lock()
+                .expect("mempool lock")
+                .pending_nonce(&key, account);
+            json_response(
+                StatusCode::OK,
+                &AccountJson {
+                    address: key.to_hex(),
+                    balance: account.balance,
+                    nonce: account.nonce,
+                    pending_nonce: Some(pending_nonce),
+                },
+            )
+        }
         Err(e) => storage_failure(e),
     }
 }
@@ -311,14 +319,67 @@ async fn submit_one(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> Re
     }
 }
 
+enum BatchError {
+    TooMany,
+    Json(serde_json::Error),
+}
+
+/// Parses a JSON array of at most [`HTTP_BATCH_TXS_MAX`] values, one at a
+/// time: a longer array is refused at its first entry over the limit,
+/// before the rest is parsed.
+fn parse_batch(body: &[u8]) -> Result<Vec<serde_json::Value>, BatchError> {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    /// Stops at the first value over the limit (serde_json then reports
+    /// the unread rest as an error, which `too_many` overrides).
+    struct Bounded<'a> {
+        too_many: &'a std::cell::Cell<bool>,
+    }
+    impl<'de> Visitor<'de> for Bounded<'_> {
+        type Value = Vec<serde_json::Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an array of at most {HTTP_BATCH_TXS_MAX} transactions")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(value) = seq.next_element::<serde_json::Value>()? {
+                if values.len() == HTTP_BATCH_TXS_MAX {
+                    self.too_many.set(true);
+                    return Err(serde::de::Error::custom("too many transactions"));
+                }
+                values.push(value);
+            }
+            Ok(values)
+        }
+    }
+    let too_many = std::cell::Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed = deserializer
+        .deserialize_seq(Bounded {
+            too_many: &too_many,
+        })
+        .and_then(|values| deserializer.end().map(|()| values));
+    match parsed {
+        _ if too_many.get() => Err(BatchError::TooMany),
+        Ok(values) => Ok(values),
+        Err(e) => Err(BatchError::Json(e)),
+    }
+}
+
 async fn submit_batch(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> Response {
     let body = match body {
         Ok(body) => body,
         Err(response) => return response,
     };
-    let values: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+    let values = match parse_batch(&body) {
         Ok(values) => values,
-        Err(e) => {
+        Err(BatchError::TooMany) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("at most {HTTP_BATCH_TXS_MAX} transactions per batch"),
+            )
+        }
+        Err(BatchError::Json(e)) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
@@ -326,13 +387,6 @@ async fn submit_batch(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> 
             )
         }
     };
-    if values.len() > HTTP_BATCH_TXS_MAX {
-        return error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("at most {HTTP_BATCH_TXS_MAX} transactions per batch"),
-        );
-    }
     let parsed: Vec<Result<SignedTransaction, Refusal>> =
         values.into_iter().map(parse_transaction).collect();
     let well_formed: Vec<SignedTransaction> = parsed
@@ -387,25 +441,38 @@ fn transaction(node: &Node, hash: &str) -> Response {
             )
         }
     };
-    let status = |status: &str, height: Option<u64>, error: Option<String>| TxStatusJson {
+    let status = |status: &str, height: Option<u64>| TxStatusJson {
         hash: hash.to_hex(),
         status: status.into(),
         height,
-        error,
+        error: None,
+        reason: None,
     };
     match node.storage.tx_height(&hash) {
         Err(e) => return storage_failure(e),
         Ok(Some(height)) => {
-            return json_response(StatusCode::OK, &status("committed", Some(height.0), None))
+            return json_response(StatusCode::OK, &status("committed", Some(height.0)))
         }
         Ok(None) => {}
     }
     let in_mempool = node.mempool.lock().expect("mempool lock").status(&hash);
     match in_mempool {
-        MempoolStatus::Pending => json_response(StatusCode::OK, &status("pending", None, None)),
-        MempoolStatus::Rejected(reason) => {
-            json_response(StatusCode::OK, &status("rejected", None, Some(reason)))
-        }
+        MempoolStatus::Pending => json_response(StatusCode::OK, &status("pending", None)),
+        MempoolStatus::Dropped(dropped) => json_response(
+            StatusCode::OK,
+            &TxStatusJson {
+                error: Some(dropped.message),
+                reason: Some(dropped.code.to_string()),
+                ..status(
+                    if dropped.expired {
+                        "expired"
+                    } else {
+                        "rejected"
+                    },
+                    None,
+                )
+            },
+        ),
         MempoolStatus::Unknown => error_response(
             StatusCode::NOT_FOUND,
             "not_found",

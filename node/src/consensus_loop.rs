@@ -80,6 +80,7 @@ fn step(node: &Node, replica: &mut Replica, ledger: &mut NodeLedger, input: Inpu
         execute(node, action);
     }
     if replica.view() != view_before {
+        node.metrics.view_changes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "view {} -> {} at height {} (primary now validator {})",
             view_before.0,

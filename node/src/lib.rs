@@ -29,7 +29,7 @@ use cairn_core::api::BlockEventJson;
 use cairn_core::{Block, Certificate, Keypair, ValidatorIndex, View};
 use cairn_genesis::{Genesis, NodeConfig, NodeLimits, ValidGenesis};
 
-use crate::mempool::Mempool;
+use crate::mempool::{Mempool, MempoolLimits};
 use crate::metrics::Metrics;
 use crate::p2p::Network;
 use crate::storage::Storage;
@@ -117,7 +117,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
     let (consensus_events, consensus_inbox) = std::sync::mpsc::sync_channel(CONSENSUS_EVENTS_MAX);
     let mempool = Mempool::new(
         genesis.chain_id().to_string(),
-        genesis.genesis.params.mempool_txs_max,
+        MempoolLimits::new(genesis.genesis.params.mempool_txs_max, &config.limits),
     );
     let node = Arc::new(Node {
         me: ValidatorIndex(me as u16),
@@ -144,6 +144,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
     );
 
     let consensus = consensus_loop::start(node.clone(), consensus_inbox)?;
+    tokio::spawn(expire_mempool(node.clone()));
     p2p::start(node.clone(), queues, p2p_listen)
         .await
         .map_err(|e| format!("cannot listen for peers on {p2p_listen}: {e}"))?;
@@ -176,6 +177,29 @@ pub async fn run(home: &Path) -> Result<(), String> {
     node.storage.flush().map_err(|e| e.to_string())?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Expires what waited too long in the mempool once a second, so an idle
+/// chain (no commit to trigger it) frees its pool too.
+async fn expire_mempool(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut mempool = node.mempool.lock().expect("mempool lock");
+        if mempool.expire(ledger::now_ms()) > 0 {
+            use std::sync::atomic::Ordering::Relaxed;
+            node.metrics
+                .mempool_size
+                .store(mempool.len() as u64, Relaxed);
+            node.metrics
+                .mempool_ready
+                .store(mempool.ready_len() as u64, Relaxed);
+            node.metrics
+                .mempool_parked
+                .store(mempool.parked_len() as u64, Relaxed);
+        }
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -3,17 +3,75 @@
 //!
 //! Every transaction here had its signature verified exactly once, on the way
 //! in (API or gossip); block validation trusts that and does not verify it
-//! again. After each commit the mempool drops what the block made invalid.
+//! again.
+//!
+//! # Policy
+//!
+//! A sender's transactions are *ready* when they continue its committed
+//! nonce without a gap (a block can take them now, and their balance covers
+//! them: admission checks every sender's pending spend against its balance),
+//! and *parked* behind a nonce gap otherwise. Parked transactions are no work
+//! for consensus; they wait for the gap to fill, at most
+//! [`MempoolLimits::parked_ttl_ms`], and are the first to go when the pool is
+//! full. The bounds, all in [`MempoolLimits`]:
+//!
+//! - per sender: at most `sender_txs_max` in all and `sender_parked_max`
+//!   parked (over either: `sender_limit`);
+//! - in all: `capacity`, of which at most `parked_max` parked;
+//! - in time: parked ones for `parked_ttl_ms`, every one for `ttl_ms`.
+//!
+//! When the pool is full, a newcomer takes the place of the last parked
+//! transaction of the sender with the most parked ones; a ready newcomer,
+//! when nothing is parked, that of the last transaction of the sender with
+//! the most transactions, if that sender holds more than the newcomer's
+//! sender would. So whatever others hold, a sender with few transactions
+//! pending always gets room; only the biggest holders are refused.
+//!
+//! After every commit the touched senders are checked again: transactions
+//! whose nonce was used are dropped (`rejected`), and ready ones the balance
+//! no longer covers (another transaction of the sender, committed through
+//! another validator, spent it) are dropped (`rejected`, reason
+//! `insufficient_funds`) instead of waiting for good. Dropped and evicted
+//! transactions are remembered (bounded) with their reason for status
+//! queries.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use cairn_core::state::Account;
 use cairn_core::{Hash, PublicKey, SignedTransaction, TxError};
+use cairn_genesis::NodeLimits;
 
 /// How far ahead of the account nonce a pending transaction may be.
 pub const NONCE_GAP_MAX: u64 = 1_000;
-/// How many rejected transaction hashes are remembered for status queries.
-pub const REJECTED_REMEMBERED_MAX: usize = 100_000;
+/// How many dropped or refused transaction hashes are remembered for status
+/// queries.
+pub const DROPPED_REMEMBERED_MAX: usize = 100_000;
+
+/// The bounds of one mempool (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MempoolLimits {
+    pub capacity: usize,
+    pub sender_txs_max: usize,
+    pub sender_parked_max: usize,
+    pub parked_max: usize,
+    pub parked_ttl_ms: u64,
+    pub ttl_ms: u64,
+}
+
+impl MempoolLimits {
+    /// The limits of a node whose chain allows `capacity` transactions per
+    /// mempool. Parked transactions never take more than half of it.
+    pub fn new(capacity: usize, limits: &NodeLimits) -> MempoolLimits {
+        MempoolLimits {
+            capacity,
+            sender_txs_max: limits.mempool_sender_txs_max,
+            sender_parked_max: limits.mempool_sender_parked_max,
+            parked_max: limits.mempool_parked_max.min(capacity / 2),
+            parked_ttl_ms: limits.mempool_parked_ttl_ms,
+            ttl_ms: limits.mempool_ttl_ms,
+        }
+    }
+}
 
 /// Why a transaction was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,8 +84,16 @@ pub enum AdmitError {
         "pending transactions of this sender plus this one spend {needed}, balance is {balance}"
     )]
     PendingOverspend { needed: u128, balance: u64 },
+    #[error("this sender already has {held} transactions pending here (at most {max})")]
+    SenderLimit { held: usize, max: usize },
+    #[error(
+        "this sender already has {held} transactions parked behind a nonce gap (at most {max})"
+    )]
+    SenderParkedLimit { held: usize, max: usize },
     #[error("mempool is full ({0} transactions)")]
     Full(usize),
+    #[error("too many transactions wait behind nonce gaps ({0}); send the missing nonces first")]
+    ParkedFull(usize),
 }
 
 impl AdmitError {
@@ -36,7 +102,8 @@ impl AdmitError {
             AdmitError::Invalid(e) => e.code(),
             AdmitError::NoncePending(_) => "nonce_pending",
             AdmitError::PendingOverspend { .. } => "insufficient_funds",
-            AdmitError::Full(_) => "mempool_full",
+            AdmitError::SenderLimit { .. } | AdmitError::SenderParkedLimit { .. } => "sender_limit",
+            AdmitError::Full(_) | AdmitError::ParkedFull(_) => "mempool_full",
         }
     }
 }
@@ -48,11 +115,23 @@ pub enum Admitted {
     AlreadyPending,
 }
 
+/// Why a transaction left the mempool without being committed, or was
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// It was admitted, then expired or evicted (`status: "expired"`);
+    /// otherwise it was refused or found invalid (`status: "rejected"`).
+    pub expired: bool,
+    /// The error code that applies.
+    pub code: &'static str,
+    pub message: String,
+}
+
 /// Where a transaction stands, as far as the mempool knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MempoolStatus {
     Pending,
-    Rejected(String),
+    Dropped(Dropped),
     Unknown,
 }
 
@@ -61,60 +140,106 @@ struct Pending {
     hash: Hash,
     /// When it was admitted here (`ledger::now_ms` time).
     since_ms: u64,
+    parked: bool,
 }
 
-/// One sender's pending transactions by nonce, and what they spend in all.
-#[derive(Default)]
+/// One sender's pending transactions by nonce. Every nonce is at least
+/// `base`; `base..ready_end` are all present (ready), `ready_end` is absent,
+/// and every nonce above it is parked.
 struct SenderQueue {
     txs: BTreeMap<u64, Pending>,
+    /// What the pending transactions spend in all.
     spend: u128,
+    /// The sender's committed nonce, as of the last admission or commit.
+    base: u64,
+    ready_end: u64,
+    parked: usize,
 }
+
+impl SenderQueue {
+    fn new(base: u64) -> SenderQueue {
+        SenderQueue {
+            txs: BTreeMap::new(),
+            spend: 0,
+            base,
+            ready_end: base,
+            parked: 0,
+        }
+    }
+}
+
+/// An age index entry: admitted at, sender, nonce.
+type Aged = (u64, PublicKey, u64);
 
 pub struct Mempool {
     chain_id: String,
-    capacity: usize,
+    limits: MempoolLimits,
     senders: HashMap<PublicKey, SenderQueue>,
-    /// Senders whose queue holds their committed account nonce (the ones a
-    /// block can take transactions from now), each with the turn it got when
-    /// it became ready. A queue that starts above the account nonce waits
-    /// for the gap to fill.
+    /// Senders with ready transactions (the ones a block can take from now),
+    /// each with the turn it got when it became ready.
     ready: HashMap<PublicKey, u64>,
     /// The ready senders in turn order: blocks serve the longest-waiting
     /// sender first, and a sender served by a commit goes to the back.
     turns: BTreeSet<(u64, PublicKey)>,
     next_turn: u64,
     hashes: HashMap<Hash, (PublicKey, u64)>,
-    rejected: HashMap<Hash, String>,
-    rejected_order: VecDeque<Hash>,
+    ready_len: usize,
+    parked_len: usize,
+    /// Senders by how many transactions they hold, and by how many parked.
+    by_size: BTreeSet<(usize, PublicKey)>,
+    by_parked: BTreeSet<(usize, PublicKey)>,
+    /// Every transaction, and the parked ones, by admission time.
+    ages: BTreeSet<Aged>,
+    parked_ages: BTreeSet<Aged>,
+    dropped: HashMap<Hash, Dropped>,
+    dropped_order: VecDeque<Hash>,
 }
 
 impl Mempool {
-    pub fn new(chain_id: String, capacity: usize) -> Mempool {
-        assert!(capacity > 0);
+    pub fn new(chain_id: String, limits: MempoolLimits) -> Mempool {
+        assert!(limits.capacity > 0);
         Mempool {
             chain_id,
-            capacity,
+            limits,
             senders: HashMap::new(),
             ready: HashMap::new(),
             turns: BTreeSet::new(),
             next_turn: 0,
             hashes: HashMap::new(),
-            rejected: HashMap::new(),
-            rejected_order: VecDeque::new(),
+            ready_len: 0,
+            parked_len: 0,
+            by_size: BTreeSet::new(),
+            by_parked: BTreeSet::new(),
+            ages: BTreeSet::new(),
+            parked_ages: BTreeSet::new(),
+            dropped: HashMap::new(),
+            dropped_order: VecDeque::new(),
         }
+    }
+
+    pub fn limits(&self) -> &MempoolLimits {
+        &self.limits
     }
 
     pub fn len(&self) -> usize {
         self.hashes.len()
     }
 
-    /// How many more transactions fit.
+    pub fn ready_len(&self) -> usize {
+        self.ready_len
+    }
+
+    pub fn parked_len(&self) -> usize {
+        self.parked_len
+    }
+
+    /// How many more transactions fit without evicting any.
     pub fn room(&self) -> usize {
-        self.capacity.saturating_sub(self.hashes.len())
+        self.limits.capacity.saturating_sub(self.hashes.len())
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.limits.capacity
     }
 
     pub fn is_empty(&self) -> bool {
@@ -134,10 +259,360 @@ impl Mempool {
     pub fn status(&self, hash: &Hash) -> MempoolStatus {
         if self.hashes.contains_key(hash) {
             MempoolStatus::Pending
-        } else if let Some(reason) = self.rejected.get(hash) {
-            MempoolStatus::Rejected(reason.clone())
+        } else if let Some(dropped) = self.dropped.get(hash) {
+            MempoolStatus::Dropped(dropped.clone())
         } else {
             MempoolStatus::Unknown
+        }
+    }
+
+    /// The next nonce of `sender` counting its ready transactions here, given
+    /// its committed `account` (parked ones do not count: they wait behind a
+    /// gap the sender must fill first).
+    pub fn pending_nonce(&self, sender: &PublicKey, account: Account) -> u64 {
+        match self.senders.get(sender) {
+            Some(queue) if queue.base == account.nonce => queue.ready_end,
+            Some(queue) if queue.base < account.nonce => {
+                // A commit this pool has not been told about yet.
+                (account.nonce..)
+                    .find(|n| !queue.txs.contains_key(n))
+                    .unwrap_or(account.nonce)
+            }
+            _ => account.nonce,
+        }
+    }
+
+    /// How many transactions of `sender` this pool holds: (ready, parked).
+    pub fn sender_counts(&self, sender: &PublicKey) -> (usize, usize) {
+        self.senders
+            .get(sender)
+            .map_or((0, 0), |q| (q.txs.len() - q.parked, q.parked))
+    }
+
+    /// Whether `tx` could be admitted as far as the cheap checks tell, before
+    /// its signature is verified: nonce window, pending nonce, balance and
+    /// the sender's caps. `admit` checks all of it again.
+    pub fn precheck(&self, tx: &SignedTransaction, account: Account) -> Result<(), AdmitError> {
+        let t = &tx.transfer;
+        check_nonce_window(t.nonce, account)?;
+        let queue = self
+            .senders
+            .get(&t.from)
+            .filter(|q| q.base == account.nonce);
+        if queue.is_some_and(|q| q.txs.contains_key(&t.nonce)) {
+            return Err(AdmitError::NoncePending(t.nonce));
+        }
+        let pending_spend = queue.map_or(0, |q| q.spend);
+        check_spend(pending_spend, t.amount, account)?;
+        if let Some(q) = queue {
+            self.check_sender_caps(q, t.nonce)?;
+        }
+        let (held, parked_held, ready_end) = queue.map_or((0, 0, account.nonce), |q| {
+            (q.txs.len(), q.parked, q.ready_end)
+        });
+        self.check_room(held, parked_held, t.nonce != ready_end)
+    }
+
+    /// Whether a newcomer whose sender holds `held` transactions here,
+    /// `parked_held` of them parked, would find room (evicting if it may):
+    /// the same rules [`Mempool::admit`] applies, without changing anything.
+    fn check_room(&self, held: usize, parked_held: usize, parked: bool) -> Result<(), AdmitError> {
+        let most_parked = self.by_parked.last().map_or(0, |(count, _)| *count);
+        let most_held = self.by_size.last().map_or(0, |(count, _)| *count);
+        let may_evict_parked = most_parked > parked_held + 1;
+        if parked && self.parked_len >= self.limits.parked_max && !may_evict_parked {
+            return Err(AdmitError::ParkedFull(self.parked_len));
+        }
+        if self.hashes.len() >= self.limits.capacity {
+            let fits = if parked {
+                may_evict_parked
+            } else {
+                most_parked > 0 || most_held > held + 1
+            };
+            if !fits {
+                return Err(AdmitError::Full(self.limits.capacity));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_sender_caps(&self, queue: &SenderQueue, nonce: u64) -> Result<(), AdmitError> {
+        let held = queue.txs.len();
+        if held >= self.limits.sender_txs_max {
+            return Err(AdmitError::SenderLimit {
+                held,
+                max: self.limits.sender_txs_max,
+            });
+        }
+        if nonce != queue.ready_end && queue.parked >= self.limits.sender_parked_max {
+            return Err(AdmitError::SenderParkedLimit {
+                held: queue.parked,
+                max: self.limits.sender_parked_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Admits a transaction whose signature the caller verified, against the
+    /// sender's committed `account`, at `now_ms`. Nothing changes on error
+    /// (beyond expiring what is due).
+    pub fn admit(
+        &mut self,
+        tx: SignedTransaction,
+        hash: Hash,
+        account: Account,
+        now_ms: u64,
+    ) -> Result<Admitted, AdmitError> {
+        if self.hashes.contains_key(&hash) {
+            return Ok(Admitted::AlreadyPending);
+        }
+        tx.check_stateless(&self.chain_id)?;
+        let (from, nonce, amount) = (tx.transfer.from, tx.transfer.nonce, tx.transfer.amount);
+        check_nonce_window(nonce, account)?;
+        self.expire(now_ms);
+        self.sync_sender(&from, account);
+        let (held, parked_held, ready_end, spend) = match self.senders.get(&from) {
+            Some(q) => {
+                if q.txs.contains_key(&nonce) {
+                    return Err(AdmitError::NoncePending(nonce));
+                }
+                self.check_sender_caps(q, nonce)?;
+                (q.txs.len(), q.parked, q.ready_end, q.spend)
+            }
+            None => (0, 0, account.nonce, 0),
+        };
+        check_spend(spend, amount, account)?;
+        let parked = nonce != ready_end;
+        // Make room: parked transactions first, and only ever from a sender
+        // holding more than this one would.
+        self.check_room(held, parked_held, parked)?;
+        let mut evicted = false;
+        if parked && self.parked_len >= self.limits.parked_max {
+            evicted = self.evict_parked(parked_held + 1);
+        }
+        if !evicted && self.hashes.len() >= self.limits.capacity {
+            evicted = if parked {
+                self.evict_parked(parked_held + 1)
+            } else {
+                self.evict_parked(0) || self.evict_largest(held + 1)
+            };
+        }
+        debug_assert!(self.hashes.len() < self.limits.capacity || evicted);
+
+        self.unindex(&from);
+        self.hashes.insert(hash, (from, nonce));
+        self.ages.insert((now_ms, from, nonce));
+        let queue = self
+            .senders
+            .entry(from)
+            .or_insert_with(|| SenderQueue::new(account.nonce));
+        queue.spend += amount as u128;
+        queue.txs.insert(
+            nonce,
+            Pending {
+                tx,
+                hash,
+                since_ms: now_ms,
+                parked,
+            },
+        );
+        if parked {
+            queue.parked += 1;
+            self.parked_len += 1;
+            self.parked_ages.insert((now_ms, from, nonce));
+        } else {
+            self.ready_len += 1;
+            queue.ready_end += 1;
+            // The gap this one filled may free parked ones behind it.
+            while let Some(next) = queue.txs.get_mut(&queue.ready_end) {
+                next.parked = false;
+                queue.parked -= 1;
+                self.parked_len -= 1;
+                self.ready_len += 1;
+                self.parked_ages
+                    .remove(&(next.since_ms, from, queue.ready_end));
+                queue.ready_end += 1;
+            }
+        }
+        self.reindex(&from);
+        Ok(Admitted::New)
+    }
+
+    /// Evicts the last parked transaction of the sender with the most
+    /// parked ones, if it holds more than `newcomer_would_hold` (any, when
+    /// that is 0: a ready newcomer goes before every parked one). Returns
+    /// whether one went.
+    fn evict_parked(&mut self, newcomer_would_hold: usize) -> bool {
+        let Some(&(count, victim)) = self.by_parked.last() else {
+            return false;
+        };
+        if count <= newcomer_would_hold && newcomer_would_hold > 0 {
+            return false;
+        }
+        self.evict_last(&victim)
+    }
+
+    /// Evicts the last transaction of the sender holding the most, if it
+    /// holds more than `newcomer_would_hold`.
+    fn evict_largest(&mut self, newcomer_would_hold: usize) -> bool {
+        let Some(&(count, victim)) = self.by_size.last() else {
+            return false;
+        };
+        if count <= newcomer_would_hold {
+            return false;
+        }
+        self.evict_last(&victim)
+    }
+
+    fn evict_last(&mut self, victim: &PublicKey) -> bool {
+        let Some(nonce) = self
+            .senders
+            .get(victim)
+            .and_then(|q| q.txs.keys().next_back().copied())
+        else {
+            return false;
+        };
+        self.drop_txs(
+            victim,
+            &[nonce],
+            Dropped {
+                expired: true,
+                code: "mempool_full",
+                message: "evicted: the mempool was full and this sender held the most".into(),
+            },
+        );
+        true
+    }
+
+    /// Drops what has waited too long: parked transactions older than
+    /// `parked_ttl_ms`, any older than `ttl_ms`. Returns how many went.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let mut due: Vec<(PublicKey, u64)> = Vec::new();
+        let parked_before = now_ms.saturating_sub(self.limits.parked_ttl_ms);
+        for &(since, sender, nonce) in &self.parked_ages {
+            if since >= parked_before {
+                break;
+            }
+            due.push((sender, nonce));
+        }
+        let before = now_ms.saturating_sub(self.limits.ttl_ms);
+        for &(since, sender, nonce) in &self.ages {
+            if since >= before {
+                break;
+            }
+            due.push((sender, nonce));
+        }
+        if due.is_empty() {
+            return 0;
+        }
+        due.sort_unstable();
+        due.dedup();
+        let mut by_sender: BTreeMap<PublicKey, Vec<u64>> = BTreeMap::new();
+        for (sender, nonce) in &due {
+            by_sender.entry(*sender).or_default().push(*nonce);
+        }
+        for (sender, nonces) in by_sender {
+            self.drop_txs(
+                &sender,
+                &nonces,
+                Dropped {
+                    expired: true,
+                    code: "expired",
+                    message: "waited too long in the mempool".into(),
+                },
+            );
+        }
+        due.len()
+    }
+
+    /// Removes `nonces` of `sender`, remembering each as `why`, and settles
+    /// the sender (later ready ones may become parked).
+    fn drop_txs(&mut self, sender: &PublicKey, nonces: &[u64], why: Dropped) {
+        self.unindex(sender);
+        let mut gone = Vec::new();
+        if let Some(queue) = self.senders.get_mut(sender) {
+            for nonce in nonces {
+                if let Some(pending) = queue.txs.remove(nonce) {
+                    queue.spend -= pending.tx.transfer.amount as u128;
+                    if pending.parked {
+                        queue.parked -= 1;
+                        self.parked_len -= 1;
+                        self.parked_ages
+                            .remove(&(pending.since_ms, *sender, *nonce));
+                    } else {
+                        self.ready_len -= 1;
+                    }
+                    self.ages.remove(&(pending.since_ms, *sender, *nonce));
+                    self.hashes.remove(&pending.hash);
+                    gone.push(pending.hash);
+                }
+            }
+        }
+        for hash in gone {
+            self.remember_dropped(hash, why.clone());
+        }
+        self.settle(sender);
+        self.reindex(sender);
+    }
+
+    /// Recomputes which of `sender`'s transactions are ready from its `base`.
+    fn settle(&mut self, sender: &PublicKey) {
+        let Some(queue) = self.senders.get_mut(sender) else {
+            return;
+        };
+        let mut end = queue.base;
+        for (&nonce, pending) in queue.txs.iter_mut() {
+            let ready = nonce == end;
+            if ready {
+                end += 1;
+            }
+            if pending.parked == ready {
+                // It changes side.
+                let key = (pending.since_ms, *sender, nonce);
+                if ready {
+                    queue.parked -= 1;
+                    self.parked_len -= 1;
+                    self.ready_len += 1;
+                    self.parked_ages.remove(&key);
+                } else {
+                    queue.parked += 1;
+                    self.parked_len += 1;
+                    self.ready_len -= 1;
+                    self.parked_ages.insert(key);
+                }
+                pending.parked = !ready;
+            }
+        }
+        queue.ready_end = end;
+    }
+
+    /// Takes `sender` out of the size indexes (before a change).
+    fn unindex(&mut self, sender: &PublicKey) {
+        if let Some(queue) = self.senders.get(sender) {
+            self.by_size.remove(&(queue.txs.len(), *sender));
+            self.by_parked.remove(&(queue.parked, *sender));
+        }
+    }
+
+    /// Puts `sender` back into the indexes (after a change), forgets it when
+    /// it holds nothing, and gives it a turn when it just became ready.
+    fn reindex(&mut self, sender: &PublicKey) {
+        let ready = match self.senders.get(sender) {
+            None => false,
+            Some(queue) if queue.txs.is_empty() => {
+                self.senders.remove(sender);
+                false
+            }
+            Some(queue) => {
+                self.by_size.insert((queue.txs.len(), *sender));
+                if queue.parked > 0 {
+                    self.by_parked.insert((queue.parked, *sender));
+                }
+                queue.ready_end > queue.base
+            }
+        };
+        if ready != self.ready.contains_key(sender) {
+            self.set_ready(*sender, ready);
         }
     }
 
@@ -155,73 +630,69 @@ impl Mempool {
         }
     }
 
-    /// Admits a transaction whose signature the caller verified, against the
-    /// sender's committed `account`, at `now_ms`. Nothing changes on error.
-    pub fn admit(
-        &mut self,
-        tx: SignedTransaction,
-        hash: Hash,
-        account: Account,
-        now_ms: u64,
-    ) -> Result<Admitted, AdmitError> {
-        if self.hashes.contains_key(&hash) {
-            return Ok(Admitted::AlreadyPending);
+    /// Brings `sender`'s queue up to its committed `account`: nonces now used
+    /// are dropped, and the ready ones the balance no longer covers (in nonce
+    /// order) are dropped as `insufficient_funds`; what follows them parks.
+    /// Returns whether anything changed.
+    fn sync_sender(&mut self, sender: &PublicKey, account: Account) -> bool {
+        let Some(queue) = self.senders.get(sender) else {
+            return false;
+        };
+        if queue.base > account.nonce {
+            // Older state than this pool has seen (a read before a commit
+            // this pool already applied): nothing to learn from it.
+            return false;
         }
-        tx.check_stateless(&self.chain_id)?;
-        let t = &tx.transfer;
-        if t.nonce < account.nonce {
-            return Err(TxError::NonceTooLow {
-                expected: account.nonce,
-                got: t.nonce,
-            }
-            .into());
-        }
-        if t.nonce > account.nonce.saturating_add(NONCE_GAP_MAX) {
-            return Err(TxError::NonceTooHigh {
-                expected: account.nonce,
-                got: t.nonce,
-            }
-            .into());
-        }
-        let queue = self.senders.get(&t.from);
-        if queue.is_some_and(|q| q.txs.contains_key(&t.nonce)) {
-            return Err(AdmitError::NoncePending(t.nonce));
-        }
-        let pending_spend = queue.map_or(0, |q| q.spend);
-        let needed = pending_spend + t.amount as u128;
-        if needed > account.balance as u128 {
-            return Err(if pending_spend == 0 {
-                TxError::InsufficientFunds {
-                    balance: account.balance,
-                    amount: t.amount,
-                }
-                .into()
+        let used: Vec<u64> = queue.txs.range(..account.nonce).map(|(n, _)| *n).collect();
+        // Walk the ready run from the committed nonce: the first one the
+        // balance does not cover, and every ready one after it, can not
+        // execute now.
+        let mut balance = account.balance as u128;
+        let mut unaffordable = Vec::new();
+        for (&nonce, pending) in queue.txs.range(account.nonce..) {
+            // Once one is not covered, neither is anything after it.
+            let amount = pending.tx.transfer.amount as u128;
+            if amount <= balance && unaffordable.is_empty() {
+                balance -= amount;
             } else {
-                AdmitError::PendingOverspend {
-                    needed,
-                    balance: account.balance,
-                }
-            });
+                unaffordable.push(nonce);
+            }
         }
-        if self.hashes.len() >= self.capacity {
-            return Err(AdmitError::Full(self.capacity));
+        let changed = !used.is_empty() || !unaffordable.is_empty() || queue.base != account.nonce;
+        if let Some(queue) = self.senders.get_mut(sender) {
+            queue.base = account.nonce;
         }
-        let (from, nonce, amount) = (t.from, t.nonce, t.amount);
-        self.hashes.insert(hash, (from, nonce));
-        let queue = self.senders.entry(from).or_default();
-        queue.spend += amount as u128;
-        queue.txs.insert(
-            nonce,
-            Pending {
-                tx,
-                hash,
-                since_ms: now_ms,
-            },
-        );
-        if nonce == account.nonce && !self.ready.contains_key(&from) {
-            self.set_ready(from, true);
+        if !used.is_empty() {
+            self.drop_txs(
+                sender,
+                &used,
+                Dropped {
+                    expired: false,
+                    code: "nonce_too_low",
+                    message: "another transaction with the same nonce was committed".into(),
+                },
+            );
         }
-        Ok(Admitted::New)
+        if !unaffordable.is_empty() {
+            self.drop_txs(
+                sender,
+                &unaffordable,
+                Dropped {
+                    expired: false,
+                    code: "insufficient_funds",
+                    message: format!(
+                        "the sender's balance {} no longer covers it",
+                        account.balance
+                    ),
+                },
+            );
+        }
+        if changed {
+            self.unindex(sender);
+            self.settle(sender);
+            self.reindex(sender);
+        }
+        changed
     }
 
     /// Candidate transactions for a block, with their hashes: senders in turn
@@ -232,7 +703,7 @@ impl Mempool {
         max: usize,
         mut account: impl FnMut(&PublicKey) -> Account,
     ) -> Vec<(SignedTransaction, Hash)> {
-        let mut out = Vec::with_capacity(max.min(self.hashes.len()));
+        let mut out = Vec::with_capacity(max.min(self.ready_len));
         for (_, sender) in &self.turns {
             if out.len() >= max {
                 break;
@@ -270,12 +741,10 @@ impl Mempool {
             let Some(queue) = self.senders.get(sender) else {
                 continue;
             };
-            let mut expected = None;
-            for (nonce, pending) in &queue.txs {
-                if out.len() >= max || expected.is_some_and(|e| e != *nonce) {
+            for pending in queue.txs.values().take_while(|p| !p.parked) {
+                if out.len() >= max {
                     break;
                 }
-                expected = Some(nonce + 1);
                 if pending.since_ms <= before_ms {
                     out.push(pending.tx.clone());
                 }
@@ -287,56 +756,198 @@ impl Mempool {
         out
     }
 
-    /// After a commit: drops the block's transactions and every pending
-    /// transaction of the touched senders whose nonce is now used, remembering
-    /// the latter as rejected; touched senders still ready go to the back.
+    /// After a commit: drops the block's transactions, and checks every
+    /// touched sender again against its committed `account` (see
+    /// [`Mempool::sync_sender`]); touched senders still ready go to the back.
+    /// Also expires what is due at `now_ms`.
     pub fn remove_committed(
         &mut self,
         committed: &[SignedTransaction],
         committed_hashes: &[Hash],
         mut account: impl FnMut(&PublicKey) -> Account,
+        now_ms: u64,
     ) {
         let mut senders: Vec<PublicKey> = committed.iter().map(|t| t.transfer.from).collect();
         senders.sort_unstable();
         senders.dedup();
         let committed_hashes: HashSet<&Hash> = committed_hashes.iter().collect();
         for sender in senders {
-            let nonce = account(&sender).nonce;
-            let Some(queue) = self.senders.get_mut(&sender) else {
+            let Some(queue) = self.senders.get(&sender) else {
                 continue;
             };
-            let keep = queue.txs.split_off(&nonce);
-            let stale = std::mem::replace(&mut queue.txs, keep);
-            for pending in stale.values() {
-                queue.spend -= pending.tx.transfer.amount as u128;
-            }
-            let ready = queue.txs.contains_key(&nonce);
-            if queue.txs.is_empty() {
-                self.senders.remove(&sender);
-            }
-            self.set_ready(sender, ready);
-            for (_, pending) in stale {
-                self.hashes.remove(&pending.hash);
-                if !committed_hashes.contains(&pending.hash) {
-                    self.remember_rejected(
-                        pending.hash,
-                        "another transaction with the same nonce was committed".into(),
-                    );
+            // The block's own transactions leave without a trace.
+            let included: Vec<u64> = queue
+                .txs
+                .iter()
+                .filter(|(_, p)| committed_hashes.contains(&p.hash))
+                .map(|(n, _)| *n)
+                .collect();
+            if !included.is_empty() {
+                self.unindex(&sender);
+                let queue = self.senders.get_mut(&sender).expect("present");
+                for nonce in included {
+                    let pending = queue.txs.remove(&nonce).expect("present");
+                    queue.spend -= pending.tx.transfer.amount as u128;
+                    if pending.parked {
+                        queue.parked -= 1;
+                        self.parked_len -= 1;
+                        self.parked_ages.remove(&(pending.since_ms, sender, nonce));
+                    } else {
+                        self.ready_len -= 1;
+                    }
+                    self.ages.remove(&(pending.since_ms, sender, nonce));
+                    self.hashes.remove(&pending.hash);
                 }
+                self.reindex(&sender);
+            }
+            self.sync_sender(&sender, account(&sender));
+            if self.ready.contains_key(&sender) {
+                self.set_ready(sender, true);
+            }
+        }
+        self.expire(now_ms);
+    }
+
+    /// Remembers that a transaction was refused at admission (its signature
+    /// verified), for status queries.
+    pub fn remember_refused(&mut self, hash: Hash, error: &AdmitError) {
+        if self.hashes.contains_key(&hash) {
+            return;
+        }
+        self.remember_dropped(
+            hash,
+            Dropped {
+                expired: false,
+                code: error.code(),
+                message: error.to_string(),
+            },
+        );
+    }
+
+    fn remember_dropped(&mut self, hash: Hash, why: Dropped) {
+        if self.dropped.insert(hash, why).is_none() {
+            self.dropped_order.push_back(hash);
+        }
+        while self.dropped_order.len() > DROPPED_REMEMBERED_MAX {
+            if let Some(old) = self.dropped_order.pop_front() {
+                self.dropped.remove(&old);
             }
         }
     }
 
-    fn remember_rejected(&mut self, hash: Hash, reason: String) {
-        if self.rejected.insert(hash, reason).is_none() {
-            self.rejected_order.push_back(hash);
-        }
-        while self.rejected_order.len() > REJECTED_REMEMBERED_MAX {
-            if let Some(old) = self.rejected_order.pop_front() {
-                self.rejected.remove(&old);
+    /// Checks every invariant the pool relies on (tests and debugging).
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut ready_len = 0;
+        let mut parked_len = 0;
+        let mut total = 0;
+        for (sender, q) in &self.senders {
+            if q.txs.is_empty() {
+                return Err(format!("{sender}: empty queue kept"));
             }
+            let mut end = q.base;
+            let mut parked = 0;
+            let mut spend = 0u128;
+            for (&nonce, p) in &q.txs {
+                if nonce < q.base {
+                    return Err(format!("{sender}: nonce {nonce} below base {}", q.base));
+                }
+                if nonce == end {
+                    end += 1;
+                    if p.parked {
+                        return Err(format!("{sender}: ready nonce {nonce} marked parked"));
+                    }
+                } else {
+                    parked += 1;
+                    if !p.parked {
+                        return Err(format!("{sender}: parked nonce {nonce} marked ready"));
+                    }
+                    if !self.parked_ages.contains(&(p.since_ms, *sender, nonce)) {
+                        return Err(format!("{sender}: parked nonce {nonce} not aged"));
+                    }
+                }
+                if !self.ages.contains(&(p.since_ms, *sender, nonce)) {
+                    return Err(format!("{sender}: nonce {nonce} not aged"));
+                }
+                if self.hashes.get(&p.hash) != Some(&(*sender, nonce)) {
+                    return Err(format!("{sender}: nonce {nonce} hash not indexed"));
+                }
+                spend += p.tx.transfer.amount as u128;
+            }
+            if end != q.ready_end || parked != q.parked || spend != q.spend {
+                return Err(format!("{sender}: counters out of date"));
+            }
+            if self.ready.contains_key(sender) != (end > q.base) {
+                return Err(format!("{sender}: ready set out of date"));
+            }
+            if !self.by_size.contains(&(q.txs.len(), *sender)) {
+                return Err(format!("{sender}: size index out of date"));
+            }
+            if q.txs.len() > self.limits.sender_txs_max || parked > self.limits.sender_parked_max {
+                return Err(format!("{sender}: over its caps"));
+            }
+            ready_len += q.txs.len() - parked;
+            parked_len += parked;
+            total += q.txs.len();
         }
+        if ready_len != self.ready_len || parked_len != self.parked_len {
+            return Err("global counters out of date".into());
+        }
+        if total != self.hashes.len() || total != self.ages.len() {
+            return Err("hash or age index holds strays".into());
+        }
+        if parked_len != self.parked_ages.len()
+            || self.by_size.len() != self.senders.len()
+            || self.by_parked.len() != self.senders.values().filter(|q| q.parked > 0).count()
+            || self.turns.len() != self.ready.len()
+        {
+            return Err("indexes hold strays".into());
+        }
+        if total > self.limits.capacity || parked_len > self.limits.parked_max {
+            return Err(format!(
+                "over capacity: {total} (parked {parked_len}) of {:?}",
+                self.limits
+            ));
+        }
+        Ok(())
     }
+}
+
+fn check_nonce_window(nonce: u64, account: Account) -> Result<(), AdmitError> {
+    if nonce < account.nonce {
+        return Err(TxError::NonceTooLow {
+            expected: account.nonce,
+            got: nonce,
+        }
+        .into());
+    }
+    if nonce > account.nonce.saturating_add(NONCE_GAP_MAX) {
+        return Err(TxError::NonceTooHigh {
+            expected: account.nonce,
+            got: nonce,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn check_spend(pending_spend: u128, amount: u64, account: Account) -> Result<(), AdmitError> {
+    let needed = pending_spend + amount as u128;
+    if needed <= account.balance as u128 {
+        return Ok(());
+    }
+    Err(if pending_spend == 0 {
+        TxError::InsufficientFunds {
+            balance: account.balance,
+            amount,
+        }
+        .into()
+    } else {
+        AdmitError::PendingOverspend {
+            needed,
+            balance: account.balance,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -361,48 +972,79 @@ mod tests {
         Account { balance, nonce }
     }
 
+    fn limits(capacity: usize) -> MempoolLimits {
+        MempoolLimits {
+            capacity,
+            sender_txs_max: 1_000,
+            sender_parked_max: 1_000,
+            parked_max: capacity,
+            parked_ttl_ms: 60_000,
+            ttl_ms: 600_000,
+        }
+    }
+
+    fn pool(capacity: usize) -> Mempool {
+        Mempool::new("c".into(), limits(capacity))
+    }
+
+    fn admit(
+        pool: &mut Mempool,
+        t: &SignedTransaction,
+        account: Account,
+        now: u64,
+    ) -> Result<Admitted, AdmitError> {
+        let verdict = pool.admit(t.clone(), t.hash(), account, now);
+        pool.check_invariants().unwrap();
+        verdict
+    }
+
+    fn dropped_code(pool: &Mempool, t: &SignedTransaction) -> Option<(bool, &'static str)> {
+        match pool.status(&t.hash()) {
+            MempoolStatus::Dropped(d) => Some((d.expired, d.code)),
+            _ => None,
+        }
+    }
+
     #[test]
     fn admission_rules() {
         let key = Keypair::from_seed([1; 32]);
-        let mut pool = Mempool::new("c".into(), 3);
+        let mut pool = pool(3);
         let t0 = tx(&key, 40, 0);
+        assert_eq!(admit(&mut pool, &t0, funded(100, 0), 0), Ok(Admitted::New));
         assert_eq!(
-            pool.admit(t0.clone(), t0.hash(), funded(100, 0), 0),
-            Ok(Admitted::New)
-        );
-        assert_eq!(
-            pool.admit(t0.clone(), t0.hash(), funded(100, 0), 0),
+            admit(&mut pool, &t0, funded(100, 0), 0),
             Ok(Admitted::AlreadyPending)
         );
         let other0 = tx(&key, 41, 0);
         assert_eq!(
-            pool.admit(other0.clone(), other0.hash(), funded(100, 0), 0),
+            admit(&mut pool, &other0, funded(100, 0), 0),
             Err(AdmitError::NoncePending(0))
         );
         let t1 = tx(&key, 61, 1);
-        assert_eq!(
-            pool.admit(t1.clone(), t1.hash(), funded(100, 0), 0)
-                .unwrap_err()
-                .code(),
-            "insufficient_funds"
-        );
+        let e = admit(&mut pool, &t1, funded(100, 0), 0).unwrap_err();
+        assert_eq!(e.code(), "insufficient_funds");
+        assert_eq!(pool.precheck(&t1, funded(100, 0)).unwrap_err(), e);
         let old = tx(&key, 1, 0);
         assert_eq!(
-            pool.admit(old.clone(), old.hash(), funded(100, 1), 0)
+            admit(&mut pool, &old, funded(100, 1), 0)
                 .unwrap_err()
                 .code(),
             "nonce_too_low"
         );
         let far = tx(&key, 1, NONCE_GAP_MAX + 1);
         assert_eq!(
-            pool.admit(far.clone(), far.hash(), funded(100, 0), 0)
+            admit(&mut pool, &far, funded(100, 0), 0)
                 .unwrap_err()
                 .code(),
             "nonce_too_high"
         );
+        assert_eq!(
+            pool.precheck(&far, funded(100, 0)).unwrap_err().code(),
+            "nonce_too_high"
+        );
         let zero = tx(&key, 0, 1);
         assert_eq!(
-            pool.admit(zero.clone(), zero.hash(), funded(100, 0), 0)
+            admit(&mut pool, &zero, funded(100, 0), 0)
                 .unwrap_err()
                 .code(),
             "invalid_amount"
@@ -413,22 +1055,26 @@ mod tests {
     #[test]
     fn a_nonce_gap_is_not_ready_work() {
         let key = Keypair::from_seed([1; 32]);
-        let mut pool = Mempool::new("c".into(), 10);
+        let mut pool = pool(10);
         let later = tx(&key, 1, 1);
-        pool.admit(later.clone(), later.hash(), funded(100, 0), 0)
-            .unwrap();
+        admit(&mut pool, &later, funded(100, 0), 0).unwrap();
         assert!(!pool.has_ready(), "nonce 1 waits for nonce 0");
+        assert_eq!((pool.ready_len(), pool.parked_len()), (0, 1));
+        assert_eq!(pool.pending_nonce(&key.public(), funded(100, 0)), 0);
         assert!(pool.candidates(10, |_| funded(100, 0)).is_empty());
         let first = tx(&key, 1, 0);
-        pool.admit(first.clone(), first.hash(), funded(100, 0), 0)
-            .unwrap();
+        admit(&mut pool, &first, funded(100, 0), 0).unwrap();
         assert!(pool.has_ready());
+        assert_eq!((pool.ready_len(), pool.parked_len()), (2, 0));
+        assert_eq!(pool.pending_nonce(&key.public(), funded(100, 0)), 2);
         assert_eq!(pool.candidates(10, |_| funded(100, 0)).len(), 2);
         pool.remove_committed(
             &[first.clone(), later.clone()],
             &[first.hash(), later.hash()],
             |_| funded(98, 2),
+            0,
         );
+        pool.check_invariants().unwrap();
         assert!(!pool.has_ready());
         assert!(pool.is_empty());
     }
@@ -438,66 +1084,43 @@ mod tests {
     fn senders_take_turns() {
         let a = Keypair::from_seed([1; 32]);
         let b = Keypair::from_seed([2; 32]);
-        let mut pool = Mempool::new("c".into(), 100);
+        let mut pool = pool(100);
         for nonce in 0..5 {
-            let t = tx(&a, 1, nonce);
-            pool.admit(t.clone(), t.hash(), funded(100, 0), 0).unwrap();
+            admit(&mut pool, &tx(&a, 1, nonce), funded(100, 0), 0).unwrap();
         }
-        let tb = tx(&b, 1, 0);
-        pool.admit(tb.clone(), tb.hash(), funded(100, 0), 0)
-            .unwrap();
+        admit(&mut pool, &tx(&b, 1, 0), funded(100, 0), 0).unwrap();
         let first: Vec<_> = pool.candidates(2, |_| funded(100, 0));
         assert!(first.iter().all(|(t, _)| t.transfer.from == a.public()));
         let (txs, hashes): (Vec<_>, Vec<_>) = first.into_iter().unzip();
-        pool.remove_committed(&txs, &hashes, |k| {
-            funded(100, if *k == a.public() { 2 } else { 0 })
-        });
-        let next = pool.candidates(1, |k| funded(100, if *k == a.public() { 2 } else { 0 }));
+        let after = |k: &PublicKey| funded(98, if *k == a.public() { 2 } else { 0 });
+        pool.remove_committed(&txs, &hashes, after, 0);
+        pool.check_invariants().unwrap();
+        let next = pool.candidates(1, after);
         assert_eq!(next[0].0.transfer.from, b.public(), "b waited longer");
-    }
-
-    #[test]
-    fn bounded() {
-        let key = Keypair::from_seed([1; 32]);
-        let mut pool = Mempool::new("c".into(), 2);
-        for nonce in 0..2 {
-            let t = tx(&key, 1, nonce);
-            pool.admit(t.clone(), t.hash(), funded(100, 0), 0).unwrap();
-        }
-        let t = tx(&key, 1, 2);
-        assert_eq!(
-            pool.admit(t.clone(), t.hash(), funded(100, 0), 0),
-            Err(AdmitError::Full(2))
-        );
     }
 
     #[test]
     fn candidates_are_consecutive_and_commit_prunes() {
         let a = Keypair::from_seed([1; 32]);
-        let mut pool = Mempool::new("c".into(), 100);
+        let mut pool = pool(100);
         for nonce in [0, 1, 3] {
-            let t = tx(&a, 1, nonce);
-            pool.admit(t.clone(), t.hash(), funded(100, 0), 0).unwrap();
+            admit(&mut pool, &tx(&a, 1, nonce), funded(100, 0), 0).unwrap();
         }
         let picked = pool.candidates(10, |_| funded(100, 0));
-        assert_eq!(
-            picked
-                .iter()
-                .map(|(t, _)| t.transfer.nonce)
-                .collect::<Vec<_>>(),
-            vec![0, 1]
-        );
-        // Block commits nonces 0 and 1 (one of them a different tx for nonce 1).
+        let nonces: Vec<u64> = picked.iter().map(|(t, _)| t.transfer.nonce).collect();
+        assert_eq!(nonces, vec![0, 1]);
+        // The block commits nonces 0 and 1 (another transaction for nonce 1).
         let other1 = tx(&a, 2, 1);
         let block = [picked[0].0.clone(), other1];
         let hashes: Vec<Hash> = block.iter().map(|t| t.hash()).collect();
-        pool.remove_committed(&block, &hashes, |_| funded(97, 2));
+        pool.remove_committed(&block, &hashes, |_| funded(97, 2), 0);
+        pool.check_invariants().unwrap();
         assert_eq!(pool.len(), 1);
         assert_eq!(pool.status(&picked[0].1), MempoolStatus::Unknown);
-        assert!(matches!(
-            pool.status(&picked[1].1),
-            MempoolStatus::Rejected(_)
-        ));
+        assert_eq!(
+            dropped_code(&pool, &picked[1].0),
+            Some((false, "nonce_too_low"))
+        );
     }
 
     /// The age a replica judges censorship by counts only transactions a
@@ -507,20 +1130,16 @@ mod tests {
         let a = Keypair::from_seed([1; 32]);
         let b = Keypair::from_seed([2; 32]);
         let gapped = Keypair::from_seed([3; 32]);
-        let mut pool = Mempool::new("c".into(), 100);
+        let mut pool = pool(100);
         assert_eq!(pool.oldest_ready_since_ms(), None);
-        let g = tx(&gapped, 1, 5);
-        pool.admit(g.clone(), g.hash(), funded(100, 0), 50).unwrap();
+        admit(&mut pool, &tx(&gapped, 1, 5), funded(100, 0), 50).unwrap();
         assert_eq!(pool.oldest_ready_since_ms(), None, "a gap is no work");
         let a0 = tx(&a, 1, 0);
-        pool.admit(a0.clone(), a0.hash(), funded(100, 0), 100)
-            .unwrap();
+        admit(&mut pool, &a0, funded(100, 0), 100).unwrap();
         let b1 = tx(&b, 1, 1);
-        pool.admit(b1.clone(), b1.hash(), funded(100, 0), 10)
-            .unwrap();
+        admit(&mut pool, &b1, funded(100, 0), 10).unwrap();
         let b0 = tx(&b, 1, 0);
-        pool.admit(b0.clone(), b0.hash(), funded(100, 0), 200)
-            .unwrap();
+        admit(&mut pool, &b0, funded(100, 0), 200).unwrap();
         assert_eq!(pool.oldest_ready_since_ms(), Some(100));
         let mut overdue: Vec<Hash> = pool.ready_since(150, 10).iter().map(|t| t.hash()).collect();
         overdue.sort();
@@ -528,9 +1147,290 @@ mod tests {
         expected.sort();
         assert_eq!(overdue, expected, "not b0 (new), not g (behind a gap)");
         assert_eq!(pool.ready_since(150, 1).len(), 1, "bounded");
-        pool.remove_committed(std::slice::from_ref(&a0), &[a0.hash()], |k| {
-            funded(100, u64::from(*k == a.public()))
-        });
+        pool.remove_committed(
+            std::slice::from_ref(&a0),
+            &[a0.hash()],
+            |k| funded(100, u64::from(*k == a.public())),
+            300,
+        );
         assert_eq!(pool.oldest_ready_since_ms(), Some(200));
+    }
+
+    /// The attack of issue 8: senders fill the pool with transactions behind
+    /// a nonce gap. They take at most their share, expire, and give way to
+    /// anyone with a ready transaction.
+    #[test]
+    fn parked_transactions_are_capped_expire_and_give_way() {
+        let mut limits = limits(10);
+        limits.parked_max = 4;
+        limits.sender_parked_max = 3;
+        limits.parked_ttl_ms = 1_000;
+        let mut pool = Mempool::new("c".into(), limits);
+        let attacker = Keypair::from_seed([1; 32]);
+        let other = Keypair::from_seed([2; 32]);
+        for nonce in 1..=3 {
+            admit(&mut pool, &tx(&attacker, 1, nonce), funded(100, 0), 0).unwrap();
+        }
+        assert_eq!(
+            admit(&mut pool, &tx(&attacker, 1, 4), funded(100, 0), 0)
+                .unwrap_err()
+                .code(),
+            "sender_limit"
+        );
+        admit(&mut pool, &tx(&other, 1, 1), funded(100, 0), 10).unwrap();
+        // The parked share is full: a fifth parked one from a sender holding
+        // as many as any other is refused...
+        let third = Keypair::from_seed([3; 32]);
+        admit(&mut pool, &tx(&third, 1, 1), funded(100, 0), 10).unwrap();
+        assert_eq!(pool.parked_len(), 4, "took the attacker's last place");
+        let evicted = tx(&attacker, 1, 3);
+        assert_eq!(dropped_code(&pool, &evicted), Some((true, "mempool_full")));
+        assert_eq!(
+            admit(&mut pool, &tx(&third, 1, 2), funded(100, 0), 10)
+                .unwrap_err()
+                .code(),
+            "mempool_full"
+        );
+        // ...and a ready one always fits.
+        for (seed, t) in [(4u8, 20u64), (5, 20)] {
+            let honest = Keypair::from_seed([seed; 32]);
+            admit(&mut pool, &tx(&honest, 1, 0), funded(100, 0), t).unwrap();
+        }
+        // After their time, parked ones expire and say so.
+        assert_eq!(pool.expire(1_005), 2, "the attacker's");
+        pool.check_invariants().unwrap();
+        let expired = tx(&attacker, 1, 1);
+        assert_eq!(dropped_code(&pool, &expired), Some((true, "expired")));
+        assert_eq!(pool.expire(1_011), 2);
+        assert_eq!((pool.ready_len(), pool.parked_len()), (2, 0));
+    }
+
+    /// A full pool of ready transactions still takes a sender holding few:
+    /// the sender holding the most loses its last one.
+    #[test]
+    fn a_full_pool_makes_room_for_a_small_sender() {
+        let mut pool = pool(4);
+        let big = Keypair::from_seed([1; 32]);
+        for nonce in 0..4 {
+            admit(&mut pool, &tx(&big, 1, nonce), funded(100, 0), 0).unwrap();
+        }
+        let small = Keypair::from_seed([2; 32]);
+        admit(&mut pool, &tx(&small, 1, 0), funded(100, 0), 0).unwrap();
+        assert_eq!(
+            dropped_code(&pool, &tx(&big, 1, 3)),
+            Some((true, "mempool_full"))
+        );
+        admit(&mut pool, &tx(&small, 1, 1), funded(100, 0), 0).unwrap();
+        // Now both hold two: the newcomer would hold three, so no.
+        assert_eq!(
+            admit(&mut pool, &tx(&small, 1, 2), funded(100, 0), 0),
+            Err(AdmitError::Full(4))
+        );
+        assert_eq!(
+            admit(&mut pool, &tx(&big, 1, 2), funded(100, 0), 0),
+            Err(AdmitError::Full(4))
+        );
+    }
+
+    /// The race of issue 8: a sender's nonce 0 and 1 wait here; another
+    /// nonce 0 that spends everything commits through another validator.
+    /// Nonce 1 can no longer execute: it goes, with its reason, and the
+    /// sender can send nonce 1 again.
+    #[test]
+    fn a_ready_transaction_the_balance_no_longer_covers_is_dropped() {
+        let key = Keypair::from_seed([1; 32]);
+        let mut pool = pool(10);
+        let mine0 = tx(&key, 10, 0);
+        let mine1 = tx(&key, 90, 1);
+        admit(&mut pool, &mine0, funded(100, 0), 0).unwrap();
+        admit(&mut pool, &mine1, funded(100, 0), 0).unwrap();
+        let theirs0 = tx(&key, 100, 0);
+        pool.remove_committed(
+            std::slice::from_ref(&theirs0),
+            &[theirs0.hash()],
+            |_| funded(0, 1),
+            0,
+        );
+        pool.check_invariants().unwrap();
+        assert!(pool.is_empty() && !pool.has_ready());
+        assert_eq!(dropped_code(&pool, &mine0), Some((false, "nonce_too_low")));
+        assert_eq!(
+            dropped_code(&pool, &mine1),
+            Some((false, "insufficient_funds"))
+        );
+        let again = tx(&key, 5, 1);
+        assert_eq!(admit(&mut pool, &again, funded(5, 1), 0), Ok(Admitted::New));
+    }
+
+    /// A commit this pool was not told about yet (admission read newer
+    /// state) is caught up on admission.
+    #[test]
+    fn admission_catches_up_with_a_newer_account() {
+        let key = Keypair::from_seed([1; 32]);
+        let mut pool = pool(10);
+        admit(&mut pool, &tx(&key, 1, 0), funded(100, 0), 0).unwrap();
+        admit(&mut pool, &tx(&key, 1, 1), funded(100, 0), 0).unwrap();
+        assert_eq!(pool.pending_nonce(&key.public(), funded(99, 1)), 2);
+        admit(&mut pool, &tx(&key, 1, 2), funded(99, 1), 0).unwrap();
+        assert_eq!(pool.len(), 2);
+        assert_eq!(pool.pending_nonce(&key.public(), funded(99, 1)), 3);
+    }
+
+    mod model {
+        //! The mempool against a model: random senders admit, blocks commit
+        //! candidates, time passes. After every step the pool's invariants
+        //! hold, caps are kept, what it holds is exactly what the model says
+        //! was admitted and not yet gone, and evictions take from the
+        //! biggest holder.
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Admit {
+                sender: u8,
+                nonce_ahead: u8,
+                amount: u8,
+            },
+            Commit {
+                max: u8,
+            },
+            /// Another validator's transaction of this sender commits.
+            Foreign {
+                sender: u8,
+                amount: u8,
+            },
+            Wait {
+                ms: u16,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (0..6u8, 0..6u8, 1..40u8).prop_map(|(sender, nonce_ahead, amount)| Op::Admit { sender, nonce_ahead, amount }),
+                2 => (0..8u8).prop_map(|max| Op::Commit { max }),
+                1 => (0..6u8, 1..100u8).prop_map(|(sender, amount)| Op::Foreign { sender, amount }),
+                1 => (0..400u16).prop_map(|ms| Op::Wait { ms }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+            #[test]
+            fn the_pool_keeps_its_promises(ops in proptest::collection::vec(op(), 1..120)) {
+                let limits = MempoolLimits {
+                    capacity: 12,
+                    sender_txs_max: 5,
+                    sender_parked_max: 2,
+                    parked_max: 5,
+                    parked_ttl_ms: 500,
+                    ttl_ms: 2_000,
+                };
+                let mut pool = Mempool::new("c".into(), limits.clone());
+                let keys: Vec<Keypair> = (0..6u8).map(|i| Keypair::from_seed([i + 1; 32])).collect();
+                let mut accounts: HashMap<PublicKey, Account> = keys.iter().map(|k| (k.public(), funded(100, 0))).collect();
+                let mut now = 0u64;
+                // What the model says the pool holds.
+                let mut held: HashMap<Hash, SignedTransaction> = HashMap::new();
+                for op in ops {
+                    match op {
+                        Op::Admit { sender, nonce_ahead, amount } => {
+                            let key = &keys[sender as usize];
+                            let account = accounts[&key.public()];
+                            let t = tx(key, amount as u64, account.nonce + nonce_ahead as u64);
+                            let sizes: Vec<(usize, usize)> = keys.iter().map(|k| pool.sender_counts(&k.public())).collect();
+                            let before = held.clone();
+                            let verdict = pool.admit(t.clone(), t.hash(), account, now);
+                            pool.check_invariants().map_err(TestCaseError::fail)?;
+                            // Whatever left (expired or evicted) says why.
+                            let gone: Vec<Hash> = before.keys().filter(|h| !pool.contains(h)).copied().collect();
+                            let mut evicted = Vec::new();
+                            for h in &gone {
+                                match pool.status(h) {
+                                    MempoolStatus::Dropped(d) if d.code == "mempool_full" => evicted.push(*h),
+                                    MempoolStatus::Dropped(d) => prop_assert_eq!(d.code, "expired"),
+                                    other => prop_assert!(false, "{:?}", other),
+                                }
+                                held.remove(h);
+                            }
+                            prop_assert!(evicted.len() <= 1);
+                            if let Some(h) = evicted.first() {
+                                // Taken from the biggest parked holder, else the biggest holder.
+                                let victim = keys.iter().position(|k| k.public() == before[h].transfer.from).unwrap();
+                                let most_parked = sizes.iter().map(|s| s.1).max().unwrap();
+                                if most_parked > 0 {
+                                    prop_assert_eq!(sizes[victim].1, most_parked);
+                                } else {
+                                    let most = sizes.iter().map(|s| s.0 + s.1).max().unwrap();
+                                    prop_assert_eq!(sizes[victim].0 + sizes[victim].1, most);
+                                }
+                            }
+                            match verdict {
+                                Ok(Admitted::New) => {
+                                    prop_assert!(held.insert(t.hash(), t.clone()).is_none(), "admitted twice");
+                                }
+                                Ok(Admitted::AlreadyPending) => prop_assert!(held.contains_key(&t.hash())),
+                                Err(AdmitError::Full(_)) if nonce_ahead == 0 && sizes[sender as usize] == (0, 0) => {
+                                    // A sender holding nothing is refused only
+                                    // when nobody holds more than one.
+                                    prop_assert!(sizes.iter().all(|s| s.1 == 0 && s.0 <= 1));
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                        Op::Commit { max } => {
+                            let picked = pool.candidates(max as usize, |k| accounts[k]);
+                            let mut block = Vec::new();
+                            for (t, h) in picked {
+                                let a = accounts.get_mut(&t.transfer.from).unwrap();
+                                prop_assert_eq!(a.nonce, t.transfer.nonce, "candidates continue the nonce");
+                                prop_assert!(a.balance >= t.transfer.amount, "candidates are covered");
+                                a.nonce += 1;
+                                a.balance -= t.transfer.amount;
+                                block.push((t, h));
+                            }
+                            let (txs, hashes): (Vec<_>, Vec<_>) = block.into_iter().unzip();
+                            pool.remove_committed(&txs, &hashes, |k| accounts[k], now);
+                            pool.check_invariants().map_err(TestCaseError::fail)?;
+                            for h in &hashes {
+                                held.remove(h);
+                                prop_assert!(!pool.contains(h));
+                            }
+                            held.retain(|h, _| pool.contains(h));
+                        }
+                        Op::Foreign { sender, amount } => {
+                            let key = &keys[sender as usize];
+                            let a = accounts.get_mut(&key.public()).unwrap();
+                            let amount = (amount as u64).min(a.balance);
+                            if amount > 0 {
+                                let foreign = tx(key, amount, a.nonce);
+                                a.nonce += 1;
+                                a.balance -= amount;
+                                pool.remove_committed(std::slice::from_ref(&foreign), &[foreign.hash()], |k| accounts[k], now);
+                                pool.check_invariants().map_err(TestCaseError::fail)?;
+                                prop_assert!(!pool.contains(&foreign.hash()));
+                                held.retain(|h, _| pool.contains(h));
+                            }
+                        }
+                        Op::Wait { ms } => {
+                            now += ms as u64;
+                            pool.expire(now);
+                            pool.check_invariants().map_err(TestCaseError::fail)?;
+                            held.retain(|h, _| pool.contains(h));
+                        }
+                    }
+                    prop_assert_eq!(pool.len(), held.len());
+                    for h in held.keys() {
+                        prop_assert!(pool.contains(h));
+                    }
+                    // Ready means: continues the committed nonce.
+                    for k in &keys {
+                        let (ready, _) = pool.sender_counts(&k.public());
+                        let a = accounts[&k.public()];
+                        prop_assert_eq!(pool.pending_nonce(&k.public(), a), a.nonce + ready as u64);
+                    }
+                }
+            }
+        }
     }
 }

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub view: AtomicU64,
     pub committed_transactions: AtomicU64,
     pub mempool_size: AtomicU64,
+    pub mempool_ready: AtomicU64,
+    pub mempool_parked: AtomicU64,
+    /// Times this node moved to a new view (counted whatever the cause).
+    pub view_changes: AtomicU64,
     pub peers_connected: AtomicU64,
     pub admitted_transactions: AtomicU64,
     pub rejected_transactions: AtomicU64,
@@ -71,6 +75,24 @@ impl Metrics {
             "gauge",
             "Transactions waiting in the mempool.",
             get(&self.mempool_size),
+        );
+        metric(
+            "cairn_mempool_ready",
+            "gauge",
+            "Mempool transactions a block could take now (no nonce gap before them).",
+            get(&self.mempool_ready),
+        );
+        metric(
+            "cairn_mempool_parked",
+            "gauge",
+            "Mempool transactions parked behind a nonce gap.",
+            get(&self.mempool_parked),
+        );
+        metric(
+            "cairn_view_changes_total",
+            "counter",
+            "Times this node moved to a new view since this process started.",
+            get(&self.view_changes),
         );
         metric(
             "cairn_peers_connected",

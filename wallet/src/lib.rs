@@ -297,7 +297,12 @@ impl Client {
         let chain_id = self.status()?.chain_id;
         let nonce = match nonce {
             Some(nonce) => nonce,
-            None => self.account(&key.public())?.nonce,
+            // The node's pending nonce counts what it already holds from
+            // this key, so transfers in a row need not wait for each other.
+            None => {
+                let account = self.account(&key.public())?;
+                account.pending_nonce.unwrap_or(account.nonce)
+            }
         };
         let tx = TxJson::from(&sign_transfer(key, &chain_id, to, amount, nonce)?);
         let answer = self.submit(&tx)?;

@@ -274,6 +274,9 @@ fn print_account(account: &AccountJson) {
     println!("address: {}", account.address);
     println!("balance: {}", account.balance);
     println!("nonce:   {}", account.nonce);
+    if let Some(pending) = account.pending_nonce.filter(|p| *p != account.nonce) {
+        println!("pending nonce: {pending}");
+    }
 }
 
 fn print_tx_status(tx: &TxStatusJson) {
