@@ -580,3 +580,42 @@ fn events(node: &Node) -> Response {
     });
     warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
 }
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn array(count: usize, tail: &str) -> Vec<u8> {
+        let mut body = String::from("[");
+        for i in 0..count {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str("{}");
+        }
+        body.push_str(tail);
+        body.into_bytes()
+    }
+
+    /// A batch over the limit is refused at its first entry too many: what
+    /// follows is never parsed (here it is not even JSON).
+    #[test]
+    fn a_batch_is_bounded_while_it_is_parsed() {
+        let values = parse_batch(&array(HTTP_BATCH_TXS_MAX, "]")).ok().unwrap();
+        assert_eq!(values.len(), HTTP_BATCH_TXS_MAX);
+        assert!(matches!(
+            parse_batch(&array(HTTP_BATCH_TXS_MAX + 1, ", not json at all")),
+            Err(BatchError::TooMany)
+        ));
+        assert!(matches!(
+            parse_batch(&array(3, ", not json")),
+            Err(BatchError::Json(_))
+        ));
+        assert!(matches!(
+            parse_batch(br#"{"not": "an array"}"#),
+            Err(BatchError::Json(_))
+        ));
+        assert!(matches!(parse_batch(b"[] []"), Err(BatchError::Json(_))));
+        assert_eq!(parse_batch(b" [ ] ").ok().unwrap().len(), 0);
+    }
+}

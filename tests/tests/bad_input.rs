@@ -191,19 +191,21 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(net.supply_of_genesis_accounts(0), 2 * BALANCE as u128);
 }
 
-/// A full mempool answers 503 `mempool_full` and changes nothing. It
-/// refuses before checking signatures (a transfer with a broken signature
-/// gets `mempool_full` too, where a node with room answers
-/// `invalid_signature`), so an overloaded node spends nothing on what it
-/// cannot keep.
+/// A mempool whose parked share is full answers 503 `mempool_full` to one
+/// more transaction behind a nonce gap, and changes nothing. It refuses
+/// before checking signatures (a transfer with a broken signature gets
+/// `mempool_full` too, where a node with room answers `invalid_signature`),
+/// so an overloaded node spends nothing on what it cannot keep. A ready
+/// transaction still gets in: parked ones never hold more than half the
+/// pool.
 #[test]
 fn a_full_mempool_refuses_with_503() {
     let mut net = Testnet::create(1, 2, BALANCE);
     let genesis_path = net.home(0).join("genesis.json");
     let mut genesis: Value =
         serde_json::from_str(&std::fs::read_to_string(&genesis_path).unwrap()).unwrap();
-    genesis["params"]["mempool_txs_max"] = Value::from(3);
-    genesis["params"]["block_txs_max"] = Value::from(3);
+    genesis["params"]["mempool_txs_max"] = Value::from(4);
+    genesis["params"]["block_txs_max"] = Value::from(4);
     std::fs::write(&genesis_path, genesis.to_string()).unwrap();
     net.start(0);
     net.wait_api(0);
@@ -214,22 +216,38 @@ fn a_full_mempool_refuses_with_503() {
         net.post(0, "/v1/transactions", &serde_json::to_string(tx).unwrap())
     };
 
-    // Nonces 1 to 3 wait behind nonce 0, which never comes: they fill it.
-    for nonce in 1..=3 {
+    // Nonces 2 and 3 wait behind nonce 0, which does not come yet: they
+    // fill the parked half of the pool.
+    for nonce in 2..=3 {
         let answer = post(&alice.sign_with_nonce(bob_key, 1, nonce));
         assert_eq!(answer.status, 202, "{}", answer.json);
     }
-    let ready = alice.sign_with_nonce(bob_key, 1, 0);
-    assert_error(&post(&ready), 503, "mempool_full");
-    let mut forged = alice.sign_with_nonce(bob_key, 2, 0);
+    let parked = alice.sign_with_nonce(bob_key, 1, 4);
+    assert_error(&post(&parked), 503, "mempool_full");
+    let mut forged = alice.sign_with_nonce(bob_key, 2, 5);
     forged.amount = 3;
     assert_error(&post(&forged), 503, "mempool_full");
     let status = net.get(
         0,
-        &format!("/v1/transactions/{}", cairn_tests::tx_hash(&ready)),
+        &format!("/v1/transactions/{}", cairn_tests::tx_hash(&parked)),
     );
     assert_eq!(status.status, 404, "{}", status.json);
-    assert_eq!(net.get(0, "/v1/status").json["mempool_size"], 3);
+    assert_eq!(net.get(0, "/v1/status").json["mempool_size"], 2);
     assert_eq!(net.balance(0, &bob), (BALANCE, 0));
     assert_eq!(net.height(0), 0);
+    let account = net.get(0, &format!("/v1/accounts/{}", net.account_address(0)));
+    assert_eq!(account.json["pending_nonce"], 0, "{}", account.json);
+
+    // Nonce 0 is ready: it gets in, and once nonce 1 fills the gap all
+    // four commit.
+    let first = alice.sign_with_nonce(bob_key, 1, 0);
+    assert_eq!(post(&first).status, 202);
+    let gap = alice.sign_with_nonce(bob_key, 1, 1);
+    assert_eq!(post(&gap).status, 202);
+    let last = cairn_tests::tx_hash(&alice.sign_with_nonce(bob_key, 1, 3));
+    net.wait_committed(0, &last, std::time::Duration::from_secs(20));
+    assert_eq!(net.balance(0, &bob), (BALANCE + 4, 0));
+    let account = net.get(0, &format!("/v1/accounts/{}", net.account_address(0)));
+    assert_eq!(account.json["nonce"], 4, "{}", account.json);
+    assert_eq!(account.json["pending_nonce"], 4, "{}", account.json);
 }

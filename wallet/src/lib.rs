@@ -340,7 +340,9 @@ impl Client {
             );
             match answer {
                 Ok(status) if status.status == "committed" => return Ok(status),
-                Ok(status) if status.status == "rejected" => {
+                // Dropped unexecuted (refused, or expired in the mempool):
+                // it will not commit unless sent again.
+                Ok(status) if status.status == "rejected" || status.status == "expired" => {
                     return Err(WalletError::Rejected {
                         hash: hash.to_hex(),
                         reason: status.error.unwrap_or_else(|| "no reason given".into()),
