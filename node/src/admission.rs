@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use cairn_core::state::Account;
 use cairn_core::{Hash, SignedTransaction};
 
-use crate::mempool::{AdmitError, Admitted};
+use crate::mempool::{AdmitError, Admitted, Origin};
 use crate::Node;
 
 /// Why a submitted transaction was refused: an HTTP status, the API error
@@ -72,6 +72,7 @@ impl Node {
     /// curve arithmetic.
     pub fn submit(&self, txs: Vec<SignedTransaction>, gossip: bool) -> Vec<Result<Hash, Refusal>> {
         let chain_id = self.genesis.chain_id();
+        let origin = if gossip { Origin::Client } else { Origin::Peer };
         let hashes: Vec<Hash> = txs.iter().map(|t| t.hash()).collect();
         let mut verdicts: Vec<Option<Result<Hash, Refusal>>> = vec![None; txs.len()];
         // Stateless checks, and the committed accounts of the rest (read
@@ -98,7 +99,7 @@ impl Node {
         let mut to_verify: Vec<(usize, Account)> = Vec::with_capacity(candidates.len());
         {
             let mempool = self.mempool.lock().expect("mempool lock");
-            let mut room = mempool.room();
+            let mut room = mempool.room_for(origin);
             for (i, account) in candidates {
                 if mempool.contains(&hashes[i]) {
                     verdicts[i] = Some(Ok(hashes[i]));
@@ -107,11 +108,11 @@ impl Node {
                 // `precheck` judges room in the pool as it is (in a full
                 // one: whether this sender may evict); what this request
                 // adds before it takes room too.
-                let checked = mempool.precheck(&txs[i], account).and_then(|()| {
+                let checked = mempool.precheck(&txs[i], account, origin).and_then(|()| {
                     if room > 0 {
                         room -= 1;
                         Ok(())
-                    } else if mempool.room() == 0 {
+                    } else if mempool.room_for(origin) == 0 {
                         Ok(())
                     } else {
                         Err(AdmitError::Full(mempool.capacity()))
@@ -142,7 +143,7 @@ impl Node {
                 // sender's state on; admission re-checks everything.
                 let tx = &txs[i];
                 verdicts[i] = Some(
-                    match mempool.admit(tx.clone(), hashes[i], account, now_ms) {
+                    match mempool.admit(tx.clone(), hashes[i], account, now_ms, origin) {
                         Ok(Admitted::New) => {
                             admitted.push(tx.clone());
                             Ok(hashes[i])

@@ -20,10 +20,14 @@
 //! - in all: `capacity`, of which at most `parked_max` parked;
 //! - in time: parked ones for `parked_ttl_ms`, every one for `ttl_ms`.
 //!
+//! - for clients: the pool takes their transactions up to `client_max`
+//!   (three quarters); the rest is room for other validators' gossip.
+//!
 //! When the pool is full, a newcomer takes the place of the last parked
-//! transaction of the sender with the most parked ones; a ready newcomer,
-//! when nothing is parked, that of the last transaction of the sender with
-//! the most transactions, if that sender holds more than the newcomer's
+//! transaction of the sender with the most parked ones (if that sender holds
+//! more parked than the newcomer's would); a ready newcomer, when nothing is
+//! parked, that of the last transaction of the sender with the most
+//! transactions, if that sender holds more than twice what the newcomer's
 //! sender would. So whatever others hold, a sender with few transactions
 //! pending always gets room; only the biggest holders are refused.
 //!
@@ -56,6 +60,12 @@ pub struct MempoolLimits {
     pub parked_max: usize,
     pub parked_ttl_ms: u64,
     pub ttl_ms: u64,
+    /// Transactions from clients are admitted while the pool holds fewer
+    /// than this (three quarters of it): the rest is kept for what other
+    /// validators gossip, so under overload clients are refused at once
+    /// (503) while the validators' pools stay alike, and no validator waits
+    /// for a transaction the primary had no room for.
+    pub client_max: usize,
 }
 
 impl MempoolLimits {
@@ -69,6 +79,7 @@ impl MempoolLimits {
             parked_max: limits.mempool_parked_max.min(capacity / 2),
             parked_ttl_ms: limits.mempool_parked_ttl_ms,
             ttl_ms: limits.mempool_ttl_ms,
+            client_max: (capacity * 3 / 4).max(1),
         }
     }
 }
@@ -168,6 +179,23 @@ impl SenderQueue {
     }
 }
 
+/// Where a transaction comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client of this node's API: admitted while the pool is below
+    /// [`MempoolLimits::client_max`].
+    Client,
+    /// Another validator's gossip: may use the whole pool.
+    Peer,
+}
+
+/// A ready newcomer whose sender holds `held` may take the last place of a
+/// sender holding more than this: clearly more than its share, so two
+/// senders holding about as much never evict each other back and forth.
+fn hog_above(held: usize) -> usize {
+    2 * (held + 1)
+}
+
 /// An age index entry: admitted at, sender, nonce.
 type Aged = (u64, PublicKey, u64);
 
@@ -238,6 +266,11 @@ impl Mempool {
         self.limits.capacity.saturating_sub(self.hashes.len())
     }
 
+    /// How many more transactions from `origin` fit without evicting any.
+    pub fn room_for(&self, origin: Origin) -> usize {
+        self.size_for(origin).saturating_sub(self.hashes.len())
+    }
+
     pub fn capacity(&self) -> usize {
         self.limits.capacity
     }
@@ -292,7 +325,12 @@ impl Mempool {
     /// Whether `tx` could be admitted as far as the cheap checks tell, before
     /// its signature is verified: nonce window, pending nonce, balance and
     /// the sender's caps. `admit` checks all of it again.
-    pub fn precheck(&self, tx: &SignedTransaction, account: Account) -> Result<(), AdmitError> {
+    pub fn precheck(
+        &self,
+        tx: &SignedTransaction,
+        account: Account,
+        origin: Origin,
+    ) -> Result<(), AdmitError> {
         let t = &tx.transfer;
         check_nonce_window(t.nonce, account)?;
         let queue = self
@@ -310,30 +348,45 @@ impl Mempool {
         let (held, parked_held, ready_end) = queue.map_or((0, 0, account.nonce), |q| {
             (q.txs.len(), q.parked, q.ready_end)
         });
-        self.check_room(held, parked_held, t.nonce != ready_end)
+        self.check_room(&t.from, held, parked_held, t.nonce != ready_end, origin)
     }
 
     /// Whether a newcomer whose sender holds `held` transactions here,
     /// `parked_held` of them parked, would find room (evicting if it may):
     /// the same rules [`Mempool::admit`] applies, without changing anything.
-    fn check_room(&self, held: usize, parked_held: usize, parked: bool) -> Result<(), AdmitError> {
+    fn check_room(
+        &self,
+        from: &PublicKey,
+        held: usize,
+        parked_held: usize,
+        parked: bool,
+        origin: Origin,
+    ) -> Result<(), AdmitError> {
         let most_parked = self.by_parked.last().map_or(0, |(count, _)| *count);
         let most_held = self.by_size.last().map_or(0, |(count, _)| *count);
         let may_evict_parked = most_parked > parked_held + 1;
         if parked && self.parked_len >= self.limits.parked_max && !may_evict_parked {
             return Err(AdmitError::ParkedFull(self.parked_len));
         }
-        if self.hashes.len() >= self.limits.capacity {
+        if self.hashes.len() >= self.size_for(origin) {
             let fits = if parked {
                 may_evict_parked
             } else {
-                most_parked > 0 || most_held > held + 1
+                self.parked_of_others(from).is_some() || most_held > hog_above(held)
             };
             if !fits {
-                return Err(AdmitError::Full(self.limits.capacity));
+                return Err(AdmitError::Full(self.size_for(origin)));
             }
         }
         Ok(())
+    }
+
+    /// How full the pool may get with transactions from `origin`.
+    fn size_for(&self, origin: Origin) -> usize {
+        match origin {
+            Origin::Client => self.limits.client_max,
+            Origin::Peer => self.limits.capacity,
+        }
     }
 
     fn check_sender_caps(&self, queue: &SenderQueue, nonce: u64) -> Result<(), AdmitError> {
@@ -362,6 +415,7 @@ impl Mempool {
         hash: Hash,
         account: Account,
         now_ms: u64,
+        origin: Origin,
     ) -> Result<Admitted, AdmitError> {
         if self.hashes.contains_key(&hash) {
             return Ok(Admitted::AlreadyPending);
@@ -385,19 +439,22 @@ impl Mempool {
         let parked = nonce != ready_end;
         // Make room: parked transactions first, and only ever from a sender
         // holding more than this one would.
-        self.check_room(held, parked_held, parked)?;
+        self.check_room(&from, held, parked_held, parked, origin)?;
         let mut evicted = false;
         if parked && self.parked_len >= self.limits.parked_max {
             evicted = self.evict_parked(parked_held + 1);
         }
-        if !evicted && self.hashes.len() >= self.limits.capacity {
+        if !evicted && self.hashes.len() >= self.size_for(origin) {
             evicted = if parked {
                 self.evict_parked(parked_held + 1)
             } else {
-                self.evict_parked(0) || self.evict_largest(held + 1)
+                match self.parked_of_others(&from) {
+                    Some(victim) => self.evict_last(&victim),
+                    None => self.evict_largest(hog_above(held)),
+                }
             };
         }
-        debug_assert!(self.hashes.len() < self.limits.capacity || evicted);
+        debug_assert!(self.hashes.len() < self.size_for(origin) || evicted);
 
         self.unindex(&from);
         self.hashes.insert(hash, (from, nonce));
@@ -439,17 +496,27 @@ impl Mempool {
     }
 
     /// Evicts the last parked transaction of the sender with the most
-    /// parked ones, if it holds more than `newcomer_would_hold` (any, when
-    /// that is 0: a ready newcomer goes before every parked one). Returns
+    /// parked ones, if it holds more than `newcomer_would_hold`. Returns
     /// whether one went.
     fn evict_parked(&mut self, newcomer_would_hold: usize) -> bool {
         let Some(&(count, victim)) = self.by_parked.last() else {
             return false;
         };
-        if count <= newcomer_would_hold && newcomer_would_hold > 0 {
+        if count <= newcomer_would_hold {
             return false;
         }
         self.evict_last(&victim)
+    }
+
+    /// The sender, other than `from`, with the most parked transactions: a
+    /// ready newcomer goes before any of them (but not before its own
+    /// sender's, which it may be about to make ready).
+    fn parked_of_others(&self, from: &PublicKey) -> Option<PublicKey> {
+        self.by_parked
+            .iter()
+            .rev()
+            .map(|(_, sender)| *sender)
+            .find(|sender| sender != from)
     }
 
     /// Evicts the last transaction of the sender holding the most, if it
@@ -980,6 +1047,7 @@ mod tests {
             parked_max: capacity,
             parked_ttl_ms: 60_000,
             ttl_ms: 600_000,
+            client_max: capacity,
         }
     }
 
@@ -993,7 +1061,7 @@ mod tests {
         account: Account,
         now: u64,
     ) -> Result<Admitted, AdmitError> {
-        let verdict = pool.admit(t.clone(), t.hash(), account, now);
+        let verdict = pool.admit(t.clone(), t.hash(), account, now, Origin::Client);
         pool.check_invariants().unwrap();
         verdict
     }
@@ -1023,7 +1091,11 @@ mod tests {
         let t1 = tx(&key, 61, 1);
         let e = admit(&mut pool, &t1, funded(100, 0), 0).unwrap_err();
         assert_eq!(e.code(), "insufficient_funds");
-        assert_eq!(pool.precheck(&t1, funded(100, 0)).unwrap_err(), e);
+        assert_eq!(
+            pool.precheck(&t1, funded(100, 0), Origin::Client)
+                .unwrap_err(),
+            e
+        );
         let old = tx(&key, 1, 0);
         assert_eq!(
             admit(&mut pool, &old, funded(100, 1), 0)
@@ -1039,7 +1111,9 @@ mod tests {
             "nonce_too_high"
         );
         assert_eq!(
-            pool.precheck(&far, funded(100, 0)).unwrap_err().code(),
+            pool.precheck(&far, funded(100, 0), Origin::Client)
+                .unwrap_err()
+                .code(),
             "nonce_too_high"
         );
         let zero = tx(&key, 0, 1);
@@ -1209,27 +1283,63 @@ mod tests {
     /// the sender holding the most loses its last one.
     #[test]
     fn a_full_pool_makes_room_for_a_small_sender() {
-        let mut pool = pool(4);
+        let mut pool = pool(6);
         let big = Keypair::from_seed([1; 32]);
-        for nonce in 0..4 {
+        for nonce in 0..6 {
             admit(&mut pool, &tx(&big, 1, nonce), funded(100, 0), 0).unwrap();
         }
         let small = Keypair::from_seed([2; 32]);
         admit(&mut pool, &tx(&small, 1, 0), funded(100, 0), 0).unwrap();
         assert_eq!(
-            dropped_code(&pool, &tx(&big, 1, 3)),
+            dropped_code(&pool, &tx(&big, 1, 5)),
             Some((true, "mempool_full"))
         );
         admit(&mut pool, &tx(&small, 1, 1), funded(100, 0), 0).unwrap();
-        // Now both hold two: the newcomer would hold three, so no.
+        assert_eq!(pool.sender_counts(&big.public()), (4, 0));
+        // Now big holds 4 and small would hold 3: not twice as much, so no.
         assert_eq!(
             admit(&mut pool, &tx(&small, 1, 2), funded(100, 0), 0),
-            Err(AdmitError::Full(4))
+            Err(AdmitError::Full(6))
         );
         assert_eq!(
-            admit(&mut pool, &tx(&big, 1, 2), funded(100, 0), 0),
-            Err(AdmitError::Full(4))
+            admit(&mut pool, &tx(&big, 1, 4), funded(100, 0), 0),
+            Err(AdmitError::Full(6))
         );
+    }
+
+    /// Clients fill the pool only up to their share; other validators'
+    /// gossip may use the rest.
+    #[test]
+    fn clients_leave_room_for_gossip() {
+        let mut limits = limits(6);
+        limits.client_max = 3;
+        let mut pool = Mempool::new("c".into(), limits);
+        let keys: Vec<Keypair> = (1..=6u8).map(|i| Keypair::from_seed([i; 32])).collect();
+        for key in &keys[..3] {
+            let t = tx(key, 1, 0);
+            assert_eq!(
+                pool.admit(t.clone(), t.hash(), funded(100, 0), 0, Origin::Client),
+                Ok(Admitted::New)
+            );
+        }
+        let t = tx(&keys[3], 1, 0);
+        assert_eq!(
+            pool.precheck(&t, funded(100, 0), Origin::Client),
+            Err(AdmitError::Full(3))
+        );
+        assert_eq!(
+            pool.admit(t.clone(), t.hash(), funded(100, 0), 0, Origin::Client),
+            Err(AdmitError::Full(3))
+        );
+        for key in &keys[3..] {
+            let t = tx(key, 1, 0);
+            assert_eq!(
+                pool.admit(t.clone(), t.hash(), funded(100, 0), 0, Origin::Peer),
+                Ok(Admitted::New)
+            );
+        }
+        pool.check_invariants().unwrap();
+        assert_eq!(pool.len(), 6);
     }
 
     /// The race of issue 8: a sender's nonce 0 and 1 wait here; another
@@ -1325,6 +1435,7 @@ mod tests {
                     parked_max: 5,
                     parked_ttl_ms: 500,
                     ttl_ms: 2_000,
+                    client_max: 9,
                 };
                 let mut pool = Mempool::new("c".into(), limits.clone());
                 let keys: Vec<Keypair> = (0..6u8).map(|i| Keypair::from_seed([i + 1; 32])).collect();
@@ -1340,7 +1451,9 @@ mod tests {
                             let t = tx(key, amount as u64, account.nonce + nonce_ahead as u64);
                             let sizes: Vec<(usize, usize)> = keys.iter().map(|k| pool.sender_counts(&k.public())).collect();
                             let before = held.clone();
-                            let verdict = pool.admit(t.clone(), t.hash(), account, now);
+                            let pending_before = pool.pending_nonce(&key.public(), account);
+                            let origin = if sender % 2 == 0 { Origin::Client } else { Origin::Peer };
+                            let verdict = pool.admit(t.clone(), t.hash(), account, now, origin);
                             pool.check_invariants().map_err(TestCaseError::fail)?;
                             // Whatever left (expired or evicted) says why.
                             let gone: Vec<Hash> = before.keys().filter(|h| !pool.contains(h)).copied().collect();
@@ -1357,7 +1470,13 @@ mod tests {
                             if let Some(h) = evicted.first() {
                                 // Taken from the biggest parked holder, else the biggest holder.
                                 let victim = keys.iter().position(|k| k.public() == before[h].transfer.from).unwrap();
-                                let most_parked = sizes.iter().map(|s| s.1).max().unwrap();
+                                // A ready newcomer spares its own sender's parked ones.
+                                let ready_newcomer = t.transfer.nonce == pending_before;
+                                let most_parked = (0..keys.len())
+                                    .filter(|&k| !(ready_newcomer && k == sender as usize))
+                                    .map(|k| sizes[k].1)
+                                    .max()
+                                    .unwrap();
                                 if most_parked > 0 {
                                     prop_assert_eq!(sizes[victim].1, most_parked);
                                 } else {
@@ -1372,8 +1491,8 @@ mod tests {
                                 Ok(Admitted::AlreadyPending) => prop_assert!(held.contains_key(&t.hash())),
                                 Err(AdmitError::Full(_)) if nonce_ahead == 0 && sizes[sender as usize] == (0, 0) => {
                                     // A sender holding nothing is refused only
-                                    // when nobody holds more than one.
-                                    prop_assert!(sizes.iter().all(|s| s.1 == 0 && s.0 <= 1));
+                                    // when nobody holds more than twice one.
+                                    prop_assert!(sizes.iter().all(|s| s.1 == 0 && s.0 <= hog_above(0)));
                                 }
                                 Err(_) => {}
                             }

@@ -238,10 +238,16 @@ fn a_full_mempool_refuses_with_503() {
     let account = net.get(0, &format!("/v1/accounts/{}", net.account_address(0)));
     assert_eq!(account.json["pending_nonce"], 0, "{}", account.json);
 
-    // Nonce 0 is ready: it gets in, and once nonce 1 fills the gap all
-    // four commit.
+    // Nonce 0 is ready: it gets in (parked ones hold at most half the pool
+    // and clients may fill three quarters), and once nonce 1 fills the gap
+    // all four commit.
     let first = alice.sign_with_nonce(bob_key, 1, 0);
     assert_eq!(post(&first).status, 202);
+    net.wait_committed(
+        0,
+        &cairn_tests::tx_hash(&first),
+        std::time::Duration::from_secs(20),
+    );
     let gap = alice.sign_with_nonce(bob_key, 1, 1);
     assert_eq!(post(&gap).status, 202);
     let last = cairn_tests::tx_hash(&alice.sign_with_nonce(bob_key, 1, 3));
