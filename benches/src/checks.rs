@@ -32,6 +32,9 @@ struct BlockLink {
     transactions: Vec<IgnoredAny>,
 }
 
+/// Readings of the whole state before giving up on a chain that keeps moving.
+const CHECK_ATTEMPTS_MAX: usize = 20;
+
 /// Waits until every node reports the same height twice in a row.
 pub fn wait_converged(api_urls: &[String]) -> Result<u64, String> {
     let agent = agent();
@@ -117,17 +120,33 @@ pub fn run(
     accounts: &[Keypair],
     supply: u128,
 ) -> Result<Checked, String> {
-    let tip = wait_converged(api_urls)?;
-    let results: Vec<Result<NodeView, String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = api_urls
-            .iter()
-            .map(|url| scope.spawn(move || Ok((chain_of(url, tip)?, sums_of(url, accounts)?))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("check thread"))
-            .collect()
-    });
+    // The accounts are read at whatever height a node is at: the reading
+    // counts only if every node was still at the same tip afterwards
+    // (transactions still committing after the drain would otherwise look
+    // like a state violation).
+    let mut attempts = 0;
+    let (tip, results) = loop {
+        let tip = wait_converged(api_urls)?;
+        let results: Vec<Result<NodeView, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = api_urls
+                .iter()
+                .map(|url| scope.spawn(move || Ok((chain_of(url, tip)?, sums_of(url, accounts)?))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("check thread"))
+                .collect()
+        });
+        if wait_converged(api_urls)? == tip {
+            break (tip, results);
+        }
+        attempts += 1;
+        if attempts >= CHECK_ATTEMPTS_MAX {
+            return Err(format!(
+                "the chain kept moving while it was being read ({CHECK_ATTEMPTS_MAX} tries)"
+            ));
+        }
+    };
     let mut per_node = Vec::new();
     for (url, result) in api_urls.iter().zip(results) {
         per_node.push(result.map_err(|e| format!("checking {url}: {e}"))?);

@@ -1,6 +1,16 @@
 //! Submitters: threads that POST the pre-built batches to the validators,
 //! either at a fixed offered rate (open loop) or keeping a bounded number of
 //! submitted-but-uncommitted transactions (closed loop).
+//!
+//! Like any client, they send again what a validator refused for lack of
+//! room (`mempool_full`, `sender_limit`, `overloaded`): each account's transfers are a
+//! nonce sequence, and one refusal left unrepaired would strand every later
+//! transfer of that account behind a gap. Refused entries wait in a
+//! per-validator set, in stream order, and go out again (oldest first, one
+//! batch at a time, backing off between [`RETRY_INTERVAL_MIN`] and
+//! [`RETRY_INTERVAL_MAX`] per submitter) until
+//! the window ends. They are counted once as submitted, in
+//! `rejected_by_code` per refusal, and in `retries`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,6 +25,17 @@ use crate::workload::{Batch, Workload};
 pub const NOT_SENT: u64 = u64::MAX;
 /// Timeout of one batch request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Least and most time between two retry batches of one submitter: it
+/// doubles while the validator refuses most of a retry batch, and halves
+/// when it takes most (a client backing off, not hammering).
+const RETRY_INTERVAL_MIN: Duration = Duration::from_millis(20);
+const RETRY_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// Refusals a client sends again: the node had no room now.
+const RETRYABLE: [&str; 3] = ["mempool_full", "sender_limit", "overloaded"];
+
+/// Refused entries of one validator's stream waiting to be sent again:
+/// (index of the batch in that validator's list, entry in the batch).
+type RetrySet = Mutex<std::collections::BTreeSet<(u32, u32)>>;
 
 /// How the load is offered.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -39,6 +60,8 @@ pub struct Shared {
     /// Our transactions seen committed (written by the follower).
     pub committed: AtomicU64,
     pub rejected_by_code: Mutex<BTreeMap<String, u64>>,
+    /// Entries sent again after a refusal for lack of room.
+    pub retries: AtomicU64,
     pub stop: AtomicBool,
 }
 
@@ -53,6 +76,7 @@ impl Shared {
             rejected: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             rejected_by_code: Mutex::new(BTreeMap::new()),
+            retries: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         }
     }
@@ -78,6 +102,10 @@ impl Shared {
 
     fn reject(&self, code: &str, count: u64) {
         self.rejected.fetch_add(count, Ordering::AcqRel);
+        self.count_refusal(code, count);
+    }
+
+    fn count_refusal(&self, code: &str, count: u64) {
         *self
             .rejected_by_code
             .lock()
@@ -117,19 +145,21 @@ pub fn start(
             before += batch.tx_count as f64;
         }
         let due_us = Arc::new(due_us);
+        let retry: Arc<RetrySet> = Arc::default();
         for w in 0..workers_per_validator {
-            let (workload, shared, next, due_us) = (
+            let (workload, shared, next, due_us, retry) = (
                 workload.clone(),
                 shared.clone(),
                 next.clone(),
                 due_us.clone(),
+                retry.clone(),
             );
             let url = format!("{url}/v1/transactions/batch");
             let handle = std::thread::Builder::new()
                 .name(format!("submit-{v}-{w}"))
                 .spawn(move || {
                     let batches = &workload.batches[v];
-                    worker(&url, batches, &due_us, &next, mode, &shared)
+                    worker(&url, batches, &due_us, &next, mode, &shared, &retry)
                 })
                 .expect("spawn a submitter thread");
             handles.push(handle);
@@ -145,15 +175,38 @@ fn worker(
     next: &AtomicUsize,
     mode: Mode,
     shared: &Shared,
+    retry: &RetrySet,
 ) {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(5))
         .timeout(REQUEST_TIMEOUT)
         .build();
+    let mut last_retry = Instant::now();
+    let mut interval = RETRY_INTERVAL_MIN;
+    // Sends a batch of refused entries again if it is time; returns whether
+    // it did.
+    let mut retry_now = |last_retry: &mut Instant| {
+        if last_retry.elapsed() < interval {
+            return false;
+        }
+        *last_retry = Instant::now();
+        match send_again(&agent, url, batches, shared, retry) {
+            None => false,
+            Some((sent, accepted)) => {
+                interval = if accepted * 2 < sent {
+                    (interval * 2).min(RETRY_INTERVAL_MAX)
+                } else {
+                    (interval / 2).max(RETRY_INTERVAL_MIN)
+                };
+                true
+            }
+        }
+    };
     loop {
         if shared.stop.load(Ordering::Acquire) || Instant::now() >= shared.end {
             return;
         }
+        retry_now(&mut last_retry);
         let j = next.fetch_add(1, Ordering::AcqRel);
         let Some(batch) = batches.get(j) else {
             return;
@@ -164,9 +217,13 @@ fn worker(
                 if due >= shared.end {
                     return;
                 }
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
+                while Instant::now() < due {
+                    if !retry_now(&mut last_retry) {
+                        let now = Instant::now();
+                        std::thread::sleep(
+                            (due.saturating_duration_since(now)).min(RETRY_INTERVAL_MIN),
+                        );
+                    }
                 }
             }
             Mode::Closed { window_txs } => {
@@ -176,22 +233,83 @@ fn worker(
                     if shared.stop.load(Ordering::Acquire) || Instant::now() >= shared.end {
                         return;
                     }
-                    std::thread::sleep(Duration::from_millis(1));
+                    if !retry_now(&mut last_retry) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                 }
             }
         }
-        send(&agent, url, batch, shared);
+        send(&agent, url, j, batch, shared, retry);
     }
 }
 
-fn send(agent: &ureq::Agent, url: &str, batch: &Batch, shared: &Shared) {
+/// Sends up to one batch's worth of this validator's refused entries again,
+/// oldest first. Returns how many went and how many were accepted, if any.
+fn send_again(
+    agent: &ureq::Agent,
+    url: &str,
+    batches: &[Batch],
+    shared: &Shared,
+    retry: &RetrySet,
+) -> Option<(u64, u64)> {
+    let limit = batches.first().map_or(1, |b| b.tx_count.max(1) as usize);
+    let taken: Vec<(u32, u32)> = {
+        let mut set = retry.lock().expect("retry set");
+        let taken: Vec<(u32, u32)> = set.iter().take(limit).copied().collect();
+        for entry in &taken {
+            set.remove(entry);
+        }
+        taken
+    };
+    if taken.is_empty() {
+        return None;
+    }
+    let mut body = Vec::with_capacity(taken.len() * 330 + 2);
+    body.push(b'[');
+    for (n, &(j, i)) in taken.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(batches[j as usize].entry(i as usize));
+    }
+    body.push(b']');
+    shared
+        .retries
+        .fetch_add(taken.len() as u64, Ordering::AcqRel);
+    let accepted = post(agent, url, &body, &taken, shared, retry);
+    Some((taken.len() as u64, accepted))
+}
+
+fn send(
+    agent: &ureq::Agent,
+    url: &str,
+    j: usize,
+    batch: &Batch,
+    shared: &Shared,
+    retry: &RetrySet,
+) {
     let count = batch.tx_count as u64;
     shared.sent_us[batch.id as usize].store(shared.elapsed_us(), Ordering::Release);
     shared.submitted.fetch_add(count, Ordering::AcqRel);
+    let entries: Vec<(u32, u32)> = (0..batch.tx_count).map(|i| (j as u32, i)).collect();
+    post(agent, url, &batch.body, &entries, shared, retry);
+}
+
+/// POSTs a batch body whose entries are `entries` (for retries), counts the
+/// answer and returns how many were accepted.
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    body: &[u8],
+    entries: &[(u32, u32)],
+    shared: &Shared,
+    retry: &RetrySet,
+) -> u64 {
+    let count = entries.len() as u64;
     let answer = agent
         .post(url)
         .set("content-type", "application/json")
-        .send_bytes(&batch.body);
+        .send_bytes(body);
     let response = match answer {
         Ok(response) => response,
         Err(ureq::Error::Status(status, response)) => {
@@ -201,11 +319,11 @@ fn send(agent: &ureq::Agent, url: &str, batch: &Batch, shared: &Shared) {
                 .and_then(|v| v["code"].as_str().map(str::to_string))
                 .unwrap_or_else(|| format!("http_{status}"));
             shared.reject(&code, count);
-            return;
+            return 0;
         }
         Err(_) => {
             shared.reject("transport_error", count);
-            return;
+            return 0;
         }
     };
     let body = response.into_string().unwrap_or_default();
@@ -213,19 +331,31 @@ fn send(agent: &ureq::Agent, url: &str, batch: &Batch, shared: &Shared) {
     // inside an escaped JSON string).
     if !body.contains("\"code\":") {
         shared.accepted.fetch_add(count, Ordering::AcqRel);
-        return;
+        return count;
     }
     match serde_json::from_str::<Vec<BatchEntryJson>>(&body) {
-        Ok(entries) => {
+        Ok(answers) => {
             let mut accepted = 0;
-            for entry in entries {
-                match entry.code {
+            let mut again = Vec::new();
+            for (answer, entry) in answers.into_iter().zip(entries) {
+                match answer.code {
                     None => accepted += 1,
+                    Some(code) if RETRYABLE.contains(&code.as_str()) => {
+                        shared.count_refusal(&code, 1);
+                        again.push(*entry);
+                    }
                     Some(code) => shared.reject(&code, 1),
                 }
             }
             shared.accepted.fetch_add(accepted, Ordering::AcqRel);
+            if !again.is_empty() {
+                retry.lock().expect("retry set").extend(again);
+            }
+            accepted
         }
-        Err(_) => shared.reject("bad_answer", count),
+        Err(_) => {
+            shared.reject("bad_answer", count);
+            0
+        }
     }
 }

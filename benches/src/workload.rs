@@ -21,6 +21,21 @@ pub struct Batch {
     pub tx_count: u32,
     /// The JSON array body.
     pub body: Vec<u8>,
+    /// Where each entry's JSON ends in `body` (it starts one byte after the
+    /// previous end, or after the `[`): refused entries are sent again.
+    pub ends: Vec<u32>,
+}
+
+impl Batch {
+    /// Entry `i`'s JSON object.
+    pub fn entry(&self, i: usize) -> &[u8] {
+        let start = if i == 0 {
+            1
+        } else {
+            self.ends[i - 1] as usize + 1
+        };
+        &self.body[start..self.ends[i] as usize]
+    }
 }
 
 /// Everything a run will submit.
@@ -126,12 +141,14 @@ pub fn build(
         let mut list = Vec::new();
         for txs in stream.chunks(batch_txs) {
             let mut body = Vec::with_capacity(txs.len() * 330 + 2);
+            let mut ends = Vec::with_capacity(txs.len());
             body.push(b'[');
             for (i, &k) in txs.iter().enumerate() {
                 if i > 0 {
                     body.push(b',');
                 }
                 body.extend_from_slice(json_of(k));
+                ends.push(body.len() as u32);
                 batch_of_tx[k] = batch_count;
             }
             body.push(b']');
@@ -140,6 +157,7 @@ pub fn build(
                 validator,
                 tx_count: txs.len() as u32,
                 body,
+                ends,
             });
             batch_count += 1;
         }
@@ -177,6 +195,10 @@ mod tests {
                 assert_eq!(batch.validator, v);
                 let txs: Vec<TxJson> = serde_json::from_slice(&batch.body).unwrap();
                 assert_eq!(txs.len(), batch.tx_count as usize);
+                for (i, tx) in txs.iter().enumerate() {
+                    let entry: TxJson = serde_json::from_slice(batch.entry(i)).unwrap();
+                    assert_eq!(&entry, tx);
+                }
                 assert!(txs.len() <= 4);
                 for tx in txs {
                     let signed = SignedTransaction::try_from(&tx).unwrap();

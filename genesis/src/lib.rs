@@ -333,6 +333,13 @@ pub struct NodeLimits {
     pub mempool_parked_ttl_ms: u64,
     /// How long any transaction may wait in the mempool in all.
     pub mempool_ttl_ms: u64,
+    /// Clients' transactions are admitted while the mempool holds fewer
+    /// than this many blocks' worth (`params.block_txs_max` each, and at
+    /// most three quarters of the pool): a node offered more than the chain
+    /// commits refuses the excess at once (503, before any signature
+    /// check) instead of verifying it, queueing it for seconds and starving
+    /// consensus of CPU.
+    pub mempool_client_blocks: usize,
     /// Time a client has to send complete request headers.
     pub api_header_timeout_ms: u64,
     /// Time a client has to send a whole request body.
@@ -353,6 +360,7 @@ impl Default for NodeLimits {
             mempool_parked_max: 20_000,
             mempool_parked_ttl_ms: 60_000,
             mempool_ttl_ms: 600_000,
+            mempool_client_blocks: 4,
             api_header_timeout_ms: 10_000,
             api_body_timeout_ms: 30_000,
             api_connections_per_ip_max: 256,
@@ -374,6 +382,7 @@ impl NodeLimits {
             ("mempool_parked_max", self.mempool_parked_max as u64),
             ("mempool_parked_ttl_ms", self.mempool_parked_ttl_ms),
             ("mempool_ttl_ms", self.mempool_ttl_ms),
+            ("mempool_client_blocks", self.mempool_client_blocks as u64),
             ("api_header_timeout_ms", self.api_header_timeout_ms),
             ("api_body_timeout_ms", self.api_body_timeout_ms),
             (

@@ -77,11 +77,24 @@ impl Node {
         let mut verdicts: Vec<Option<Result<Hash, Refusal>>> = vec![None; txs.len()];
         // Stateless checks, and the committed accounts of the rest (read
         // outside the mempool lock).
+        // A node still checking what its peers gossiped is at its limit:
+        // new clients wait (503, retry later) so that the validators'
+        // mempools stay alike and consensus keeps its share of the CPU.
+        let overloaded = origin == Origin::Client
+            && self.network.gossip_backlog() >= crate::p2p::GOSSIP_INBOX_FRAMES_MAX / 2;
         let mut candidates: Vec<(usize, Account)> = Vec::with_capacity(txs.len());
         let mut seen = std::collections::HashSet::with_capacity(txs.len());
         for (i, tx) in txs.iter().enumerate() {
             if let Err(e) = tx.check_stateless(chain_id) {
                 verdicts[i] = Some(Err(Refusal::new(400, e.code(), e.to_string())));
+                continue;
+            }
+            if overloaded {
+                verdicts[i] = Some(Err(Refusal::new(
+                    503,
+                    "overloaded",
+                    "this validator is busy checking transactions from its peers; try again shortly",
+                )));
                 continue;
             }
             if !seen.insert(hashes[i]) {

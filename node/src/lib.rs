@@ -117,7 +117,11 @@ pub async fn run(home: &Path) -> Result<(), String> {
     let (consensus_events, consensus_inbox) = std::sync::mpsc::sync_channel(CONSENSUS_EVENTS_MAX);
     let mempool = Mempool::new(
         genesis.chain_id().to_string(),
-        MempoolLimits::new(genesis.genesis.params.mempool_txs_max, &config.limits),
+        MempoolLimits::new(
+            genesis.genesis.params.mempool_txs_max,
+            genesis.genesis.params.block_txs_max,
+            &config.limits,
+        ),
     );
     let node = Arc::new(Node {
         me: ValidatorIndex(me as u16),

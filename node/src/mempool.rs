@@ -21,7 +21,9 @@
 //! - in time: parked ones for `parked_ttl_ms`, every one for `ttl_ms`.
 //!
 //! - for clients: the pool takes their transactions up to `client_max`
-//!   (three quarters); the rest is room for other validators' gossip.
+//!   (a few blocks' worth, at most three quarters of the pool); beyond it
+//!   they are refused before their signatures are checked, and the rest of
+//!   the pool is room for other validators' gossip.
 //!
 //! When the pool is full, a newcomer takes the place of the last parked
 //! transaction of the sender with the most parked ones (if that sender holds
@@ -61,17 +63,19 @@ pub struct MempoolLimits {
     pub parked_ttl_ms: u64,
     pub ttl_ms: u64,
     /// Transactions from clients are admitted while the pool holds fewer
-    /// than this (three quarters of it): the rest is kept for what other
-    /// validators gossip, so under overload clients are refused at once
-    /// (503) while the validators' pools stay alike, and no validator waits
+    /// than this (a few blocks' worth, at most three quarters of it): a node
+    /// offered more than the chain commits refuses the excess at once (503,
+    /// before verifying it); the rest of the pool is kept for what other
+    /// validators gossip, so their pools stay alike and no validator waits
     /// for a transaction the primary had no room for.
     pub client_max: usize,
 }
 
 impl MempoolLimits {
     /// The limits of a node whose chain allows `capacity` transactions per
-    /// mempool. Parked transactions never take more than half of it.
-    pub fn new(capacity: usize, limits: &NodeLimits) -> MempoolLimits {
+    /// mempool and `block_txs` per block. Parked transactions never take
+    /// more than half of it, clients' never more than three quarters.
+    pub fn new(capacity: usize, block_txs: usize, limits: &NodeLimits) -> MempoolLimits {
         MempoolLimits {
             capacity,
             sender_txs_max: limits.mempool_sender_txs_max,
@@ -79,7 +83,9 @@ impl MempoolLimits {
             parked_max: limits.mempool_parked_max.min(capacity / 2),
             parked_ttl_ms: limits.mempool_parked_ttl_ms,
             ttl_ms: limits.mempool_ttl_ms,
-            client_max: (capacity * 3 / 4).max(1),
+            client_max: (capacity * 3 / 4)
+                .min(block_txs.saturating_mul(limits.mempool_client_blocks))
+                .max(1),
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub admitted_transactions: AtomicU64,
     pub rejected_transactions: AtomicU64,
     pub p2p_frames_dropped: AtomicU64,
+    /// Gossip frames received while the admission task was behind.
+    pub p2p_gossip_dropped: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -117,6 +119,12 @@ impl Metrics {
             "counter",
             "Outbound p2p frames dropped because a peer queue was full.",
             get(&self.p2p_frames_dropped),
+        );
+        metric(
+            "cairn_p2p_gossip_dropped_total",
+            "counter",
+            "Received transaction gossip frames dropped because admission was behind.",
+            get(&self.p2p_gossip_dropped),
         );
         let name = "cairn_block_commit_latency_seconds";
         let _ = writeln!(

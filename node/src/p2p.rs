@@ -51,6 +51,11 @@ pub const PEER_QUEUE_FRAMES_MAX: usize = 8_192;
 /// alone would let a down peer's queue of large gossip frames grow to
 /// gigabytes.
 pub const PEER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bytes of transaction gossip waiting for one peer (its own lane).
+pub const GOSSIP_QUEUE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Gossip frames received and waiting for admission (each up to
+/// [`GOSSIP_TXS_MAX`] transactions).
+pub const GOSSIP_INBOX_FRAMES_MAX: usize = 16;
 /// Most transactions in one gossip frame.
 pub const GOSSIP_TXS_MAX: usize = cairn_core::limits::HTTP_BATCH_TXS_MAX;
 /// Most blocks in one sync response: as many as the replica applies from
@@ -118,17 +123,39 @@ struct Connection {
     transport: snow::StatelessTransportState,
 }
 
-/// The sending side of the p2p layer: one bounded queue per peer.
+/// Which of a peer's two queues a frame waits in. Consensus frames go
+/// first: under load, transaction gossip must never hold up a vote or a
+/// proposal (it waits, and is dropped first when its smaller queue fills).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Consensus = 0,
+    Gossip = 1,
+}
+
+/// Bytes each lane of a peer's queue may hold.
+const LANE_BYTES_MAX: [usize; 2] = [PEER_QUEUE_BYTES_MAX, GOSSIP_QUEUE_BYTES_MAX];
+
+/// The sending side of the p2p layer: two bounded queues per peer
+/// (consensus, gossip), and the inbox of gossiped transactions waiting for
+/// admission.
 pub struct Network {
     me: usize,
-    queues: Vec<Option<mpsc::Sender<Frame>>>,
-    /// Bytes waiting in each peer's queue (taken off when written).
-    queued_bytes: Vec<std::sync::atomic::AtomicUsize>,
+    queues: Vec<Option<[mpsc::Sender<Frame>; 2]>>,
+    /// Bytes waiting in each peer's queues (taken off when written).
+    queued_bytes: Vec<[std::sync::atomic::AtomicUsize; 2]>,
+    /// Gossiped transactions from peers, admitted by one task off the read
+    /// loops (so checking their signatures never delays a consensus frame
+    /// read after them); dropped when full, gossip being best effort.
+    gossip_inbox: mpsc::Sender<Vec<SignedTransaction>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// The receiving ends of the per-peer queues, consumed by [`start`].
-pub struct Queues(Vec<Option<mpsc::Receiver<Frame>>>);
+/// The receiving ends of the per-peer queues and of the gossip inbox,
+/// consumed by [`start`].
+pub struct Queues(
+    Vec<Option<[mpsc::Receiver<Frame>; 2]>>,
+    mpsc::Receiver<Vec<SignedTransaction>>,
+);
 
 impl Network {
     pub fn new(
@@ -143,29 +170,32 @@ impl Network {
                 queues.push(None);
                 receivers.push(None);
             } else {
-                let (tx, rx) = mpsc::channel(PEER_QUEUE_FRAMES_MAX);
-                queues.push(Some(tx));
-                receivers.push(Some(rx));
+                let (consensus_tx, consensus_rx) = mpsc::channel(PEER_QUEUE_FRAMES_MAX);
+                let (gossip_tx, gossip_rx) = mpsc::channel(PEER_QUEUE_FRAMES_MAX);
+                queues.push(Some([consensus_tx, gossip_tx]));
+                receivers.push(Some([consensus_rx, gossip_rx]));
             }
         }
+        let (gossip_inbox, gossip_rx) = mpsc::channel(GOSSIP_INBOX_FRAMES_MAX);
         (
             Network {
                 me,
                 queued_bytes: (0..validators).map(|_| Default::default()).collect(),
                 queues,
+                gossip_inbox,
                 metrics,
             },
-            Queues(receivers),
+            Queues(receivers, gossip_rx),
         )
     }
 
-    fn enqueue(&self, peer: usize, frame: &Frame) {
-        let Some(Some(queue)) = self.queues.get(peer) else {
+    fn enqueue(&self, peer: usize, frame: &Frame, lane: Lane) {
+        let Some(Some(queues)) = self.queues.get(peer) else {
             return;
         };
-        let queued = &self.queued_bytes[peer];
-        let fits = queued.load(Ordering::Relaxed) + frame.len() <= PEER_QUEUE_BYTES_MAX;
-        if fits && queue.try_send(frame.clone()).is_ok() {
+        let queued = &self.queued_bytes[peer][lane as usize];
+        let fits = queued.load(Ordering::Relaxed) + frame.len() <= LANE_BYTES_MAX[lane as usize];
+        if fits && queues[lane as usize].try_send(frame.clone()).is_ok() {
             queued.fetch_add(frame.len(), Ordering::Relaxed);
         } else {
             self.metrics
@@ -175,29 +205,49 @@ impl Network {
     }
 
     /// A frame for `peer` left its queue.
-    fn dequeued(&self, peer: usize, frame: &Frame) {
-        self.queued_bytes[peer].fetch_sub(frame.len(), Ordering::Relaxed);
+    fn dequeued(&self, peer: usize, frame: &Frame, lane: Lane) {
+        self.queued_bytes[peer][lane as usize].fetch_sub(frame.len(), Ordering::Relaxed);
     }
 
     pub fn send(&self, peer: ValidatorIndex, wire: &Wire) {
         if peer.get() != self.me {
-            self.enqueue(peer.get(), &Arc::new(codec::encode(wire)));
+            self.enqueue(peer.get(), &Arc::new(codec::encode(wire)), Lane::Consensus);
         }
     }
 
     pub fn broadcast(&self, wire: &Wire) {
+        self.broadcast_on(wire, Lane::Consensus);
+    }
+
+    fn broadcast_on(&self, wire: &Wire, lane: Lane) {
         if self.queues.len() <= 1 {
             return;
         }
         let frame = Arc::new(codec::encode(wire));
         for peer in 0..self.queues.len() {
-            self.enqueue(peer, &frame);
+            self.enqueue(peer, &frame, lane);
         }
     }
 
     pub fn gossip_transactions(&self, txs: Vec<SignedTransaction>) {
         for chunk in txs.chunks(GOSSIP_TXS_MAX) {
-            self.broadcast(&Wire::Transactions(chunk.to_vec()));
+            self.broadcast_on(&Wire::Transactions(chunk.to_vec()), Lane::Gossip);
+        }
+    }
+
+    /// Gossip frames received and not yet admitted: the node's own measure
+    /// of being behind.
+    pub fn gossip_backlog(&self) -> usize {
+        self.gossip_inbox.max_capacity() - self.gossip_inbox.capacity()
+    }
+
+    /// Hands transactions a peer gossiped to the admission task, or drops
+    /// them if it is behind.
+    fn receive_gossip(&self, txs: Vec<SignedTransaction>) {
+        if self.gossip_inbox.try_send(txs).is_err() {
+            self.metrics
+                .p2p_gossip_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -212,6 +262,7 @@ pub async fn start(node: Arc<Node>, queues: Queues, listen: SocketAddr) -> std::
     let identity = Arc::new(Identity::of(&node));
     let n = node.genesis.validators.len();
     let mut inbound_senders: Vec<Option<mpsc::Sender<Connection>>> = (0..n).map(|_| None).collect();
+    tokio::spawn(admit_gossip(node.clone(), queues.1));
     for (peer, queue) in queues.0.into_iter().enumerate() {
         let Some(queue) = queue else { continue };
         let (inbound_tx, inbound_rx) = mpsc::channel(2);
@@ -229,6 +280,15 @@ pub async fn start(node: Arc<Node>, queues: Queues, listen: SocketAddr) -> std::
     }
     tokio::spawn(accept_loop(identity, noise_key, listener, inbound_senders));
     Ok(())
+}
+
+/// Admits what peers gossip, one frame at a time (signature checks on the
+/// blocking pool).
+async fn admit_gossip(node: Arc<Node>, mut inbox: mpsc::Receiver<Vec<SignedTransaction>>) {
+    while let Some(txs) = inbox.recv().await {
+        let node = node.clone();
+        let _ = tokio::task::spawn_blocking(move || node.submit(txs, false)).await;
+    }
 }
 
 async fn accept_loop(
@@ -280,7 +340,7 @@ async fn manage_peer(
     identity: Arc<Identity>,
     noise_key: Arc<snow::Keypair>,
     peer: usize,
-    mut queue: mpsc::Receiver<Frame>,
+    mut queue: [mpsc::Receiver<Frame>; 2],
     mut inbound: mpsc::Receiver<Connection>,
 ) {
     let dialer = node.me.get() < peer;
@@ -452,7 +512,7 @@ fn check_hello(identity: &Identity, bytes: &[u8], remote_static: &[u8]) -> Resul
 async fn serve(
     node: &Arc<Node>,
     connection: Connection,
-    queue: &mut mpsc::Receiver<Frame>,
+    queue: &mut [mpsc::Receiver<Frame>; 2],
     inbound: &mut mpsc::Receiver<Connection>,
     dialer: bool,
 ) -> Option<Connection> {
@@ -466,16 +526,12 @@ async fn serve(
     let mut reader_task = tokio::spawn(read_loop(node.clone(), peer, reader, transport.clone()));
     let mut nonce: u64 = 0;
     let mut ciphertext = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let [consensus, gossip] = queue;
     let replacement = loop {
-        tokio::select! {
-            frame = queue.recv() => {
-                let Some(frame) = frame else { break None };
-                node.network.dequeued(peer, &frame);
-                if let Err(e) = write_frame(&mut writer, &transport, &mut nonce, &frame, &mut ciphertext).await {
-                    tracing::debug!("write to validator {peer}: {e}");
-                    break None;
-                }
-            }
+        let (frame, lane) = tokio::select! {
+            biased;
+            frame = consensus.recv() => (frame, Lane::Consensus),
+            frame = gossip.recv() => (frame, Lane::Gossip),
             result = &mut reader_task => {
                 if let Ok(Err(e)) = result {
                     tracing::warn!("closing connection to validator {peer}: {e}");
@@ -483,6 +539,14 @@ async fn serve(
                 break None;
             }
             connection = inbound.recv(), if !dialer => break connection,
+        };
+        let Some(frame) = frame else { break None };
+        node.network.dequeued(peer, &frame, lane);
+        if let Err(e) =
+            write_frame(&mut writer, &transport, &mut nonce, &frame, &mut ciphertext).await
+        {
+            tracing::debug!("write to validator {peer}: {e}");
+            break None;
         }
     };
     reader_task.abort();
@@ -585,10 +649,9 @@ async fn dispatch(node: &Arc<Node>, peer: usize, wire: Wire) {
                 );
                 return;
             }
-            let node = node.clone();
-            // Awaited, so a fast peer is slowed by TCP back-pressure instead
-            // of growing a queue here.
-            let _ = tokio::task::spawn_blocking(move || node.submit(txs, false)).await;
+            // Not awaited here: a consensus frame read after this one must
+            // not wait for these signatures to be checked.
+            node.network.receive_gossip(txs);
         }
     }
 }
@@ -719,20 +782,30 @@ mod tests {
         let (network, _receivers) = Network::new(2, 0, metrics.clone());
         let frame: Frame = Arc::new(vec![0u8; PEER_QUEUE_BYTES_MAX / 4]);
         for _ in 0..5 {
-            network.enqueue(1, &frame);
+            network.enqueue(1, &frame, Lane::Consensus);
         }
         let dropped = || metrics.p2p_frames_dropped.load(Ordering::Relaxed);
         assert_eq!(dropped(), 1, "the fifth quarter does not fit");
         assert_eq!(
-            network.queued_bytes[1].load(Ordering::Relaxed),
+            network.queued_bytes[1][0].load(Ordering::Relaxed),
             PEER_QUEUE_BYTES_MAX
         );
-        network.dequeued(1, &frame);
-        network.enqueue(1, &frame);
+        network.dequeued(1, &frame, Lane::Consensus);
+        network.enqueue(1, &frame, Lane::Consensus);
         assert_eq!(dropped(), 1, "room again once a frame left the queue");
-        network.enqueue(0, &frame);
+        // Gossip waits in its own, smaller lane: a full consensus lane does
+        // not stop it, and it never takes a consensus frame's room.
+        network.enqueue(1, &frame, Lane::Gossip);
+        assert_eq!(dropped(), 1);
         assert_eq!(
-            network.queued_bytes[0].load(Ordering::Relaxed),
+            network.queued_bytes[1][1].load(Ordering::Relaxed),
+            GOSSIP_QUEUE_BYTES_MAX
+        );
+        network.enqueue(1, &frame, Lane::Gossip);
+        assert_eq!(dropped(), 2, "the gossip lane is full");
+        network.enqueue(0, &frame, Lane::Consensus);
+        assert_eq!(
+            network.queued_bytes[0][0].load(Ordering::Relaxed),
             0,
             "nothing to ourselves"
         );
