@@ -21,6 +21,31 @@ use crate::types::{PublicKey, Signature};
 #[error("invalid signature")]
 pub struct SignatureError;
 
+impl PublicKey {
+    /// Whether this key is unusable as an address or validator key: true
+    /// when its 32 bytes decompress to a point of small order (one of the
+    /// eight torsion points: the identity, the point of order 2, two of
+    /// order 4, four of order 8), through any encoding, canonical or not
+    /// (the all-zero key is one, of order 4); and true as well when they do
+    /// not decompress to a curve point at all.
+    ///
+    /// Why: under ZIP-215 an identity-R signature with s = 0 verifies for a
+    /// small-order key over *any* message, so anyone can spend from such an
+    /// address or sign as such a validator. Bytes that are no point can
+    /// never carry a valid signature, so money sent there would be burned;
+    /// refusing them too means an address is usable exactly when it is a
+    /// point of large order, which every key made from a secret is.
+    ///
+    /// Cost: one point decompression (a field square root) and three point
+    /// doublings, a few microseconds, well below one signature check.
+    pub fn is_weak(&self) -> bool {
+        match curve25519_dalek::edwards::CompressedEdwardsY(self.0).decompress() {
+            Some(point) => point.is_small_order(),
+            None => true,
+        }
+    }
+}
+
 /// An ed25519 secret key with its public key.
 #[derive(Clone)]
 pub struct Keypair {
@@ -111,6 +136,32 @@ where
         .collect()
 }
 
+/// Encodings of the eight small-order points: their canonical encodings
+/// (the all-zero key is one of them, a point of order 4) and non-canonical
+/// ones that decompress to the same points. For tests.
+#[cfg(test)]
+pub(crate) fn small_order_encodings() -> Vec<[u8; 32]> {
+    let mut encodings: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+        .iter()
+        .map(|point| point.compress().to_bytes())
+        .collect();
+    let with_last = |first: u8, middle: u8, last: u8| {
+        let mut bytes = [middle; 32];
+        bytes[0] = first;
+        bytes[31] = last;
+        bytes
+    };
+    // y = p (so y = 0: the order-4 points), both signs of x.
+    encodings.push(with_last(0xed, 0xff, 0x7f));
+    encodings.push(with_last(0xed, 0xff, 0xff));
+    // y = p + 1 (so y = 1: the identity).
+    encodings.push(with_last(0xee, 0xff, 0x7f));
+    // x = 0 with the sign bit set: the identity and the point of order 2.
+    encodings.push(with_last(0x01, 0x00, 0x80));
+    encodings.push(with_last(0xec, 0xff, 0xff));
+    encodings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +244,37 @@ mod tests {
         assert!(dalek_key
             .verify_strict(&signed_bytes(DOMAIN, b"any message"), &dalek_sig)
             .is_err());
+    }
+
+    /// The test vectors of small-order keys are what they claim: each
+    /// decompresses to a point of small order; the first eight are the
+    /// canonical encodings of the eight distinct points (the all-zero key
+    /// among them), the rest are non-canonical.
+    #[test]
+    fn weak_keys_are_the_small_order_points_and_non_points() {
+        for bytes in small_order_encodings() {
+            assert!(PublicKey(bytes).is_weak(), "{}", hex::encode(bytes));
+        }
+        assert!(PublicKey([2; 32]).is_weak(), "not a curve point");
+        for seed in 0..=255u8 {
+            assert!(!Keypair::from_seed([seed; 32]).public().is_weak());
+        }
+    }
+
+    #[test]
+    fn small_order_encodings_are_small_order() {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        let encodings = small_order_encodings();
+        let mut distinct = std::collections::BTreeSet::new();
+        for (i, bytes) in encodings.iter().enumerate() {
+            let point = CompressedEdwardsY(*bytes)
+                .decompress()
+                .expect("decompresses");
+            assert!(point.is_small_order(), "encoding {i}");
+            assert_eq!(point.compress().to_bytes() == *bytes, i < 8, "encoding {i}");
+            distinct.insert(point.compress().to_bytes());
+        }
+        assert_eq!(distinct.len(), 8);
+        assert!(encodings[..8].contains(&[0; 32]));
     }
 }

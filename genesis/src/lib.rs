@@ -102,6 +102,9 @@ pub enum GenesisError {
     Invalid(String),
 }
 
+/// Why a weak key ([`PublicKey::is_weak`]) is refused, for error messages.
+const WEAK_KEY: &str = "a small-order ed25519 point anyone can sign for, or not a curve point";
+
 fn invalid(message: impl Into<String>) -> GenesisError {
     GenesisError::Invalid(message.into())
 }
@@ -167,6 +170,12 @@ impl Genesis {
                     v.name
                 ))
             })?;
+            if key.is_weak() {
+                return Err(invalid(format!(
+                    "validator {i} ({}): public_key {} is a weak key: {WEAK_KEY}",
+                    v.name, v.public_key
+                )));
+            }
             if validators.contains(&key) {
                 return Err(invalid(format!(
                     "duplicate validator key {} (validator {i}, {})",
@@ -199,6 +208,12 @@ impl Genesis {
                 .address
                 .parse()
                 .map_err(|e| invalid(format!("account {j}: address: bad hex: {e}")))?;
+            if address.is_weak() {
+                return Err(invalid(format!(
+                    "account {j}: address {} is a weak key: {WEAK_KEY}",
+                    a.address
+                )));
+            }
             if accounts.contains_key(&address) {
                 return Err(invalid(format!("duplicate account {}", a.address)));
             }
@@ -217,9 +232,14 @@ impl Genesis {
             return Err(invalid("zero total supply"));
         }
         for (k, admin) in self.admins.iter().enumerate() {
-            admin
+            let key = admin
                 .parse::<PublicKey>()
                 .map_err(|e| invalid(format!("admin {k}: bad hex: {e}")))?;
+            if key.is_weak() {
+                return Err(invalid(format!(
+                    "admin {k}: {admin} is a weak key: {WEAK_KEY}"
+                )));
+            }
         }
         let p = &self.params;
         if p.block_txs_max == 0 || p.block_txs_max > BLOCK_TXS_MAX {

@@ -250,6 +250,10 @@ fn account(node: &Node, address: &str) -> Response {
             )
         }
     };
+    if key.is_weak() {
+        let message = format!("address {key} is a weak key (small-order or not a curve point)");
+        return error_response(StatusCode::BAD_REQUEST, "invalid_address", message);
+    }
     match node.storage.account(&key) {
         Ok(account) => json_response(
             StatusCode::OK,
