@@ -102,8 +102,18 @@ pub enum GenesisError {
     Invalid(String),
 }
 
-/// Why a weak key ([`PublicKey::is_weak`]) is refused, for error messages.
-const WEAK_KEY: &str = "a small-order ed25519 point anyone can sign for, or not a curve point";
+/// Why a key is refused, or `None`: a weak key ([`PublicKey::is_weak`])
+/// lets anyone sign for it; bytes that are no curve point can never sign,
+/// so money there could never move and a validator could never vote.
+fn unusable_key(key: &PublicKey) -> Option<&'static str> {
+    if key.is_weak() {
+        Some("is a weak key: a small-order ed25519 point anyone can sign for")
+    } else if !key.is_curve_point() {
+        Some("is not a curve point: no key can ever sign for it")
+    } else {
+        None
+    }
+}
 
 fn invalid(message: impl Into<String>) -> GenesisError {
     GenesisError::Invalid(message.into())
@@ -170,9 +180,9 @@ impl Genesis {
                     v.name
                 ))
             })?;
-            if key.is_weak() {
+            if let Some(why) = unusable_key(&key) {
                 return Err(invalid(format!(
-                    "validator {i} ({}): public_key {} is a weak key: {WEAK_KEY}",
+                    "validator {i} ({}): public_key {} {why}",
                     v.name, v.public_key
                 )));
             }
@@ -208,11 +218,8 @@ impl Genesis {
                 .address
                 .parse()
                 .map_err(|e| invalid(format!("account {j}: address: bad hex: {e}")))?;
-            if address.is_weak() {
-                return Err(invalid(format!(
-                    "account {j}: address {} is a weak key: {WEAK_KEY}",
-                    a.address
-                )));
+            if let Some(why) = unusable_key(&address) {
+                return Err(invalid(format!("account {j}: address {} {why}", a.address)));
             }
             if accounts.contains_key(&address) {
                 return Err(invalid(format!("duplicate account {}", a.address)));
@@ -235,10 +242,8 @@ impl Genesis {
             let key = admin
                 .parse::<PublicKey>()
                 .map_err(|e| invalid(format!("admin {k}: bad hex: {e}")))?;
-            if key.is_weak() {
-                return Err(invalid(format!(
-                    "admin {k}: {admin} is a weak key: {WEAK_KEY}"
-                )));
+            if let Some(why) = unusable_key(&key) {
+                return Err(invalid(format!("admin {k}: {admin} {why}")));
             }
         }
         let p = &self.params;

@@ -251,7 +251,7 @@ fn account(node: &Node, address: &str) -> Response {
         }
     };
     if key.is_weak() {
-        let message = format!("address {key} is a weak key (small-order or not a curve point)");
+        let message = format!("address {key} is a weak key (a small-order ed25519 point)");
         return error_response(StatusCode::BAD_REQUEST, "invalid_address", message);
     }
     match node.storage.account(&key) {

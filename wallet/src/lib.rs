@@ -117,13 +117,20 @@ pub fn parse_recipient(text: &str) -> Result<PublicKey, WalletError> {
 }
 
 /// Refuses a weak key ([`PublicKey::is_weak`]) as a receiver: money sent to
-/// a small-order point can be taken by anyone, and nodes refuse it anyway
-/// (`invalid_address`).
+/// a small-order point could be taken by anyone, and nodes refuse it anyway
+/// (`invalid_address`). Refuses 32 bytes that are no curve point too: nodes
+/// would take the transfer, but no key could ever move that money again.
 fn check_recipient(to: &PublicKey) -> Result<(), WalletError> {
     if to.is_weak() {
         return Err(WalletError::Invalid(format!(
-            "invalid address {to}: a weak key (a small-order ed25519 point anyone can sign for, \
-             or not a curve point); nodes refuse transfers to it"
+            "invalid address {to}: a weak key (a small-order ed25519 point anyone can sign \
+             for); nodes refuse transfers to it"
+        )));
+    }
+    if !to.is_curve_point() {
+        return Err(WalletError::Invalid(format!(
+            "invalid address {to}: not a curve point, so no key can ever spend what is sent \
+             there"
         )));
     }
     Ok(())

@@ -376,6 +376,8 @@ fn weak_recipients_are_refused() {
         key(2).public()
     );
     assert!(parse_recipient("abc").is_err());
+    let error = parse_recipient(&"02".repeat(32)).unwrap_err().to_string();
+    assert!(error.contains("not a curve point"), "{error}");
 }
 
 #[test]
