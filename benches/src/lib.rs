@@ -7,8 +7,9 @@
 //! `cairn-node` processes, submits batches over HTTP at a fixed rate or as
 //! fast as the network takes them ([`submit`]), follows commits over SSE
 //! ([`follow`]) and finally checks that every node holds the same chain and
-//! the same total supply ([`checks`]). [`chart`] draws a throughput/latency
-//! sweep as SVG.
+//! the same total supply ([`checks`]). [`nodemetrics`] counts the view
+//! changes of the run from each node's `/metrics`; [`procstat`] samples CPU
+//! and memory. [`chart`] draws a throughput/latency sweep as SVG.
 //!
 //! ```no_run
 //! use cairn_bench::run::{run_once, RunConfig};
@@ -21,6 +22,7 @@ pub mod chart;
 pub mod checks;
 pub mod fixtures;
 pub mod follow;
+pub mod nodemetrics;
 pub mod procstat;
 pub mod run;
 pub mod stats;

@@ -1,11 +1,22 @@
-//! Resource use of a process from `/proc`: peak resident memory and CPU time.
+//! Resource use of a process from `/proc`: resident memory (now and peak)
+//! and CPU time.
 
 /// Peak resident set size (`VmHWM`) of `pid`, in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Resident set size now (`VmRSS`) of `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `... kB` field of `/proc/<pid>/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }
@@ -58,6 +69,7 @@ mod tests {
     #[test]
     fn reads_this_process() {
         assert!(peak_rss_kib(std::process::id()).unwrap() > 0);
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
         assert!(cpu_seconds(std::process::id()).is_some());
     }
 }

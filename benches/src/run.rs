@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::bound::{self, Bound};
 use crate::checks::{self, Checked};
 use crate::follow::{self, Followed};
+use crate::nodemetrics::{self, ViewChangeCount};
 use crate::procstat;
 use crate::stats::{self, Percentiles};
 use crate::submit::{self, Mode, Shared, NOT_SENT};
@@ -20,6 +21,9 @@ use crate::workload::{self, Workload};
 const OPEN_BATCH_INTERVAL_S: f64 = 0.05;
 /// Largest batch the benchmark sends (the API takes up to 10,000).
 const BATCH_TXS_MAX: usize = 2_000;
+/// Shortest measured window for which the report fits the RSS slope:
+/// shorter runs are mostly start-up growth, not a trend.
+pub const RSS_SLOPE_DURATION_MIN_S: f64 = 300.0;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -116,6 +120,18 @@ pub struct Report {
     pub checks: Checked,
     pub block_txs_max: usize,
     pub block_interval_ms: u64,
+    /// View changes during the run (from just before the load starts to the
+    /// end of the drain), summed over the validators: each node's
+    /// `cairn_view_changes_total` difference, or, where a node has no such
+    /// counter, the rises of its `cairn_view` gauge polled every second
+    /// during the load (a lower bound; see [`nodemetrics`]).
+    pub view_changes: u64,
+    /// With a measured window of [`RSS_SLOPE_DURATION_MIN_S`] or more: the
+    /// least-squares slope, in MiB per minute, of the largest node's current
+    /// RSS (`VmRSS`, sampled every second) over the second half of the
+    /// window. Absent for shorter runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_mb_slope_per_min: Option<f64>,
 }
 
 fn say(message: &str) {
@@ -202,6 +218,7 @@ pub fn run_once(config: &RunConfig) -> Result<Report, String> {
     ));
 
     net.start_ready(&node_binary)?;
+    let mut views = ViewChangeCount::start(nodemetrics::read_views(&net.api_urls)?);
     say("all validators answer and are connected; starting the load");
 
     let start = Instant::now();
@@ -210,7 +227,7 @@ pub fn run_once(config: &RunConfig) -> Result<Report, String> {
     let follower = follow::start(&net.api_urls[0], load.clone(), shared.clone())?;
     let submitters = submit::start(load.clone(), &net.api_urls, mode, workers, shared.clone());
 
-    let window = watch(&mut net, &shared, config, end);
+    let window = watch(&mut net, &shared, config, end, &mut views);
     // Whatever happened, let the threads finish.
     shared.stop.store(window.is_err(), Ordering::Release);
     for handle in submitters {
@@ -222,6 +239,12 @@ pub fn run_once(config: &RunConfig) -> Result<Report, String> {
     let followed = follower
         .join()
         .map_err(|_| "the follower thread panicked".to_string())??;
+    for (i, reading) in nodemetrics::read_views(&net.api_urls)?
+        .into_iter()
+        .enumerate()
+    {
+        views.observe(i, reading);
+    }
 
     let pids = net.pids();
     let rss_mb: Vec<f64> = pids
@@ -246,23 +269,47 @@ pub fn run_once(config: &RunConfig) -> Result<Report, String> {
         ));
     }
     Ok(report(
-        config, mode, &load, &shared, &followed, window, rss_mb, bound, checked, &net,
+        config,
+        mode,
+        &load,
+        &shared,
+        &followed,
+        window,
+        rss_mb,
+        bound,
+        checked,
+        &net,
+        views.total(),
     ))
 }
 
-/// Resource figures sampled at the window's edges.
+/// Resource figures sampled over the measured window.
 struct Window {
     cpu_s: Vec<f64>,
     bench_cpu_s: f64,
+    /// `(seconds since the window started, largest node RSS in MiB)`, one a
+    /// second inside the window.
+    rss_samples: Vec<(f64, f64)>,
 }
 
-/// Shows progress every second until `end`, checks the nodes stay up, and
-/// samples CPU at the measured window's edges.
+/// The largest current RSS over the nodes, MiB.
+fn max_rss_mb(net: &Testnet) -> f64 {
+    net.pids()
+        .iter()
+        .map(|&pid| procstat::rss_kib(pid).unwrap_or(0) as f64 / 1024.0)
+        .fold(0.0, f64::max)
+}
+
+/// Shows progress every second until `end`, checks the nodes stay up,
+/// samples CPU at the measured window's edges and the largest node's RSS
+/// every second inside it, and polls the nodes' views into `views` (unless
+/// every node counts its view changes itself).
 fn watch(
     net: &mut Testnet,
     shared: &Shared,
     config: &RunConfig,
     end: Instant,
+    views: &mut ViewChangeCount,
 ) -> Result<Window, String> {
     let terminal = std::io::stderr().is_terminal();
     let window_start = shared.start + Duration::from_secs_f64(config.warmup_s);
@@ -273,6 +320,7 @@ fn watch(
             .collect()
     };
     let mut cpu_start: Option<(Vec<f64>, f64)> = None;
+    let mut rss_samples = Vec::new();
     let mut last_committed = 0;
     let mut quiet_ticks = 0;
     let mut tick = shared.start;
@@ -286,14 +334,23 @@ fn watch(
         if cpu_start.is_none() && Instant::now() >= window_start {
             cpu_start = Some((cpu(net), procstat::own_cpu_seconds()));
         }
+        if !views.counters_everywhere() {
+            nodemetrics::poll_views(&net.api_urls, views);
+        }
+        let rss_mb = max_rss_mb(net);
+        if let Some(since) = Instant::now().checked_duration_since(window_start) {
+            rss_samples.push((since.as_secs_f64(), rss_mb));
+        }
         let committed = shared.committed.load(Ordering::Acquire);
         let line = format!(
-            "{:>5.0} s  submitted {:>8}  committed {:>8}  {:>6} tx/s  rejected {}",
+            "{:>5.0} s  submitted {:>8}  committed {:>8}  {:>6} tx/s  rejected {}  rss {:.0} MiB  view changes {}",
             shared.start.elapsed().as_secs_f64(),
             shared.submitted.load(Ordering::Acquire),
             committed,
             committed - last_committed,
             shared.rejected.load(Ordering::Acquire),
+            rss_mb,
+            views.total(),
         );
         last_committed = committed;
         if terminal {
@@ -319,6 +376,7 @@ fn watch(
             .map(|(end, start)| end - start)
             .collect(),
         bench_cpu_s: procstat::own_cpu_seconds() - start_own,
+        rss_samples,
     })
 }
 
@@ -369,6 +427,7 @@ fn report(
     bound: Bound,
     checks: Checked,
     net: &Testnet,
+    view_changes: u64,
 ) -> Report {
     let from_us = (config.warmup_s * 1e6) as u64;
     let to_us = ((config.warmup_s + config.duration_s) * 1e6) as u64;
@@ -396,6 +455,7 @@ fn report(
         .filter(|&&t| t != NOT_SENT)
         .count() as u64;
     let params = &net.genesis.genesis.params;
+    let rss_mb_slope_per_min = rss_slope(&window.rss_samples, config.duration_s);
     Report {
         committed_tps,
         p50_ms: latency.p50_ms,
@@ -438,5 +498,43 @@ fn report(
         checks,
         block_txs_max: params.block_txs_max,
         block_interval_ms: params.block_interval_ms,
+        view_changes,
+        rss_mb_slope_per_min,
+    }
+}
+
+/// The RSS growth the report gives: the slope over the second half of a
+/// window of `duration_s` (samples at seconds since the window started), or
+/// `None` when the window is shorter than [`RSS_SLOPE_DURATION_MIN_S`].
+fn rss_slope(samples: &[(f64, f64)], duration_s: f64) -> Option<f64> {
+    if duration_s < RSS_SLOPE_DURATION_MIN_S {
+        return None;
+    }
+    let second_half: Vec<(f64, f64)> = samples
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t >= duration_s / 2.0)
+        .collect();
+    stats::slope_per_min(&second_half)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the second half counts: fast start-up growth, then 1 MiB a
+    /// minute.
+    #[test]
+    fn rss_slope_fits_the_second_half_of_long_runs_only() {
+        let samples: Vec<(f64, f64)> = (0..=300)
+            .map(|s| {
+                let t = s as f64;
+                (t, if t < 150.0 { t } else { 150.0 + t / 60.0 })
+            })
+            .collect();
+        let slope = rss_slope(&samples, 300.0).unwrap();
+        assert!((slope - 1.0).abs() < 1e-9, "{slope}");
+        assert_eq!(rss_slope(&samples, 299.0), None);
+        assert_eq!(rss_slope(&[], 300.0), None);
     }
 }

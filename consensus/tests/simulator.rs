@@ -92,6 +92,7 @@ fn named(name: &str, seed: u64) -> Option<Scenario> {
         "lagging_replica_catches_up" => lagging_replica(seed),
         "two_byzantine_of_seven" => two_byzantine_of_seven(seed),
         "censoring_primary" => censoring_primary(seed),
+        "weak_key_theft_primary" => weak_key_theft_primary(seed),
         _ => return None,
     })
 }
@@ -176,6 +177,15 @@ fn censoring_primary(seed: u64) -> Scenario {
     s
 }
 
+/// Validator 0, the first primary, proposes blocks that pay into the weak
+/// all-zero key and take the money out with a crafted signature (issue 8).
+fn weak_key_theft_primary(seed: u64) -> Scenario {
+    let mut s = Scenario::calm("weak_key_theft_primary", seed, 4);
+    s.byzantine = vec![(0, Behaviour::WeakKeyTheft)];
+    s.heal_ms = 2_000;
+    s
+}
+
 #[test]
 fn single_validator_commits_alone() {
     let report = run_or_panic(single_validator(1));
@@ -249,5 +259,20 @@ fn a_censoring_primary_is_replaced() {
 fn two_byzantine_of_seven_with_loss() {
     for seed in 0..10 {
         run_or_panic(two_byzantine_of_seven(seed));
+    }
+}
+
+/// Honest replicas refuse the theft block (block validation runs the weak-key
+/// rule) and the chain moves on under the next primaries; the run's safety
+/// check fails if any honest node commits a transfer touching the weak key.
+#[test]
+fn a_weak_key_theft_block_is_never_committed() {
+    for seed in 0..10 {
+        let report = run_or_panic(weak_key_theft_primary(seed));
+        assert!(
+            report.weak_key_theft_proposals > 0,
+            "seed {seed}: no theft tried"
+        );
+        assert!(report.max_view >= 1, "seed {seed}: the thief was voted out");
     }
 }

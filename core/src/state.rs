@@ -74,7 +74,9 @@ impl<'a, S: StateView + ?Sized> Overlay<'a, S> {
     }
 
     /// Applies one transfer whose signature the caller has already verified.
-    /// Checks chain, amount, nonce and balance; on error nothing changes.
+    /// Checks chain, amount, weak addresses (all of
+    /// [`SignedTransaction::check_stateless`]), nonce and balance; on error
+    /// nothing changes.
     /// Money is only moved, never made or destroyed.
     pub fn apply(&mut self, tx: &SignedTransaction, chain_id: &str) -> Result<(), TxError> {
         tx.check_stateless(chain_id)?;
@@ -276,5 +278,60 @@ mod tests {
         let b = next_state_root(&Hash::ZERO, &changes);
         assert_ne!(a, b);
         assert_ne!(a, next_state_root(&Hash([1; 32]), &BTreeMap::new()));
+    }
+
+    /// The theft issue 8 describes: the all-zero key is a small-order point,
+    /// so under ZIP-215 an identity-R signature with s = 0 verifies for it
+    /// over any message. Whoever wants the money held there can sign for it.
+    /// The signature does verify; block execution refuses the transfer
+    /// anyway, and refuses sending money there in the first place.
+    #[test]
+    fn crafted_signature_from_the_all_zero_key_cannot_move_money() {
+        let zero = PublicKey([0; 32]);
+        let thief = Keypair::from_seed([66; 32]).public();
+        let ks = keys();
+        let mut base = state(&[10]);
+        base.accounts.insert(
+            zero,
+            Account {
+                balance: 500,
+                nonce: 0,
+            },
+        );
+        let mut crafted = [0u8; 64];
+        crafted[0] = 1; // R = identity, s = 0
+        let theft = SignedTransaction {
+            transfer: Transfer {
+                chain_id: CHAIN.into(),
+                from: zero,
+                to: thief,
+                amount: 500,
+                nonce: 0,
+            },
+            signature: crate::types::Signature(crafted),
+        };
+        assert_eq!(theft.verify_signature(), Ok(()), "ZIP-215 accepts it");
+        let mut overlay = Overlay::new(&base);
+        assert_eq!(
+            overlay.apply(&theft, CHAIN).map_err(|e| e.code()),
+            Err("invalid_address")
+        );
+        assert_eq!(overlay.account(&thief), Account::default());
+
+        let deposit = SignedTransaction::sign(
+            Transfer {
+                chain_id: CHAIN.into(),
+                from: ks[0].public(),
+                to: zero,
+                amount: 5,
+                nonce: 0,
+            },
+            &ks[0],
+        );
+        assert_eq!(
+            overlay.apply(&deposit, CHAIN).map_err(|e| e.code()),
+            Err("invalid_address")
+        );
+        assert!(overlay.changes().is_empty());
     }
 }

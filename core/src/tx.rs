@@ -47,6 +47,16 @@ pub enum TxError {
     InsufficientFunds { balance: u64, amount: u64 },
     #[error("crediting the receiver would overflow its balance")]
     BalanceOverflow,
+    /// `from` or `to` is a small-order ed25519 point, which anyone can sign
+    /// for; see [`PublicKey::is_weak`].
+    #[error(
+        "{role} address {address} is a weak key (a small-order ed25519 point anyone can \
+         sign for): refused"
+    )]
+    WeakAddress {
+        role: &'static str,
+        address: PublicKey,
+    },
 }
 
 impl TxError {
@@ -60,6 +70,7 @@ impl TxError {
             TxError::NonceTooHigh { .. } => "nonce_too_high",
             TxError::InsufficientFunds { .. } => "insufficient_funds",
             TxError::BalanceOverflow => "balance_overflow",
+            TxError::WeakAddress { .. } => "invalid_address",
         }
     }
 }
@@ -103,8 +114,18 @@ impl SignedTransaction {
         .map_err(|_| TxError::InvalidSignature)
     }
 
-    /// The checks that need no state: chain id and amount. (The signature
-    /// is checked separately so it can be checked once and in batches.)
+    /// The checks that need no state: chain id, amount, and that neither
+    /// `from` nor `to` is a weak key ([`PublicKey::is_weak`]). (The
+    /// signature is checked separately so it can be checked once and in
+    /// batches.) Block execution runs these too ([`crate::state::Overlay::apply`]),
+    /// so they are consensus rules.
+    ///
+    /// Cost: two lookups in the 14 small-order encodings, tens of
+    /// nanoseconds. Whether an address is a curve point at all is not
+    /// checked here (a decompression, 6 to 9 µs, and this runs several
+    /// times per transaction per validator): a `to` that is no point only
+    /// burns the sender's money, and a `from` that is no point never has a
+    /// valid signature.
     pub fn check_stateless(&self, chain_id: &str) -> Result<(), TxError> {
         let t = &self.transfer;
         if t.chain_id != chain_id || t.chain_id.len() > CHAIN_ID_BYTES_MAX {
@@ -115,6 +136,11 @@ impl SignedTransaction {
         }
         if t.amount == 0 {
             return Err(TxError::ZeroAmount);
+        }
+        for (role, address) in [("from", t.from), ("to", t.to)] {
+            if address.is_weak() {
+                return Err(TxError::WeakAddress { role, address });
+            }
         }
         Ok(())
     }
@@ -185,6 +211,55 @@ mod tests {
                 prop_assert_ne!(&changed, &tx);
                 prop_assert_eq!(changed.verify_signature(), Err(TxError::InvalidSignature));
             }
+        }
+    }
+
+    fn with_to(to: [u8; 32]) -> SignedTransaction {
+        let mut tx = transfer(1, 0);
+        tx.transfer.to = PublicKey(to);
+        tx
+    }
+
+    fn with_from(from: [u8; 32]) -> SignedTransaction {
+        let mut tx = transfer(1, 0);
+        tx.transfer.from = PublicKey(from);
+        tx
+    }
+
+    /// Issue 8: every encoding of a small-order point is refused as sender
+    /// and as receiver, canonical or not.
+    #[test]
+    fn small_order_addresses_are_refused_as_from_and_to() {
+        for (i, bytes) in crypto::small_order_encodings().into_iter().enumerate() {
+            for (side, tx) in [("to", with_to(bytes)), ("from", with_from(bytes))] {
+                assert_eq!(
+                    tx.check_stateless("test-chain").map_err(|e| e.code()),
+                    Err("invalid_address"),
+                    "small-order encoding {i} as {side}: {}",
+                    hex::encode(bytes)
+                );
+            }
+        }
+    }
+
+    /// 32 bytes that are no curve point at all (`[2; 32]` does not
+    /// decompress) are not weak: a transfer to them only burns the sender's
+    /// money, and one from them never has a valid signature.
+    #[test]
+    fn an_address_off_the_curve_is_not_weak_and_cannot_send() {
+        assert_eq!(with_to([2; 32]).check_stateless("test-chain"), Ok(()));
+        let from = with_from([2; 32]);
+        assert_eq!(from.check_stateless("test-chain"), Ok(()));
+        assert_eq!(from.verify_signature(), Err(TxError::InvalidSignature));
+    }
+
+    /// Keys made from a secret are never refused as weak.
+    #[test]
+    fn normal_keys_pass() {
+        for seed in 0..=255u8 {
+            let key = Keypair::from_seed([seed; 32]).public();
+            assert_eq!(with_to(key.0).check_stateless("test-chain"), Ok(()));
+            assert_eq!(with_from(key.0).check_stateless("test-chain"), Ok(()));
         }
     }
 }

@@ -102,6 +102,19 @@ pub enum GenesisError {
     Invalid(String),
 }
 
+/// Why a key is refused, or `None`: a weak key ([`PublicKey::is_weak`])
+/// lets anyone sign for it; bytes that are no curve point can never sign,
+/// so money there could never move and a validator could never vote.
+fn unusable_key(key: &PublicKey) -> Option<&'static str> {
+    if key.is_weak() {
+        Some("is a weak key: a small-order ed25519 point anyone can sign for")
+    } else if !key.is_curve_point() {
+        Some("is not a curve point: no key can ever sign for it")
+    } else {
+        None
+    }
+}
+
 fn invalid(message: impl Into<String>) -> GenesisError {
     GenesisError::Invalid(message.into())
 }
@@ -167,6 +180,12 @@ impl Genesis {
                     v.name
                 ))
             })?;
+            if let Some(why) = unusable_key(&key) {
+                return Err(invalid(format!(
+                    "validator {i} ({}): public_key {} {why}",
+                    v.name, v.public_key
+                )));
+            }
             if validators.contains(&key) {
                 return Err(invalid(format!(
                     "duplicate validator key {} (validator {i}, {})",
@@ -199,6 +218,9 @@ impl Genesis {
                 .address
                 .parse()
                 .map_err(|e| invalid(format!("account {j}: address: bad hex: {e}")))?;
+            if let Some(why) = unusable_key(&address) {
+                return Err(invalid(format!("account {j}: address {} {why}", a.address)));
+            }
             if accounts.contains_key(&address) {
                 return Err(invalid(format!("duplicate account {}", a.address)));
             }
@@ -217,9 +239,12 @@ impl Genesis {
             return Err(invalid("zero total supply"));
         }
         for (k, admin) in self.admins.iter().enumerate() {
-            admin
+            let key = admin
                 .parse::<PublicKey>()
                 .map_err(|e| invalid(format!("admin {k}: bad hex: {e}")))?;
+            if let Some(why) = unusable_key(&key) {
+                return Err(invalid(format!("admin {k}: {admin} {why}")));
+            }
         }
         let p = &self.params;
         if p.block_txs_max == 0 || p.block_txs_max > BLOCK_TXS_MAX {

@@ -102,6 +102,53 @@ fn duplicate_names_and_accounts() {
     assert!(error_of(g).contains("duplicate account"));
 }
 
+/// Small-order (weak) keys, canonical and not, with what the error says,
+/// and 32 bytes that are no curve point: the all-zero key (order 4), the
+/// identity, the point of order 2, a point of order 8, y = p (a
+/// non-canonical order-4 point), and `[2; 32]`, which does not decompress.
+fn unusable_keys() -> Vec<(String, &'static str)> {
+    vec![
+        ("00".repeat(32), "weak key"),
+        (format!("01{}", "00".repeat(31)), "weak key"),
+        (format!("ec{}7f", "ff".repeat(30)), "weak key"),
+        (
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a".into(),
+            "weak key",
+        ),
+        (format!("ed{}7f", "ff".repeat(30)), "weak key"),
+        ("02".repeat(32), "not a curve point"),
+    ]
+}
+
+/// Issue 8: money held by a weak key can be taken by anyone, and a weak
+/// validator key lets anyone sign its votes.
+#[test]
+fn weak_account_and_validator_keys_are_refused() {
+    for (weak, why) in unusable_keys() {
+        let mut g = sample();
+        g.accounts[1].address = weak.clone();
+        let error = error_of(g);
+        assert!(
+            error.contains("account 1") && error.contains(why),
+            "{weak}: {error}"
+        );
+        let mut g = sample();
+        g.validators[0].public_key = weak.clone();
+        let error = error_of(g);
+        assert!(
+            error.contains("validator 0") && error.contains(why),
+            "{weak}: {error}"
+        );
+        let mut g = sample();
+        g.admins = vec![weak.clone()];
+        let error = error_of(g);
+        assert!(
+            error.contains("admin 0") && error.contains(why),
+            "{weak}: {error}"
+        );
+    }
+}
+
 #[test]
 fn supply_overflow_and_zero_supply() {
     let mut g = sample();

@@ -250,6 +250,10 @@ fn account(node: &Node, address: &str) -> Response {
             )
         }
     };
+    if key.is_weak() {
+        let message = format!("address {key} is a weak key (a small-order ed25519 point)");
+        return error_response(StatusCode::BAD_REQUEST, "invalid_address", message);
+    }
     match node.storage.account(&key) {
         Ok(account) => {
             let pending_nonce = node

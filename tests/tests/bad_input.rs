@@ -141,6 +141,23 @@ fn bad_input_is_refused_and_changes_nothing() {
         "invalid_address",
     );
 
+    // Weak keys (issue 8): the all-zero key is a small-order point anyone
+    // can sign for; a properly signed transfer to it is refused, and so is
+    // looking it up.
+    let zero = cairn_core::PublicKey([0; 32]);
+    assert_error(
+        &net.get(0, &format!("/v1/accounts/{zero}")),
+        400,
+        "invalid_address",
+    );
+    let to_weak = net.signer(0, 1).sign_with_nonce(zero, 5, 1);
+    let to_weak = serde_json::to_string(&to_weak).unwrap();
+    assert_error(
+        &net.post(0, "/v1/transactions", &to_weak),
+        400,
+        "invalid_address",
+    );
+
     // Unknown block and transaction, bad identifiers, unknown route.
     assert_error(&net.get(0, "/v1/blocks/999999"), 404, "not_found");
     assert_error(&net.get(0, "/v1/blocks/minus-one"), 400, "invalid_height");

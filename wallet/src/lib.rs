@@ -108,6 +108,34 @@ pub fn parse_address(text: &str) -> Result<PublicKey, WalletError> {
         .map_err(|e| WalletError::Invalid(format!("invalid address {text:?}: {e}")))
 }
 
+/// Parses the receiver of a transfer: an address ([`parse_address`]) that is
+/// not a weak key, refused here so nothing is signed or sent.
+pub fn parse_recipient(text: &str) -> Result<PublicKey, WalletError> {
+    let to = parse_address(text)?;
+    check_recipient(&to)?;
+    Ok(to)
+}
+
+/// Refuses a weak key ([`PublicKey::is_weak`]) as a receiver: money sent to
+/// a small-order point could be taken by anyone, and nodes refuse it anyway
+/// (`invalid_address`). Refuses 32 bytes that are no curve point too: nodes
+/// would take the transfer, but no key could ever move that money again.
+fn check_recipient(to: &PublicKey) -> Result<(), WalletError> {
+    if to.is_weak() {
+        return Err(WalletError::Invalid(format!(
+            "invalid address {to}: a weak key (a small-order ed25519 point anyone can sign \
+             for); nodes refuse transfers to it"
+        )));
+    }
+    if !to.is_curve_point() {
+        return Err(WalletError::Invalid(format!(
+            "invalid address {to}: not a curve point, so no key can ever spend what is sent \
+             there"
+        )));
+    }
+    Ok(())
+}
+
 /// Parses a transaction or block hash (64 hex characters).
 pub fn parse_hash(text: &str) -> Result<Hash, WalletError> {
     text.trim()
@@ -116,8 +144,8 @@ pub fn parse_hash(text: &str) -> Result<Hash, WalletError> {
         .map_err(|e| WalletError::Invalid(format!("invalid hash {text:?}: {e}")))
 }
 
-/// Signs a transfer offline. Refuses a zero amount and a chain id the node
-/// could never accept.
+/// Signs a transfer offline. Refuses a zero amount, a weak receiver and a
+/// chain id the node could never accept.
 pub fn sign_transfer(
     key: &Keypair,
     chain_id: &str,
@@ -135,6 +163,7 @@ pub fn sign_transfer(
             "chain id must be 1 to {CHAIN_ID_BYTES_MAX} bytes"
         )));
     }
+    check_recipient(&to)?;
     let transfer = Transfer {
         chain_id: chain_id.to_string(),
         from: key.public(),

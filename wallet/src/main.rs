@@ -13,7 +13,9 @@ use serde_json::json;
 use cairn_core::api::{AccountJson, BlockJson, StatusJson, TxJson, TxStatusJson};
 use cairn_core::Keypair;
 use cairn_genesis::keyfile;
-use cairn_wallet::{parse_address, parse_hash, sign_transfer, BlockId, Client, WalletError};
+use cairn_wallet::{
+    parse_address, parse_hash, parse_recipient, sign_transfer, BlockId, Client, WalletError,
+};
 
 /// Cairn wallet: keys, signing, sending transactions, queries.
 #[derive(Parser)]
@@ -148,7 +150,7 @@ fn run(cli: Cli) -> Result<(), WalletError> {
             timeout,
         } => {
             let key = read_key(&key)?;
-            let to = parse_address(&to)?;
+            let to = parse_recipient(&to)?;
             check_amount(amount)?;
             let wait = wait.then(|| Duration::from_secs(timeout));
             transfer(&client()?, &key, to, amount, nonce, wait, cli.json)
@@ -161,7 +163,7 @@ fn run(cli: Cli) -> Result<(), WalletError> {
             chain_id,
         } => {
             let key = read_key(&key)?;
-            let to = parse_address(&to)?;
+            let to = parse_recipient(&to)?;
             check_amount(amount)?;
             let tx = sign_transfer(&key, &chain_id, to, amount, nonce)?;
             print_json(&TxJson::from(&tx));

@@ -360,6 +360,26 @@ fn local_parsing_and_signing() {
     assert!(sign_transfer(&key(1), &"c".repeat(65), key(2).public(), 1, 0).is_err());
 }
 
+/// Issue 8: a weak receiver is refused before anything is signed.
+#[test]
+fn weak_recipients_are_refused() {
+    let zero = "00".repeat(32);
+    let error = parse_recipient(&zero).unwrap_err().to_string();
+    assert!(
+        error.contains("invalid address") && error.contains("weak key"),
+        "{error}"
+    );
+    let error = sign_transfer(&key(1), "c", PublicKey([0; 32]), 1, 0).unwrap_err();
+    assert!(error.to_string().contains("weak key"), "{error}");
+    assert_eq!(
+        parse_recipient(&key(2).public().to_hex()).unwrap(),
+        key(2).public()
+    );
+    assert!(parse_recipient("abc").is_err());
+    let error = parse_recipient(&"02".repeat(32)).unwrap_err().to_string();
+    assert!(error.contains("not a curve point"), "{error}");
+}
+
 #[test]
 fn submit_batch_posts_an_array_and_reads_one_entry_each() {
     let tx = TxJson::from(&sign_transfer(&key(1), "c", key(2).public(), 1, 0).unwrap());

@@ -28,6 +28,9 @@ pub enum Behaviour {
     /// As primary, proposes valid blocks that leave out the client's
     /// transfer (a live primary that censors).
     Censor,
+    /// As primary, proposes a block that pays into the all-zero (weak) key
+    /// and takes the money out again with a crafted signature (issue 8).
+    WeakKeyTheft,
 }
 
 pub const ALL: [Behaviour; 6] = [
@@ -146,6 +149,20 @@ pub fn rewrite(
                 },
             );
             to_all(&censored)
+        }
+        (Behaviour::WeakKeyTheft, Message::PrePrepare { view, height, .. }) => {
+            let block =
+                f.ledger
+                    .build_weak_key_theft(*view, f.key.public(), f.now_ms, f.key.public());
+            let theft = sign(
+                f,
+                Message::PrePrepare {
+                    view: *view,
+                    height: *height,
+                    block,
+                },
+            );
+            to_all(&theft)
         }
         _ => to_all(&message),
     }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use cairn_consensus::Ledger;
 use cairn_core::state::{next_state_root, Account, MemoryState, Overlay, StateView};
 use cairn_core::{
-    tx_root, Block, BlockHeader, Certificate, Hash, Height, Keypair, PublicKey, SignedTransaction,
-    Transfer, View,
+    tx_root, Block, BlockHeader, Certificate, Hash, Height, Keypair, PublicKey, Signature,
+    SignedTransaction, Transfer, View,
 };
 
 /// Funded accounts that send the simulated transfers.
@@ -17,6 +17,11 @@ const BALANCE: u64 = 1_000_000;
 /// Blocks carry at most two transfers (filler and the client's), so every
 /// block has room by this bound.
 pub const BLOCK_TXS_MAX: usize = 4;
+
+/// The all-zero key: a small-order ed25519 point (of order 4), so anyone can
+/// sign for it under ZIP-215. No honest validator may commit a transfer that
+/// touches it.
+pub const WEAK_ADDRESS: [u8; 32] = [0; 32];
 
 /// One transfer a client submits to every validator at some moment: honest
 /// primaries put it in their next block; a censoring one leaves it out.
@@ -166,6 +171,73 @@ impl SimLedger {
             timestamp_ms: now_ms,
             tx_root: tx_root(&hashes),
             state_root,
+        };
+        Block {
+            header,
+            transactions,
+        }
+    }
+
+    /// The theft of issue 8 as one block on the tip: a funded account sends
+    /// 5 to the all-zero key (a small-order point, [`WEAK_ADDRESS`]), and a
+    /// second transfer moves it on to `thief` under a crafted identity-R
+    /// signature (R = identity, s = 0), which ZIP-215 accepts for a
+    /// small-order key over any message. The changes and state root are
+    /// worked out by hand, as a validator without the weak-key rule would,
+    /// so the block is valid in every other respect.
+    pub fn build_weak_key_theft(
+        &self,
+        view: View,
+        proposer: PublicKey,
+        now_ms: u64,
+        thief: PublicKey,
+    ) -> Block {
+        const AMOUNT: u64 = 5;
+        let height = self.height().next();
+        let weak = PublicKey(WEAK_ADDRESS);
+        let sender_key = &self.accounts[(height.0 % self.accounts.len() as u64) as usize];
+        let mut sender = self.state.account(&sender_key.public());
+        let mut weak_account = self.state.account(&weak);
+        let mut thief_account = self.state.account(&thief);
+        let deposit = Transfer {
+            chain_id: self.chain_id.clone(),
+            from: sender_key.public(),
+            to: weak,
+            amount: AMOUNT,
+            nonce: sender.nonce,
+        };
+        let mut crafted = [0u8; 64];
+        crafted[0] = 1;
+        let theft = SignedTransaction {
+            transfer: Transfer {
+                chain_id: self.chain_id.clone(),
+                from: weak,
+                to: thief,
+                amount: AMOUNT,
+                nonce: weak_account.nonce,
+            },
+            signature: Signature(crafted),
+        };
+        assert_eq!(theft.verify_signature(), Ok(()), "ZIP-215 accepts it");
+        let transactions = vec![SignedTransaction::sign(deposit, sender_key), theft];
+        sender.balance -= AMOUNT;
+        sender.nonce += 1;
+        weak_account.nonce += 1;
+        thief_account.balance += AMOUNT;
+        let changes = BTreeMap::from([
+            (sender_key.public(), sender),
+            (weak, weak_account),
+            (thief, thief_account),
+        ]);
+        let hashes: Vec<Hash> = transactions.iter().map(|t| t.hash()).collect();
+        let header = BlockHeader {
+            height,
+            parent_hash: self.tip().1,
+            view,
+            proposer,
+            timestamp_ms: now_ms,
+            tx_root: tx_root(&hashes),
+            state_root: next_state_root(self.root(), &changes),
         };
         Block {
             header,

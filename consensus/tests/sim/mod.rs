@@ -164,6 +164,8 @@ pub struct Report {
     pub max_buffered: usize,
     /// When each height (index h - 1) was first committed by an honest node.
     pub agreed_at_ms: Vec<u64>,
+    /// Pre-prepares a `WeakKeyTheft` primary sent with its theft block.
+    pub weak_key_theft_proposals: u64,
 }
 
 struct Node {
@@ -487,6 +489,11 @@ impl Sim {
                 .map(|p| (p, message.clone()))
                 .collect();
         };
+        if behaviour == Behaviour::WeakKeyTheft
+            && matches!(message.message, cairn_consensus::Message::PrePrepare { .. })
+        {
+            self.report.weak_key_theft_proposals += 1;
+        }
         let faulty = Faulty {
             me: i,
             n: self.s.n,
@@ -513,8 +520,9 @@ impl Sim {
     }
 
     /// After every step: honest nodes agree on every committed height, every
-    /// committed block carries a valid certificate, supply is conserved, and
-    /// buffers stay within their bounds.
+    /// committed block carries a valid certificate and no transfer touching
+    /// the weak all-zero key, supply is conserved, and buffers stay within
+    /// their bounds.
     fn check_safety(&mut self) -> Result<(), String> {
         let limit = buffered_messages_max(self.s.n);
         for i in 0..self.s.n {
@@ -536,6 +544,18 @@ impl Sim {
                 if let Err(e) = certificate.verify(CHAIN_ID, &self.validators, &block.header) {
                     return Err(format!(
                         "node {i} committed height {height} with a bad certificate: {e}"
+                    ));
+                }
+                let weak = PublicKey(ledger::WEAK_ADDRESS);
+                if let Some(tx) = block
+                    .transactions
+                    .iter()
+                    .find(|t| t.transfer.from == weak || t.transfer.to == weak)
+                {
+                    return Err(format!(
+                        "node {i} committed height {height} with a transfer touching the weak \
+                         all-zero key: {} -> {}",
+                        tx.transfer.from, tx.transfer.to
                     ));
                 }
                 if !self.agreed.contains_key(&height) {
