@@ -120,7 +120,11 @@ fn slow_header_flood_does_not_stop_other_clients() {
 
     // Meanwhile a client from 127.0.0.1 is served and commits a transfer.
     let status = net.get(0, "/v1/status");
-    assert_eq!(status.status, 200, "status during the flood: {}", status.json);
+    assert_eq!(
+        status.status, 200,
+        "status during the flood: {}",
+        status.json
+    );
     let transfer_started = Instant::now();
     let (_, height) = net.wallet_transfer(0, 0, &bob, 7);
     let transfer_took = transfer_started.elapsed();
@@ -128,7 +132,11 @@ fn slow_header_flood_does_not_stop_other_clients() {
     // The SSE subscriber cap: the streams over it are refused with 503.
     let events = format!("{}/v1/events", net.api(0));
     let subscribers: Vec<ureq::Response> = (0..SSE_SUBSCRIBERS_MAX)
-        .map(|_| ureq::get(&events).call().expect("SSE subscriber under the cap"))
+        .map(|_| {
+            ureq::get(&events)
+                .call()
+                .expect("SSE subscriber under the cap")
+        })
         .collect();
     let over = net.get(0, "/v1/events");
     drop(subscribers);
@@ -160,7 +168,11 @@ fn slow_header_flood_does_not_stop_other_clients() {
         "after {all_at:?}, {} flood connections are still open (header timeout {HEADER_TIMEOUT_MS} ms)",
         FLOOD_CONNECTIONS - closed_all
     );
-    assert_eq!(over.status, 503, "SSE subscriber over the cap: {}", over.json);
+    assert_eq!(
+        over.status, 503,
+        "SSE subscriber over the cap: {}",
+        over.json
+    );
     assert_eq!(over.json["code"], "too_many_subscribers", "{}", over.json);
 
     // The validator still answers after the flood.

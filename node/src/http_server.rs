@@ -1,0 +1,437 @@
+//! The API's HTTP server: an accept loop of its own around warp's routes,
+//! bounding what one client can hold (INTERFACE.md, "Abuse limits").
+//!
+//! `warp::serve` keeps every connection it accepts for as long as the client
+//! likes, so a few thousand connections that never finish their headers use
+//! up the process's file descriptors. Here every accepted connection first
+//! takes a slot, counted per client IP and in total; a connection over either
+//! cap is answered 503 `too_many_connections` (one non-blocking write) and
+//! closed at once, without a task. Request headers must be complete within
+//! the header timeout (hyper's `http1_header_read_timeout`, made to cover
+//! idle keep-alive connections too by [`WakeAfterWrite`]). Accept errors (`EMFILE`, ...)
+//! back off briefly instead of spinning. HTTP/1 only: the header timeout does
+//! not apply to HTTP/2, and no client of the API needs it.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::Http;
+use hyper::service::Service;
+use hyper::{Body, Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use cairn_genesis::NodeLimits;
+
+/// How long the accept loop pauses after an accept error (out of file
+/// descriptors, ...), so it does not spin while the condition lasts.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections waiting to be accepted (the listen backlog).
+pub const LISTEN_BACKLOG: u32 = 1_024;
+/// At most one warning per this interval for refused connections and accept
+/// errors; the others are counted into the next one.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The server's bounds, from `node.json` `limits`.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Time a client has to send complete request headers.
+    pub header_timeout: Duration,
+    /// Open connections from one client IP address.
+    pub connections_per_ip_max: usize,
+    /// Open connections in all.
+    pub connections_max: usize,
+}
+
+impl From<&NodeLimits> for ServerLimits {
+    fn from(limits: &NodeLimits) -> ServerLimits {
+        ServerLimits {
+            header_timeout: Duration::from_millis(limits.api_header_timeout_ms),
+            connections_per_ip_max: limits.api_connections_per_ip_max,
+            connections_max: limits.api_connections_max,
+        }
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Its client IP holds `connections_per_ip_max` connections already.
+    PerIp,
+    /// The server holds `connections_max` connections already.
+    Total,
+}
+
+/// Open connections, per client IP and in total.
+#[derive(Debug)]
+pub struct ConnectionCounts {
+    per_ip_max: usize,
+    max: usize,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    /// Only IPs with at least one open connection (no entry stays at zero).
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl ConnectionCounts {
+    pub fn new(per_ip_max: usize, max: usize) -> Arc<ConnectionCounts> {
+        assert!(per_ip_max > 0 && per_ip_max <= max, "connection caps");
+        Arc::new(ConnectionCounts {
+            per_ip_max,
+            max,
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// Takes a slot for a connection from `ip`, given back when the returned
+    /// guard drops.
+    pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
+        // IPv4 clients of an IPv6 listener count as their IPv4 address.
+        let ip = ip.to_canonical();
+        let mut counts = self.counts.lock().expect("connection counts lock");
+        if counts.total >= self.max {
+            return Err(Refused::Total);
+        }
+        let of_ip = counts.per_ip.entry(ip).or_insert(0);
+        if *of_ip >= self.per_ip_max {
+            return Err(Refused::PerIp);
+        }
+        *of_ip += 1;
+        counts.total += 1;
+        Ok(ConnectionSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+
+    /// Open connections in all.
+    pub fn total(&self) -> usize {
+        self.counts.lock().expect("connection counts lock").total
+    }
+
+    fn close(&self, ip: IpAddr) {
+        let mut counts = self.counts.lock().expect("connection counts lock");
+        let of_ip = counts
+            .per_ip
+            .get_mut(&ip)
+            .expect("an open connection is counted under its IP");
+        assert!(*of_ip > 0);
+        *of_ip -= 1;
+        if *of_ip == 0 {
+            counts.per_ip.remove(&ip);
+        }
+        assert!(counts.total > 0);
+        counts.total -= 1;
+        assert!(counts.per_ip.len() <= counts.total);
+    }
+}
+
+/// One open connection's slot in [`ConnectionCounts`].
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    counts: Arc<ConnectionCounts>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.counts.close(self.ip);
+    }
+}
+
+/// A counted cap on something long-lived (SSE subscribers): at most `max`
+/// [`Slot`]s exist at once.
+#[derive(Debug)]
+pub struct Slots {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// A slot, or `None` when `max` are taken.
+    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < self.max).then_some(used + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+}
+
+/// One taken place in [`Slots`], given back on drop.
+#[derive(Debug)]
+pub struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let before = self.0.used.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "slot count underflow");
+    }
+}
+
+/// Binds `listen` with a backlog of [`LISTEN_BACKLOG`]. Call it inside the
+/// runtime that will serve the listener.
+pub fn bind(listen: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The 503 answer to a connection over a cap.
+fn refusal_bytes(refused: Refused, limits: &ServerLimits) -> Vec<u8> {
+    let error = match refused {
+        Refused::PerIp => format!(
+            "at most {} open connections per client address",
+            limits.connections_per_ip_max
+        ),
+        Refused::Total => format!("at most {} open connections", limits.connections_max),
+    };
+    let body = serde_json::json!({ "error": error, "code": "too_many_connections" }).to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Logs a recurring warning at most once per [`WARNING_INTERVAL`].
+struct Throttled {
+    what: &'static str,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    fn new(what: &'static str) -> Throttled {
+        Throttled {
+            what,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, detail: impl std::fmt::Display) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < WARNING_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut self.suppressed);
+        tracing::warn!(
+            "{}: {detail} ({suppressed} more since the last warning)",
+            self.what
+        );
+        self.last = Some(now);
+    }
+}
+
+/// Serves `service` (e.g. `warp::service(routes)`) on `listener` within
+/// `limits` until `shutdown` resolves; then stops accepting, lets open
+/// requests finish (idle connections close at once) and ends when every
+/// connection has closed. Connection tasks run on the runtime that polls the
+/// returned future.
+pub fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let counts = ConnectionCounts::new(limits.connections_per_ip_max, limits.connections_max);
+    let mut http = Http::new();
+    http.http1_only(true)
+        .http1_header_read_timeout(limits.header_timeout);
+    let refused_per_ip = refusal_bytes(Refused::PerIp, &limits);
+    let refused_total = refusal_bytes(Refused::Total, &limits);
+    async move {
+        let (stop, stopped) = watch::channel(false);
+        // Each connection task holds a sender: `recv` ends when all are gone.
+        let (open, mut all_closed) = mpsc::channel::<()>(1);
+        let mut refusals = Throttled::new("API connection refused");
+        let mut accept_errors = Throttled::new("API accept error");
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_errors.warn(e);
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                    }
+                }
+            };
+            match counts.try_open(peer.ip()) {
+                Ok(slot) => {
+                    let stream = WakeAfterWrite(stream);
+                    let connection = http.serve_connection(stream, service.clone());
+                    tokio::spawn(run_connection(
+                        connection,
+                        slot,
+                        stopped.clone(),
+                        open.clone(),
+                    ));
+                }
+                Err(refused) => {
+                    refusals.warn(format_args!("{refused:?} cap, from {}", peer.ip()));
+                    let answer = match refused {
+                        Refused::PerIp => &refused_per_ip,
+                        Refused::Total => &refused_total,
+                    };
+                    refuse(stream, answer);
+                }
+            }
+        }
+        drop(listener);
+        stop.send_replace(true);
+        drop(open);
+        let _ = all_closed.recv().await;
+    }
+}
+
+/// Answers a connection over a cap without waiting on it: one non-blocking
+/// write of `answer`, then close.
+fn refuse(stream: TcpStream, answer: &[u8]) {
+    let _ = stream.try_write(answer);
+    drop(stream);
+}
+
+/// Drives one connection to its end, or through a graceful close once
+/// `stopped` turns true. `_slot` and `_open` are released when it ends.
+async fn run_connection<S>(
+    connection: hyper::server::conn::Connection<WakeAfterWrite<TcpStream>, S>,
+    _slot: ConnectionSlot,
+    mut stopped: watch::Receiver<bool>,
+    _open: mpsc::Sender<()>,
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    tokio::pin!(connection);
+    let finished = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = async { let _ = stopped.wait_for(|stopped| *stopped).await; } => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // Header timeouts, resets and malformed requests: the client's doing.
+        tracing::debug!("API connection closed: {e}");
+    }
+}
+
+/// A connection's stream that asks for one more poll of the connection after
+/// every write that moved bytes.
+///
+/// hyper 0.14 starts its header read timer only when it next tries to parse a
+/// request head; after a response it returns to idle without doing so, and a
+/// keep-alive connection on which the client then sends nothing would never
+/// be timed. The extra poll makes hyper try to parse (finding no bytes) and so
+/// start the timer: an idle keep-alive connection is closed after the header
+/// timeout like a new one. The cost is one spurious poll per write.
+pub struct WakeAfterWrite<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for WakeAfterWrite<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WakeAfterWrite<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.0).poll_write(cx, buf);
+        wake_if_written(cx, &written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.0).poll_write_vectored(cx, bufs);
+        wake_if_written(cx, &written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+fn wake_if_written(cx: &mut Context<'_>, written: &Poll<std::io::Result<usize>>) {
+    if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+        cx.waker().wake_by_ref();
+    }
+}
+
+#[cfg(test)]
+mod tests;
