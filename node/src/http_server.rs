@@ -6,13 +6,15 @@
 //! up the process's file descriptors. Here every accepted connection first
 //! takes a slot, counted per client IP and in total; a connection over either
 //! cap is answered 503 `too_many_connections` (one non-blocking write) and
-//! closed at once, without a task. Request headers must be complete within
+//! closed at once, without a task. At the total cap a client holding fewer
+//! connections than the heaviest one still gets in, by evicting the heaviest
+//! one's oldest connection (see [`ConnectionCounts`]). Request headers must be complete within
 //! the header timeout (hyper's `http1_header_read_timeout`, made to cover
 //! idle keep-alive connections too by [`WakeAfterWrite`]). Accept errors (`EMFILE`, ...)
 //! back off briefly instead of spinning. HTTP/1 only: the header timeout does
 //! not apply to HTTP/2, and no client of the API needs it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
@@ -27,7 +29,7 @@ use hyper::service::Service;
 use hyper::{Body, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use cairn_genesis::NodeLimits;
 
@@ -66,11 +68,18 @@ impl From<&NodeLimits> for ServerLimits {
 pub enum Refused {
     /// Its client IP holds `connections_per_ip_max` connections already.
     PerIp,
-    /// The server holds `connections_max` connections already.
+    /// The server holds `connections_max` connections already, and no client
+    /// IP holds more than one connection more than this one's.
     Total,
 }
 
 /// Open connections, per client IP and in total.
+///
+/// At the total cap, a connection from an IP that holds fewer connections
+/// than the heaviest IP, by two or more, is still let in: the heaviest IP's
+/// oldest connection is evicted for it. So clients from many addresses that
+/// fill the server between them cannot shut out a client with few or none;
+/// they can only hold an equal share.
 #[derive(Debug)]
 pub struct ConnectionCounts {
     per_ip_max: usize,
@@ -81,8 +90,67 @@ pub struct ConnectionCounts {
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
-    /// Only IPs with at least one open connection (no entry stays at zero).
-    per_ip: HashMap<IpAddr, usize>,
+    /// Only IPs with at least one open connection: its connections by id
+    /// (oldest first) with the handle that evicts each.
+    per_ip: HashMap<IpAddr, BTreeMap<u64, Arc<Notify>>>,
+    /// The same IPs ordered by how many connections they hold.
+    by_count: BTreeSet<(usize, IpAddr)>,
+    next_id: u64,
+}
+
+impl Counts {
+    fn count(&self, ip: &IpAddr) -> usize {
+        self.per_ip.get(ip).map_or(0, BTreeMap::len)
+    }
+
+    /// Takes connection `id` of `ip` out of the counts; false if it was not
+    /// in them (already evicted).
+    fn remove(&mut self, ip: IpAddr, id: u64) -> bool {
+        let Some(connections) = self.per_ip.get_mut(&ip) else {
+            return false;
+        };
+        let before = connections.len();
+        if connections.remove(&id).is_none() {
+            return false;
+        }
+        assert!(
+            self.by_count.remove(&(before, ip)),
+            "by_count agrees with per_ip"
+        );
+        if connections.is_empty() {
+            self.per_ip.remove(&ip);
+        } else {
+            self.by_count.insert((before - 1, ip));
+        }
+        assert!(self.total > 0);
+        self.total -= 1;
+        true
+    }
+
+    fn insert(&mut self, ip: IpAddr, evict: Arc<Notify>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let connections = self.per_ip.entry(ip).or_default();
+        let before = connections.len();
+        connections.insert(id, evict);
+        if before > 0 {
+            assert!(
+                self.by_count.remove(&(before, ip)),
+                "by_count agrees with per_ip"
+            );
+        }
+        self.by_count.insert((before + 1, ip));
+        self.total += 1;
+        id
+    }
+
+    fn check(&self) {
+        debug_assert_eq!(self.per_ip.len(), self.by_count.len());
+        debug_assert_eq!(
+            self.total,
+            self.per_ip.values().map(BTreeMap::len).sum::<usize>()
+        );
+    }
 }
 
 impl ConnectionCounts {
@@ -96,23 +164,38 @@ impl ConnectionCounts {
     }
 
     /// Takes a slot for a connection from `ip`, given back when the returned
-    /// guard drops.
+    /// guard drops; at the total cap, possibly by evicting a connection of the
+    /// heaviest IP (its slot's [`ConnectionSlot::evicted`] fires).
     pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
         // IPv4 clients of an IPv6 listener count as their IPv4 address.
         let ip = ip.to_canonical();
         let mut counts = self.counts.lock().expect("connection counts lock");
-        if counts.total >= self.max {
-            return Err(Refused::Total);
-        }
-        let of_ip = counts.per_ip.entry(ip).or_insert(0);
-        if *of_ip >= self.per_ip_max {
+        let of_ip = counts.count(&ip);
+        if of_ip >= self.per_ip_max {
             return Err(Refused::PerIp);
         }
-        *of_ip += 1;
-        counts.total += 1;
+        if counts.total >= self.max {
+            let &(heaviest, victim_ip) = counts.by_count.last().expect("at the cap, some IP");
+            if of_ip + 1 >= heaviest {
+                return Err(Refused::Total);
+            }
+            let (&victim, _) = counts.per_ip[&victim_ip]
+                .first_key_value()
+                .expect("an IP in the counts holds a connection");
+            let evict = counts.per_ip[&victim_ip][&victim].clone();
+            assert!(counts.remove(victim_ip, victim));
+            // Stored as a permit if the connection task is not waiting yet.
+            evict.notify_one();
+        }
+        let evicted = Arc::new(Notify::new());
+        let id = counts.insert(ip, evicted.clone());
+        counts.check();
+        assert!(counts.total <= self.max);
         Ok(ConnectionSlot {
             counts: self.clone(),
             ip,
+            id,
+            evicted,
         })
     }
 
@@ -121,20 +204,17 @@ impl ConnectionCounts {
         self.counts.lock().expect("connection counts lock").total
     }
 
-    fn close(&self, ip: IpAddr) {
+    /// Open connections from `ip`.
+    pub fn of(&self, ip: IpAddr) -> usize {
+        let counts = self.counts.lock().expect("connection counts lock");
+        counts.count(&ip.to_canonical())
+    }
+
+    fn close(&self, ip: IpAddr, id: u64) {
         let mut counts = self.counts.lock().expect("connection counts lock");
-        let of_ip = counts
-            .per_ip
-            .get_mut(&ip)
-            .expect("an open connection is counted under its IP");
-        assert!(*of_ip > 0);
-        *of_ip -= 1;
-        if *of_ip == 0 {
-            counts.per_ip.remove(&ip);
-        }
-        assert!(counts.total > 0);
-        counts.total -= 1;
-        assert!(counts.per_ip.len() <= counts.total);
+        // An evicted connection was taken out when it was evicted.
+        counts.remove(ip, id);
+        counts.check();
     }
 }
 
@@ -143,11 +223,20 @@ impl ConnectionCounts {
 pub struct ConnectionSlot {
     counts: Arc<ConnectionCounts>,
     ip: IpAddr,
+    id: u64,
+    evicted: Arc<Notify>,
+}
+
+impl ConnectionSlot {
+    /// Resolves when the connection is evicted for a lighter client.
+    pub async fn evicted(&self) {
+        self.evicted.notified().await
+    }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.counts.close(self.ip);
+        self.counts.close(self.ip, self.id);
     }
 }
 
@@ -344,10 +433,11 @@ fn refuse(stream: TcpStream, answer: &[u8]) {
 }
 
 /// Drives one connection to its end, or through a graceful close once
-/// `stopped` turns true. `_slot` and `_open` are released when it ends.
+/// `stopped` turns true, or until it is evicted. `slot` and `_open` are
+/// released when it ends.
 async fn run_connection<S>(
     connection: hyper::server::conn::Connection<WakeAfterWrite<TcpStream>, S>,
-    _slot: ConnectionSlot,
+    slot: ConnectionSlot,
     mut stopped: watch::Receiver<bool>,
     _open: mpsc::Sender<()>,
 ) where
@@ -357,6 +447,8 @@ async fn run_connection<S>(
     tokio::pin!(connection);
     let finished = tokio::select! {
         result = connection.as_mut() => Some(result),
+        // Dropped at once: its slot went to a client holding fewer.
+        _ = slot.evicted() => Some(Ok(())),
         _ = async { let _ = stopped.wait_for(|stopped| *stopped).await; } => None,
     };
     let result = match finished {

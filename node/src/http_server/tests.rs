@@ -234,9 +234,12 @@ async fn connections_over_the_per_ip_cap_are_closed_at_once() {
 #[tokio::test]
 async fn connections_over_the_total_cap_are_closed_at_once() {
     let server = start(limits(10_000, 2, 3));
+    // Three clients with one connection each: a fourth is not lighter by
+    // two than any of them, so it evicts no one and is refused.
     let _held = [
-        slow_clients("127.0.0.1", server.address, 2).await,
+        slow_clients("127.0.0.1", server.address, 1).await,
         slow_clients("127.0.0.2", server.address, 1).await,
+        slow_clients("127.0.0.4", server.address, 1).await,
     ];
     let opened = Instant::now();
     let mut over = connect_from("127.0.0.3", server.address).await;
@@ -248,6 +251,25 @@ async fn connections_over_the_total_cap_are_closed_at_once() {
         answer.is_empty() || answer.contains("too_many_connections"),
         "{answer}"
     );
+}
+
+#[tokio::test]
+async fn at_the_total_cap_a_lighter_client_evicts_the_heaviest_ones_oldest() {
+    let server = start(limits(10_000, 3, 3));
+    let mut held = slow_clients("127.0.0.1", server.address, 3).await;
+    // 127.0.0.2 holds none, 127.0.0.1 all three: the oldest of those goes.
+    assert!(get_from("127.0.0.2", server.address, "/ok")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(
+        read_until_closed(&mut held[0], PATIENCE).await.is_some(),
+        "the heaviest client's oldest connection is evicted"
+    );
+    for stream in &mut held[1..] {
+        assert!(read_until_closed(stream, Duration::from_millis(10))
+            .await
+            .is_none());
+    }
 }
 
 #[tokio::test]
@@ -310,21 +332,55 @@ fn connection_counts_cap_per_ip_and_in_total_and_release_on_drop() {
     let a: IpAddr = "10.0.0.1".parse().unwrap();
     let b: IpAddr = "10.0.0.2".parse().unwrap();
     let c: IpAddr = "::ffff:10.0.0.3".parse().unwrap();
+    let d: IpAddr = "10.0.0.4".parse().unwrap();
     let a1 = counts.try_open(a).unwrap();
-    let _a2 = counts.try_open(a).unwrap();
-    assert_eq!(counts.try_open(a).unwrap_err(), Refused::PerIp);
+    assert_eq!(
+        counts.try_open(b).map(|_| ()),
+        Ok(()),
+        "a dropped slot is given back"
+    );
     let _b1 = counts.try_open(b).unwrap();
-    assert_eq!(counts.try_open(c).unwrap_err(), Refused::Total);
-    assert_eq!(counts.total(), 3);
-    drop(a1);
-    assert_eq!(counts.total(), 2);
     let c1 = counts.try_open(c).unwrap();
     assert_eq!(
         c1.ip,
         "10.0.0.3".parse::<IpAddr>().unwrap(),
         "IPv4-mapped counts as IPv4"
     );
-    assert_eq!(counts.try_open(a).unwrap_err(), Refused::Total);
+    assert_eq!(counts.try_open(d).unwrap_err(), Refused::Total);
+    assert_eq!(counts.total(), 3);
+    drop(a1);
+    assert_eq!(counts.total(), 2);
+    let _d1 = counts.try_open(d).unwrap();
+    let counts = ConnectionCounts::new(2, 8);
+    let _a = [counts.try_open(a).unwrap(), counts.try_open(a).unwrap()];
+    assert_eq!(counts.try_open(a).unwrap_err(), Refused::PerIp);
+    assert_eq!(counts.total(), 2);
+}
+
+#[test]
+fn at_the_total_cap_only_a_lighter_ip_evicts_and_only_the_heaviest_ones_oldest() {
+    let counts = ConnectionCounts::new(4, 4);
+    let heavy: IpAddr = "10.0.0.1".parse().unwrap();
+    let light: IpAddr = "10.0.0.2".parse().unwrap();
+    let other: IpAddr = "10.0.0.3".parse().unwrap();
+    let heavy_slots: Vec<_> = (0..3).map(|_| counts.try_open(heavy).unwrap()).collect();
+    let _light1 = counts.try_open(light).unwrap();
+    assert_eq!(counts.total(), 4);
+    // 10.0.0.3 holds 0 against 3: it gets in; 10.0.0.1's oldest is evicted.
+    let _other1 = counts.try_open(other).unwrap();
+    assert_eq!(
+        (counts.total(), counts.of(heavy), counts.of(other)),
+        (4, 2, 1)
+    );
+    let oldest = &heavy_slots[0];
+    assert!(futures::FutureExt::now_or_never(oldest.evicted()).is_some());
+    assert!(futures::FutureExt::now_or_never(heavy_slots[1].evicted()).is_none());
+    // Now 2/1/1: a client holding 1 is not two below the heaviest (2).
+    assert_eq!(counts.try_open(light).unwrap_err(), Refused::Total);
+    // Dropping an evicted slot does not count it twice.
+    drop(heavy_slots);
+    assert_eq!((counts.total(), counts.of(heavy)), (2, 0));
+    assert!(counts.try_open(light).is_ok());
 }
 
 #[test]
