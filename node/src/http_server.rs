@@ -42,6 +42,54 @@ pub const LISTEN_BACKLOG: u32 = 1_024;
 /// errors; the others are counted into the next one.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Files the node keeps open besides API connections (sled, p2p, logs),
+/// with room to spare.
+pub const OTHER_FILES_RESERVE: u64 = 1_024;
+
+/// Raises this process's soft limit on open files (`ulimit -n`) so that the
+/// API's connection cap, not the file limit, is what refuses clients: to
+/// `connections_max` plus [`OTHER_FILES_RESERVE`], within the hard limit.
+/// Returns the soft limit now in force, or says why it stays too low (for a
+/// warning: past it, accepts fail with `EMFILE` before the cap is reached).
+pub fn fit_open_files_limit(connections_max: usize) -> Result<u64, String> {
+    let needed = connections_max as u64 + OTHER_FILES_RESERVE;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes only the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(format!(
+            "cannot read the open files limit: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let soft = limit.rlim_cur as u64;
+    let hard = limit.rlim_max as u64;
+    if soft < needed {
+        let raised = libc::rlimit {
+            rlim_cur: needed.min(hard) as libc::rlim_t,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit(2) reads only the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(format!(
+                "cannot raise the open files limit from {soft} to {}: {}",
+                raised.rlim_cur,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if hard < needed {
+        return Err(format!(
+            "limits.api_connections_max {connections_max} needs about {needed} open files, \
+             but this process may open only {hard} (ulimit -n): past that, clients are \
+             refused by accept errors before the cap; raise the limit or lower the cap"
+        ));
+    }
+    Ok(soft.max(needed))
+}
+
 /// The server's bounds, from `node.json` `limits`.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerLimits {

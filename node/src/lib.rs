@@ -161,6 +161,10 @@ pub async fn run(home: &Path) -> Result<(), String> {
     let shutdown = async move {
         let _ = stopping.wait_for(|stopping| *stopping).await;
     };
+    match http_server::fit_open_files_limit(node.limits.api_connections_max) {
+        Ok(files) => tracing::debug!("open files limit: {files}"),
+        Err(e) => tracing::warn!("{e}"),
+    }
     // The API runs on its own runtime (its own threads), so a flood of
     // clients cannot starve the p2p tasks on this one.
     let api_runtime = tokio::runtime::Builder::new_multi_thread()

@@ -394,3 +394,11 @@ fn slots_cap_and_release_on_drop() {
     assert_eq!(slots.used(), 1);
     assert!(slots.try_take().is_some());
 }
+
+#[test]
+fn the_open_files_limit_is_raised_within_the_hard_limit() {
+    let files = fit_open_files_limit(16).expect("a small cap fits");
+    assert!(files >= 16 + OTHER_FILES_RESERVE);
+    let error = fit_open_files_limit(usize::MAX / 4).unwrap_err();
+    assert!(error.contains("ulimit -n"), "{error}");
+}
