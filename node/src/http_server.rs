@@ -401,8 +401,9 @@ impl Throttled {
 
 /// Serves `service` (e.g. `warp::service(routes)`) on `listener` within
 /// `limits` until `shutdown` resolves; then stops accepting, lets open
-/// requests finish (idle connections close at once) and ends when every
-/// connection has closed. Connection tasks run on the runtime that polls the
+/// requests finish and ends when every connection has closed (idle
+/// keep-alive connections close at once; one still sending its headers, at
+/// the header timeout). Connection tasks run on the runtime that polls the
 /// returned future.
 pub fn serve<S>(
     listener: TcpListener,
