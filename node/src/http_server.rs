@@ -64,8 +64,9 @@ pub fn fit_open_files_limit(connections_max: usize) -> Result<u64, String> {
             std::io::Error::last_os_error()
         ));
     }
-    let soft = limit.rlim_cur as u64;
-    let hard = limit.rlim_max as u64;
+    // `rlim_t` is u64 here but narrower on some targets.
+    #[allow(clippy::useless_conversion)]
+    let (soft, hard) = (u64::from(limit.rlim_cur), u64::from(limit.rlim_max));
     if soft < needed {
         let raised = libc::rlimit {
             rlim_cur: needed.min(hard) as libc::rlim_t,
