@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -22,6 +23,7 @@ use cairn_core::limits::{HTTP_BATCH_TXS_MAX, HTTP_BODY_BYTES_MAX};
 use cairn_core::{Block, Certificate, Hash, Height, PublicKey, SignedTransaction};
 
 use crate::admission::Refusal;
+use crate::http_server::{self, ServerLimits, Slots};
 use crate::mempool::MempoolStatus;
 use crate::Node;
 
@@ -53,22 +55,27 @@ fn storage_failure(e: impl std::fmt::Display) -> Response {
 }
 
 /// Binds the API and returns its address and the server future, which ends
-/// after `shutdown` resolves and open requests finish.
+/// after `shutdown` resolves and open requests finish. Call it inside the
+/// runtime that will poll the future (the API's own, see [`crate::run`]):
+/// the listener and every connection task belong to that runtime. Each
+/// connection is bounded by `node.limits` ([`crate::http_server`]).
 pub fn serve(
     node: Arc<Node>,
     listen: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl Future<Output = ()>), String> {
-    let (address, server) = warp::serve(routes(node))
-        .try_bind_with_graceful_shutdown(listen, shutdown)
-        .map_err(|e| e.to_string())?;
+    let listener = http_server::bind(listen).map_err(|e| e.to_string())?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let limits = ServerLimits::from(&node.limits);
+    let server = http_server::serve(listener, warp::service(routes(node)), limits, shutdown);
     Ok((address, server))
 }
 
 /// Every route of the API.
 pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let body = bounded_body(Duration::from_millis(node.limits.api_body_timeout_ms));
+    let subscribers = Slots::new(node.limits.api_sse_subscribers_max);
     let with_node = warp::any().map(move || node.clone());
-    let body = bounded_body();
 
     let status = warp::path!("v1" / "status")
         .and(warp::get())
@@ -99,7 +106,7 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
     let events = warp::path!("v1" / "events")
         .and(warp::get())
         .and(with_node.clone())
-        .map(|node: Arc<Node>| events(&node));
+        .map(move |node: Arc<Node>| events(&node, &subscribers));
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_node)
@@ -134,29 +141,54 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
 /// The request body, at most [`HTTP_BODY_BYTES_MAX`] bytes, with or without
 /// a Content-Length header: a declared length over the limit is refused
 /// before anything is read, and an undeclared body is read only up to it.
-fn bounded_body(
+/// A body not complete within `timeout` is refused 408 `request_timeout`.
+pub(crate) fn bounded_body(
+    timeout: Duration,
 ) -> impl Filter<Extract = (Result<bytes::Bytes, Response>,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
-        .then(read_bounded)
+        .then(move |declared, stream| read_bounded(declared, stream, timeout))
 }
 
-async fn read_bounded<S, B>(declared: Option<u64>, stream: S) -> Result<bytes::Bytes, Response>
+async fn read_bounded<S, B>(
+    declared: Option<u64>,
+    stream: S,
+    timeout: Duration,
+) -> Result<bytes::Bytes, Response>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    if declared.is_some_and(|length| length > HTTP_BODY_BYTES_MAX) {
+        return Err(body_too_large());
+    }
+    match tokio::time::timeout(timeout, read_body(declared, stream)).await {
+        Ok(body) => body,
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "request body not complete within {} ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+fn body_too_large() -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body exceeds {HTTP_BODY_BYTES_MAX} bytes"),
+    )
+}
+
+async fn read_body<S, B>(declared: Option<u64>, stream: S) -> Result<bytes::Bytes, Response>
 where
     S: futures::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
 {
     use futures::StreamExt;
-    let too_large = || {
-        error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body exceeds {HTTP_BODY_BYTES_MAX} bytes"),
-        )
-    };
-    if declared.is_some_and(|length| length > HTTP_BODY_BYTES_MAX) {
-        return Err(too_large());
-    }
     let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
     futures::pin_mut!(stream);
     while let Some(chunk) = stream.next().await {
@@ -168,7 +200,7 @@ where
             )
         })?;
         if body.len() as u64 + chunk.remaining() as u64 > HTTP_BODY_BYTES_MAX {
-            return Err(too_large());
+            return Err(body_too_large());
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -559,10 +591,20 @@ pub fn block_json(node: &Node, block: &Block, certificate: Option<&Certificate>)
     }
 }
 
-fn events(node: &Node) -> Response {
+/// `GET /v1/events`: commits as Server-Sent Events, while a subscriber slot
+/// is free (503 `too_many_subscribers` otherwise). The slot lives as long as
+/// the stream.
+fn events(node: &Node, subscribers: &Arc<Slots>) -> Response {
     use futures::StreamExt;
+    let Some(slot) = subscribers.try_take() else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            format!("at most {} event streams at once", subscribers.max()),
+        );
+    };
     let receiver = node.events.subscribe();
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+    let stream = futures::stream::unfold((receiver, slot), |(mut receiver, slot)| async move {
         loop {
             match receiver.recv().await {
                 Ok(event) => {
@@ -570,7 +612,7 @@ fn events(node: &Node) -> Response {
                         .event("block")
                         .json_data(&event)
                         .unwrap_or_default();
-                    return Some((sse, receiver));
+                    return Some((sse, (receiver, slot)));
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,

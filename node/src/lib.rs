@@ -4,13 +4,16 @@
 //! [`ledger::NodeLedger`]; everything else talks to it through one bounded
 //! channel of [`Event`]s. It turns the replica's actions into IO: safety
 //! state flushed to sled before a vote leaves, frames handed to the p2p layer.
-//! The tokio runtime serves the p2p connections ([`p2p`]) and the warp HTTP
-//! API ([`api`]); both read committed state straight from sled ([`storage`])
-//! and admit transactions into the shared [`mempool`].
+//! The main tokio runtime serves the p2p connections ([`p2p`]); the warp HTTP
+//! API ([`api`], served within limits by [`http_server`]) has a runtime of
+//! its own, so a flood of clients cannot starve p2p. Both read committed
+//! state straight from sled ([`storage`]) and admit transactions into the
+//! shared [`mempool`].
 
 pub mod admission;
 pub mod api;
 mod consensus_loop;
+pub mod http_server;
 pub mod ledger;
 pub mod localnet;
 pub mod mempool;
@@ -38,6 +41,8 @@ use crate::storage::Storage;
 pub const CONSENSUS_EVENTS_MAX: usize = 16_384;
 /// Block events buffered for slow SSE subscribers (they skip on overflow).
 pub const SSE_EVENTS_MAX: usize = 1_024;
+/// Worker threads of the API's own tokio runtime.
+const API_WORKER_THREADS: usize = 2;
 /// How long open API requests may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -153,12 +158,32 @@ pub async fn run(home: &Path) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen for peers on {p2p_listen}: {e}"))?;
     let stopping = node.stopping.clone();
-    let shutdown = async move {
+    tokio::spawn(async move {
         shutdown_signal().await;
         stopping.send_replace(true);
+    });
+    let mut stopping = node.stopping.subscribe();
+    let shutdown = async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
     };
-    let (api_address, api_server) = api::serve(node.clone(), api_listen, shutdown)
-        .map_err(|e| format!("cannot serve the API on {api_listen}: {e}"))?;
+    match http_server::fit_open_files_limit(node.limits.api_connections_max) {
+        Ok(files) => tracing::debug!("open files limit: {files}"),
+        Err(e) => tracing::warn!("{e}"),
+    }
+    // The API runs on its own runtime (its own threads), so a flood of
+    // clients cannot starve the p2p tasks on this one.
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(API_WORKER_THREADS)
+        .thread_name("cairn-api")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the API runtime: {e}"))?;
+    let (api_address, api_server) = {
+        let _inside = api_runtime.enter();
+        api::serve(node.clone(), api_listen, shutdown)
+            .map_err(|e| format!("cannot serve the API on {api_listen}: {e}"))?
+    };
+    let api_server = api_runtime.spawn(api_server);
     tracing::info!("API listening on http://{api_address}");
     let mut stopping = node.stopping.subscribe();
     tokio::select! {
@@ -169,6 +194,8 @@ pub async fn run(home: &Path) -> Result<(), String> {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!("API requests still open after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
+    // Whatever is still open on the API runtime is dropped, not waited for.
+    api_runtime.shutdown_background();
 
     tracing::info!("shutting down");
     let _ = node.consensus_events.send(Event::Shutdown);

@@ -35,12 +35,17 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(error) => return cairn_genesis::cli::usage_error(error),
     };
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // hyper warns once for every client that does not finish its headers in
+    // time: a slow-header flood would flood the log too. The API server logs
+    // its own refusals, throttled. `RUST_LOG` naming hyper still wins.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("hyper")) {
+        filter = filter.add_directive("hyper=error".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
     let result = match cli.command {
         Command::Run { home } => tokio::runtime::Builder::new_multi_thread()
