@@ -125,7 +125,8 @@ pub struct Config {
     /// Time without progress (while there is work) before a replica asks for
     /// the next view; doubles for each consecutive failed view.
     pub view_timeout_ms: u64,
-    /// Most transactions in a block. A committed block with fewer had room:
+    /// Most transactions in a block. A committed block with at most half as
+    /// many had room:
     /// if a transaction this replica has held ready for a whole view
     /// timeout is still pending after it, the primary is censoring (or never
     /// got it), and the commit does not count as progress.

@@ -450,7 +450,10 @@ impl Replica {
                 block_hash: hash,
                 signatures: self.round.signatures(Kind::Commit, view, hash),
             };
-            let had_room = block.transactions.len() < self.config.block_txs_max;
+            // At most half full: a primary working through a backlog (it
+            // proposes what it has checked so far, while gossip is still
+            // arriving) fills more than that, and is not judged.
+            let had_room = block.transactions.len() * 2 <= self.config.block_txs_max;
             let height_started_ms = self.height_started_ms;
             if !self.commit_block(ledger, block, certificate) {
                 return false;
@@ -464,7 +467,8 @@ impl Replica {
     }
 
     /// A transaction that was ready here for a whole view timeout before
-    /// the height started, and that a block with room for it left out, means
+    /// the height started, and that a block with room for it (at most half
+    /// full) left out, means
     /// the primary censors it (or never received it): the commit is no
     /// progress, and the replica asks for the next view at once. Only
     /// commits by quorum in this replica's own round are judged (synced
