@@ -1,5 +1,6 @@
-//! How much memory a node's storage holds as the chain grows: commits
-//! full blocks and prints the process RSS every 20 blocks.
+//! How much memory a node's storage holds as the chain grows, and how long
+//! a commit takes: commits full blocks and prints the process RSS and the
+//! mean time per block every 20 blocks.
 //!
 //! ```sh
 //! cargo run --release -p cairn-bench --example storage_memory -- storage 200
@@ -141,9 +142,25 @@ fn raw(mode: &str, dir: &std::path::Path, blocks: u64) {
     }
 }
 
+/// Prints RSS and the mean commit time of the last 20 blocks, every 20.
 fn report(mode: &str, height: u64) {
+    thread_local! {
+        static SINCE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
     if height.is_multiple_of(20) {
-        println!("{mode} blocks={height} rss_mib={:.0}", rss_mib("VmRSS:"));
+        let ms_per_block = SINCE.with(|since| {
+            let now = std::time::Instant::now();
+            let ms = since
+                .get()
+                .map(|s| now.duration_since(s).as_secs_f64() * 1e3 / 20.0);
+            since.set(Some(now));
+            ms
+        });
+        println!(
+            "{mode} blocks={height} rss_mib={:.0} ms_per_block={}",
+            rss_mib("VmRSS:"),
+            ms_per_block.map_or("-".into(), |ms| format!("{ms:.1}"))
+        );
     }
 }
 
