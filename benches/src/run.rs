@@ -302,8 +302,8 @@ fn max_rss_mb(net: &Testnet) -> f64 {
 
 /// Shows progress every second until `end`, checks the nodes stay up,
 /// samples CPU at the measured window's edges and the largest node's RSS
-/// every second inside it, and polls the nodes' views into `views` (unless
-/// every node counts its view changes itself).
+/// every second inside it, and polls the nodes' views (or view-change
+/// counters) into `views`.
 fn watch(
     net: &mut Testnet,
     shared: &Shared,
@@ -334,9 +334,9 @@ fn watch(
         if cpu_start.is_none() && Instant::now() >= window_start {
             cpu_start = Some((cpu(net), procstat::own_cpu_seconds()));
         }
-        if !views.counters_everywhere() {
-            nodemetrics::poll_views(&net.api_urls, views);
-        }
+        // Every second, also where nodes count view changes themselves: the
+        // progress line shows the count so far.
+        nodemetrics::poll_views(&net.api_urls, views);
         let rss_mb = max_rss_mb(net);
         if let Some(since) = Instant::now().checked_duration_since(window_start) {
             rss_samples.push((since.as_secs_f64(), rss_mb));
