@@ -109,7 +109,7 @@ impl Node {
                 }
             }
         }
-        let mut to_verify: Vec<(usize, Account)> = Vec::with_capacity(candidates.len());
+        let mut to_verify: Vec<usize> = Vec::with_capacity(candidates.len());
         {
             let mempool = self.mempool.lock().expect("mempool lock");
             let mut room = mempool.room_for(origin);
@@ -132,18 +132,18 @@ impl Node {
                     }
                 });
                 match checked {
-                    Ok(()) => to_verify.push((i, account)),
+                    Ok(()) => to_verify.push(i),
                     Err(e) => verdicts[i] = Some(Err(e.into())),
                 }
             }
         }
-        let refs: Vec<&SignedTransaction> = to_verify.iter().map(|&(i, _)| &txs[i]).collect();
+        let refs: Vec<&SignedTransaction> = to_verify.iter().map(|&i| &txs[i]).collect();
         let signature_ok = verify_signatures(&refs);
         let mut admitted = Vec::new();
         let now_ms = crate::ledger::now_ms();
         {
             let mut mempool = self.mempool.lock().expect("mempool lock");
-            for (&(i, account), ok) in to_verify.iter().zip(signature_ok) {
+            for (&i, ok) in to_verify.iter().zip(signature_ok) {
                 if ok.is_err() {
                     verdicts[i] = Some(Err(Refusal::new(
                         400,
@@ -152,9 +152,21 @@ impl Node {
                     )));
                     continue;
                 }
-                // An earlier transaction of this request may have moved the
-                // sender's state on; admission re-checks everything.
+                // Read again, under the mempool lock: a block may have
+                // committed since the first reading, and a transaction
+                // admitted against older state than the pool's last re-check
+                // could hold a used nonce or spend money that is gone. (A
+                // commit's re-check takes this lock after the state is
+                // written, so a reading here is never older than the pool.)
+                // `admit` runs every check again.
                 let tx = &txs[i];
+                let account = match self.storage.account(&tx.transfer.from) {
+                    Ok(account) => account,
+                    Err(e) => {
+                        verdicts[i] = Some(Err(Refusal::new(503, "storage_error", e.to_string())));
+                        continue;
+                    }
+                };
                 verdicts[i] = Some(
                     match mempool.admit(tx.clone(), hashes[i], account, now_ms, origin) {
                         Ok(Admitted::New) => {
