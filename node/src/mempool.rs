@@ -433,6 +433,14 @@ impl Mempool {
         self.sync_sender(&from, account);
         let (held, parked_held, ready_end, spend) = match self.senders.get(&from) {
             Some(q) => {
+                if nonce < q.base {
+                    // `account` is older than what this pool has seen.
+                    return Err(TxError::NonceTooLow {
+                        expected: q.base,
+                        got: nonce,
+                    }
+                    .into());
+                }
                 if q.txs.contains_key(&nonce) {
                     return Err(AdmitError::NoncePending(nonce));
                 }
