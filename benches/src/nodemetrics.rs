@@ -79,11 +79,6 @@ impl ViewChangeCount {
         }
     }
 
-    /// Whether every node exports the counter, so polling adds nothing.
-    pub fn counters_everywhere(&self) -> bool {
-        self.first.iter().all(|r| r.view_changes_total.is_some())
-    }
-
     /// A later reading of `node`: a rise of its view gauge since the last
     /// reading counts.
     pub fn observe(&mut self, node: usize, reading: ViewReading) {
@@ -205,7 +200,6 @@ cairn_views_other 99
     #[test]
     fn counter_first_then_gauge() {
         let mut count = ViewChangeCount::start(vec![at(Some(1), Some(4)), at(None, Some(4))]);
-        assert!(!count.counters_everywhere());
         count.observe(0, at(Some(3), Some(9)));
         count.observe(1, at(None, Some(9)));
         assert_eq!((count.of_node(0), count.of_node(1)), (2, 5));
@@ -224,7 +218,6 @@ cairn_views_other 99
         }
         assert_eq!(count.total(), 5);
         let count = ViewChangeCount::start(vec![at(Some(0), None); 3]);
-        assert!(count.counters_everywhere());
         assert_eq!(count.total(), 0);
     }
 }

@@ -104,6 +104,9 @@ pub struct Report {
     pub txs_submitted_total: u64,
     pub txs_accepted_total: u64,
     pub txs_rejected_total: u64,
+    /// Transactions sent again after a refusal for lack of room (each
+    /// resend counts).
+    pub txs_resent: u64,
     pub rejected_by_code: std::collections::BTreeMap<String, u64>,
     /// Accepted transactions never seen committed (drain timed out).
     pub txs_uncommitted: u64,
@@ -482,6 +485,7 @@ fn report(
         txs_submitted_total: shared.submitted.load(Ordering::Acquire),
         txs_accepted_total: accepted,
         txs_rejected_total: shared.rejected.load(Ordering::Acquire),
+        txs_resent: shared.retries.load(Ordering::Acquire),
         rejected_by_code: shared.rejected_by_code.lock().expect("counts").clone(),
         txs_uncommitted: accepted.saturating_sub(committed_total),
         pool_exhausted: shared.pool_exhausted(load),

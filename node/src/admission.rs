@@ -181,13 +181,7 @@ impl Node {
                     },
                 );
             }
-            let m = &self.metrics;
-            m.mempool_size
-                .store(mempool.len() as u64, Ordering::Relaxed);
-            m.mempool_ready
-                .store(mempool.ready_len() as u64, Ordering::Relaxed);
-            m.mempool_parked
-                .store(mempool.parked_len() as u64, Ordering::Relaxed);
+            self.metrics.observe_mempool(&mempool);
         }
         // Duplicates within the request share the first one's verdict.
         let mut first_verdict: std::collections::HashMap<Hash, Result<Hash, Refusal>> =

@@ -289,7 +289,7 @@ impl crate::Node {
     /// Everything that follows a durable commit: mempool pruning, metrics,
     /// the SSE event.
     fn after_commit(&self, block: &Block, tx_hashes: &[Hash]) {
-        let (size, ready, parked) = {
+        {
             let mut mempool = self.mempool.lock().expect("mempool lock");
             mempool.remove_committed(
                 &block.transactions,
@@ -297,13 +297,10 @@ impl crate::Node {
                 |a| self.storage.account(a).unwrap_or_default(),
                 now_ms(),
             );
-            (mempool.len(), mempool.ready_len(), mempool.parked_len())
-        };
+            self.metrics.observe_mempool(&mempool);
+        }
         let m = &self.metrics;
         m.height.store(block.height().0, Ordering::Relaxed);
-        m.mempool_size.store(size as u64, Ordering::Relaxed);
-        m.mempool_ready.store(ready as u64, Ordering::Relaxed);
-        m.mempool_parked.store(parked as u64, Ordering::Relaxed);
         m.committed_transactions
             .fetch_add(block.transactions.len() as u64, Ordering::Relaxed);
         let latency_ms = now_ms().saturating_sub(block.header.timestamp_ms);

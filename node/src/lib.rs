@@ -219,16 +219,7 @@ async fn expire_mempool(node: Arc<Node>) {
         tick.tick().await;
         let mut mempool = node.mempool.lock().expect("mempool lock");
         if mempool.expire(ledger::now_ms()) > 0 {
-            use std::sync::atomic::Ordering::Relaxed;
-            node.metrics
-                .mempool_size
-                .store(mempool.len() as u64, Relaxed);
-            node.metrics
-                .mempool_ready
-                .store(mempool.ready_len() as u64, Relaxed);
-            node.metrics
-                .mempool_parked
-                .store(mempool.parked_len() as u64, Relaxed);
+            node.metrics.observe_mempool(&mempool);
         }
     }
 }

@@ -251,10 +251,6 @@ impl Mempool {
         }
     }
 
-    pub fn limits(&self) -> &MempoolLimits {
-        &self.limits
-    }
-
     pub fn len(&self) -> usize {
         self.hashes.len()
     }
@@ -265,11 +261,6 @@ impl Mempool {
 
     pub fn parked_len(&self) -> usize {
         self.parked_len
-    }
-
-    /// How many more transactions fit without evicting any.
-    pub fn room(&self) -> usize {
-        self.limits.capacity.saturating_sub(self.hashes.len())
     }
 
     /// How many more transactions from `origin` fit without evicting any.
@@ -322,6 +313,7 @@ impl Mempool {
     }
 
     /// How many transactions of `sender` this pool holds: (ready, parked).
+    #[cfg(test)]
     pub fn sender_counts(&self, sender: &PublicKey) -> (usize, usize) {
         self.senders
             .get(sender)
@@ -609,6 +601,14 @@ impl Mempool {
     /// Removes `nonces` of `sender`, remembering each as `why`, and settles
     /// the sender (later ready ones may become parked).
     fn drop_txs(&mut self, sender: &PublicKey, nonces: &[u64], why: Dropped) {
+        for hash in self.remove_txs(sender, nonces) {
+            self.remember_dropped(hash, why.clone());
+        }
+    }
+
+    /// Removes `nonces` of `sender` (those present) and settles the sender;
+    /// returns the removed transactions' hashes.
+    fn remove_txs(&mut self, sender: &PublicKey, nonces: &[u64]) -> Vec<Hash> {
         self.unindex(sender);
         let mut gone = Vec::new();
         if let Some(queue) = self.senders.get_mut(sender) {
@@ -629,11 +629,9 @@ impl Mempool {
                 }
             }
         }
-        for hash in gone {
-            self.remember_dropped(hash, why.clone());
-        }
         self.settle(sender);
         self.reindex(sender);
+        gone
     }
 
     /// Recomputes which of `sender`'s transactions are ready from its `base`.
@@ -714,15 +712,14 @@ impl Mempool {
     /// Brings `sender`'s queue up to its committed `account`: nonces now used
     /// are dropped, and the ready ones the balance no longer covers (in nonce
     /// order) are dropped as `insufficient_funds`; what follows them parks.
-    /// Returns whether anything changed.
-    fn sync_sender(&mut self, sender: &PublicKey, account: Account) -> bool {
+    fn sync_sender(&mut self, sender: &PublicKey, account: Account) {
         let Some(queue) = self.senders.get(sender) else {
-            return false;
+            return;
         };
         if queue.base > account.nonce {
             // Older state than this pool has seen (a read before a commit
             // this pool already applied): nothing to learn from it.
-            return false;
+            return;
         }
         let used: Vec<u64> = queue.txs.range(..account.nonce).map(|(n, _)| *n).collect();
         // Walk the ready run from the committed nonce: the first one the
@@ -739,7 +736,7 @@ impl Mempool {
                 unaffordable.push(nonce);
             }
         }
-        let changed = !used.is_empty() || !unaffordable.is_empty() || queue.base != account.nonce;
+        let base_only = used.is_empty() && unaffordable.is_empty() && queue.base != account.nonce;
         if let Some(queue) = self.senders.get_mut(sender) {
             queue.base = account.nonce;
         }
@@ -768,12 +765,13 @@ impl Mempool {
                 },
             );
         }
-        if changed {
+        if base_only {
+            // A new base alone may make parked transactions ready (the
+            // drops above settle the sender themselves).
             self.unindex(sender);
             self.settle(sender);
             self.reindex(sender);
         }
-        changed
     }
 
     /// Candidate transactions for a block, with their hashes: senders in turn
@@ -863,24 +861,7 @@ impl Mempool {
                 .filter(|(_, p)| committed_hashes.contains(&p.hash))
                 .map(|(n, _)| *n)
                 .collect();
-            if !included.is_empty() {
-                self.unindex(&sender);
-                let queue = self.senders.get_mut(&sender).expect("present");
-                for nonce in included {
-                    let pending = queue.txs.remove(&nonce).expect("present");
-                    queue.spend -= pending.tx.transfer.amount as u128;
-                    if pending.parked {
-                        queue.parked -= 1;
-                        self.parked_len -= 1;
-                        self.parked_ages.remove(&(pending.since_ms, sender, nonce));
-                    } else {
-                        self.ready_len -= 1;
-                    }
-                    self.ages.remove(&(pending.since_ms, sender, nonce));
-                    self.hashes.remove(&pending.hash);
-                }
-                self.reindex(&sender);
-            }
+            self.remove_txs(&sender, &included);
             self.sync_sender(&sender, account(&sender));
             if self.ready.contains_key(&sender) {
                 self.set_ready(sender, true);

@@ -31,6 +31,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Records the mempool's sizes (call with its lock held, after a change).
+    pub fn observe_mempool(&self, mempool: &crate::mempool::Mempool) {
+        self.mempool_size
+            .store(mempool.len() as u64, Ordering::Relaxed);
+        self.mempool_ready
+            .store(mempool.ready_len() as u64, Ordering::Relaxed);
+        self.mempool_parked
+            .store(mempool.parked_len() as u64, Ordering::Relaxed);
+    }
+
     /// Records the time from a block's proposal timestamp to its commit here.
     pub fn observe_commit_latency(&self, seconds: f64) {
         let seconds = seconds.max(0.0);

@@ -162,9 +162,22 @@ impl SimLedger {
                 .expect("the generator makes valid transfers");
         }
         let state_root = next_state_root(self.root(), overlay.changes());
+        self.block_on_tip(view, proposer, now_ms, transactions, state_root)
+    }
+
+    /// A block for the next height on the tip, with `transactions` and the
+    /// state root they lead to.
+    fn block_on_tip(
+        &self,
+        view: View,
+        proposer: PublicKey,
+        now_ms: u64,
+        transactions: Vec<SignedTransaction>,
+        state_root: Hash,
+    ) -> Block {
         let hashes: Vec<Hash> = transactions.iter().map(|t| t.hash()).collect();
         let header = BlockHeader {
-            height,
+            height: self.height().next(),
             parent_hash: self.tip().1,
             view,
             proposer,
@@ -229,20 +242,8 @@ impl SimLedger {
             (weak, weak_account),
             (thief, thief_account),
         ]);
-        let hashes: Vec<Hash> = transactions.iter().map(|t| t.hash()).collect();
-        let header = BlockHeader {
-            height,
-            parent_hash: self.tip().1,
-            view,
-            proposer,
-            timestamp_ms: now_ms,
-            tx_root: tx_root(&hashes),
-            state_root: next_state_root(self.root(), &changes),
-        };
-        Block {
-            header,
-            transactions,
-        }
+        let state_root = next_state_root(self.root(), &changes);
+        self.block_on_tip(view, proposer, now_ms, transactions, state_root)
     }
 
     fn root(&self) -> &Hash {
