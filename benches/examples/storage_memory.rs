@@ -9,7 +9,9 @@
 //!
 //! Modes (one per process, so the RSS figures do not mix):
 //! - `storage`: `cairn_node::storage::Storage::commit_block`, as a validator
-//!   commits (blocks in 4 KiB chunks, the 20-byte transaction index);
+//!   commits (blocks in 4 KiB chunks, the transaction index as sorted runs
+//!   merged in the background); at the end it also times lookups of
+//!   committed and absent transaction hashes;
 //! - `raw-whole` / `raw-chunked`: 1.5 MB values into a bare sled tree with
 //!   the same 16 MiB cache, each block as one value or in 4 KiB chunks;
 //! - `raw-index32` / `raw-index20`: 10,000 index entries per block into a
@@ -94,7 +96,54 @@ fn storage(dir: &std::path::Path, blocks: u64) {
             .commit_block(&block, &certificate, &hashes, &change)
             .expect("commit");
         report("storage", h);
+        if h % 20 == 0 {
+            println!(
+                "storage blocks={h} tx_index_runs={}",
+                storage.tx_index_runs()
+            );
+        }
+        if h == blocks {
+            time_lookups(&storage, &block, &hashes);
+        }
         parent = block;
+    }
+}
+
+/// Times `GET /v1/transactions/{hash}`'s storage part: committed hashes
+/// (of the last block and of block 1) and absent ones.
+fn time_lookups(storage: &Storage, last: &Block, last_hashes: &[Hash]) {
+    let first: Vec<Hash> = storage
+        .block(cairn_core::Height(1))
+        .expect("read")
+        .expect("block 1")
+        .transactions
+        .iter()
+        .map(|t| t.hash())
+        .collect();
+    for (what, hashes, expect) in [
+        ("last_block", last_hashes.to_vec(), Some(last.height())),
+        ("first_block", first, Some(cairn_core::Height(1))),
+        (
+            "absent",
+            (0..TXS_PER_BLOCK)
+                .map(|i| Hash::digest(&[b"absent", &i.to_be_bytes()]))
+                .collect(),
+            None,
+        ),
+    ] {
+        let start = std::time::Instant::now();
+        for hash in hashes.iter().take(2_000) {
+            let found = storage.tx_height(hash).expect("lookup");
+            if expect.is_some() {
+                assert!(found.is_some(), "{what}: a committed hash not found");
+            } else {
+                assert_eq!(found, None, "{what}: an absent hash found");
+            }
+        }
+        println!(
+            "storage lookups={what} us_per_lookup={:.1}",
+            start.elapsed().as_secs_f64() * 1e6 / hashes.len().min(2_000) as f64
+        );
     }
 }
 

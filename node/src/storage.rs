@@ -6,19 +6,18 @@
 //!   [`BLOCK_CHUNK_BYTES`] piece of the encoded [`Block`] (see below)
 //! - `certificates`: height (big-endian u64) -> encoded [`Certificate`]
 //! - `block_heights`: block hash -> height
-//! - `tx_heights`: first 20 bytes of a transaction hash -> height
-//!   (big-endian) followed by the hash's last 12 bytes
+//! - `tx_runs`: the transaction index, hash -> height, as sorted runs
+//!   merged in the background ([`tx_index`] says how and why)
 //! - `state`: address -> encoded [`Account`], and the tip (height and hash
 //!   of the last committed block) under [`TIP_KEY`]
-//! - `meta`: genesis hash, storage format, consensus safety state
+//! - `meta`: genesis hash, storage format, consensus safety state, the
+//!   transaction index's list of runs
 //!
 //! **Memory.** `blocks` is shaped for sled 0.34's cache, which bounds
 //! memory only for small pages: a leaf holds up to 16 entries, and a page
 //! alone in its LRU shard (of 256) is never evicted, so whole blocks as
 //! values stayed resident (200 full blocks: 303 MiB with a 16 MiB cache).
 //! In 4 KiB chunks they are evicted like any small page (75 MiB, flat).
-//! A transaction's entry is split 20 + 12 so key and value fit sled's
-//! inline size (22 bytes); that showed no consistent memory gain.
 //! docs/BENCHMARKS.md (Analysis, point 5) has the measurements and
 //! `benches/examples/storage_memory.rs` reproduces them.
 //!
@@ -39,6 +38,9 @@ use cairn_core::codec;
 use cairn_core::state::{Account, StateView};
 use cairn_core::{Block, Certificate, Hash, Height, PublicKey};
 
+mod tx_index;
+use tx_index::TxIndex;
+
 /// Key of the tip in the `state` tree (shorter than any address, so it can
 /// never collide with one).
 pub const TIP_KEY: &[u8] = b"tip";
@@ -52,12 +54,13 @@ const META_GENESIS: &[u8] = b"genesis_hash";
 /// Layout version of the trees above, written when a data folder is
 /// created; a folder of another layout is refused, never misread.
 const META_FORMAT: &[u8] = b"format";
-const FORMAT: &[u8] = b"cairn-storage-2";
+const FORMAT: &[u8] = b"cairn-storage-3";
+/// The previous layout, which differs only in its transaction index (a
+/// `tx_heights` tree: first 20 bytes of the hash -> big-endian height and
+/// the hash's last 12 bytes); it is converted on open.
+const FORMAT_2: &[u8] = b"cairn-storage-2";
 /// Size of one stored piece of an encoded block (see the module doc).
 pub const BLOCK_CHUNK_BYTES: usize = 4096;
-/// A transaction's key in `tx_heights`: its hash's first bytes; the rest
-/// is checked against the value.
-const TX_KEY_BYTES: usize = 20;
 const META_SAFETY: &[u8] = b"safety";
 /// sled's page cache (its default is 1 GiB, which a validator's RSS budget
 /// cannot afford; sled still keeps recently written data beyond it, see
@@ -88,7 +91,7 @@ pub struct Storage {
     blocks: sled::Tree,
     certificates: sled::Tree,
     block_heights: sled::Tree,
-    tx_heights: sled::Tree,
+    tx_index: TxIndex,
     state: sled::Tree,
     meta: sled::Tree,
 }
@@ -159,20 +162,24 @@ impl Storage {
             .path(path)
             .cache_capacity(CACHE_BYTES)
             .open()?;
+        let meta = db.open_tree("meta")?;
         let storage = Storage {
             marker: path.join(TIP_MARKER_FILE),
             blocks: db.open_tree("blocks")?,
             certificates: db.open_tree("certificates")?,
             block_heights: db.open_tree("block_heights")?,
-            tx_heights: db.open_tree("tx_heights")?,
+            tx_index: TxIndex::open(&db, &meta)?,
             state: db.open_tree("state")?,
-            meta: db.open_tree("meta")?,
+            meta,
             db,
         };
         let genesis_hash = genesis_block.header.parent_hash;
         match storage.meta.get(META_GENESIS)? {
             None => storage.init_genesis(genesis_block, genesis_accounts)?,
             Some(found) => {
+                if storage.meta.get(META_FORMAT)?.as_deref() == Some(FORMAT_2) {
+                    storage.convert_from_format_2()?;
+                }
                 if storage.meta.get(META_FORMAT)?.as_deref() != Some(FORMAT) {
                     return Err(corrupt(
                         "the data folder was written by another version of cairn-node \
@@ -197,6 +204,40 @@ impl Storage {
         storage.check_marker()?;
         storage.remove_above_tip()?;
         Ok(storage)
+    }
+
+    /// Moves a format-2 transaction index into one run. Its tree iterates
+    /// in hash order (the key is the hash's first 20 bytes, unique in
+    /// practice), which is the order a run needs; the run is installed at a
+    /// high level so that merges leave it alone. The run and its manifest
+    /// are flushed before the old tree is dropped and the format changed,
+    /// so a crash meanwhile converts again from the start (a half-written
+    /// run has no manifest entry and is removed at open).
+    fn convert_from_format_2(&self) -> Result<(), StorageError> {
+        let old = self.db.open_tree("tx_heights")?;
+        tracing::info!(
+            "converting the transaction index of {} transactions to storage format 3",
+            old.len()
+        );
+        let entries = old.iter().map(|entry| {
+            let (key, value) = entry?;
+            if key.len() != 20 || value.len() != 20 {
+                return Err(corrupt(
+                    "format-2 transaction index entry has the wrong length",
+                ));
+            }
+            let mut hash = [0u8; 32];
+            hash[..20].copy_from_slice(&key);
+            hash[20..].copy_from_slice(&value[8..]);
+            Ok((hash, decode_height(&value[..8])?.0))
+        });
+        self.tx_index
+            .add_sorted(tx_index::CONVERTED_LEVEL, entries)?;
+        self.db.flush()?;
+        self.db.drop_tree("tx_heights")?;
+        self.meta.insert(META_FORMAT, FORMAT)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     fn init_genesis(
@@ -348,27 +389,9 @@ impl Storage {
             self.certificates.insert(key, codec::encode(certificate))?;
         }
         self.block_heights.insert(hash.0, &key)?;
-        // One insert each, not one batch: they need no atomicity (invisible
-        // above the tip), and sled keeps a large batch of small keys in
-        // memory (measured with 60 blocks of 8,000: 1.9 GB RSS with one
-        // batch per block, 0.24 GB with single inserts; docs/BENCHMARKS.md).
-        // In key order, so consecutive inserts share the path down the
-        // tree. The index is why commits slow as the chain grows: its keys
-        // are random, and once it outgrows sled's bounded cache most
-        // inserts fetch their leaf (issue 8: after 4 minutes at 5,200 tx/s
-        // the consensus thread spent 59 % of its time in these inserts).
-        // Sorting helps a little (`storage_memory` example, 10,000-tx
-        // blocks: 406 ms per block at 400 blocks against 462 unsorted) but
-        // the growth remains; docs/BENCHMARKS.md says what would remove it.
-        let mut sorted: Vec<&Hash> = tx_hashes.iter().collect();
-        sorted.sort_unstable();
-        for tx_hash in sorted {
-            let mut value = [0u8; 8 + 32 - TX_KEY_BYTES];
-            value[..8].copy_from_slice(&key);
-            value[8..].copy_from_slice(&tx_hash.0[TX_KEY_BYTES..]);
-            self.tx_heights
-                .insert(&tx_hash.0[..TX_KEY_BYTES], &value[..])?;
-        }
+        // Appended as one sorted run; see `tx_index` for why not one
+        // insert per transaction into a hash-keyed tree.
+        self.tx_index.add_block(height, tx_hashes)?;
         let mut state = sled::Batch::default();
         for (address, account) in changes {
             state.insert(&address.0[..], codec::encode(account));
@@ -447,19 +470,15 @@ impl Storage {
 
     /// Height of the committed block holding transaction `hash`.
     pub fn tx_height(&self, hash: &Hash) -> Result<Option<Height>, StorageError> {
-        let Some(value) = self.tx_heights.get(&hash.0[..TX_KEY_BYTES])? else {
-            return Ok(None);
-        };
-        if value.len() != 8 + 32 - TX_KEY_BYTES {
-            return Err(corrupt("transaction index entry has the wrong length"));
+        match self.tx_index.get(hash)? {
+            Some(height) if self.committed(height)? => Ok(Some(height)),
+            _ => Ok(None),
         }
-        // Another transaction sharing the first 20 bytes (a 2^-80 chance
-        // per pair) is not this one.
-        if value[8..] != hash.0[TX_KEY_BYTES..] {
-            return Ok(None);
-        }
-        let height = decode_height(&value[..8])?;
-        Ok(self.committed(height)?.then_some(height))
+    }
+
+    /// How many runs the transaction index has (the benchmark prints it).
+    pub fn tx_index_runs(&self) -> usize {
+        self.tx_index.runs().len()
     }
 
     pub fn height_of(&self, hash: &Hash) -> Result<Option<Height>, StorageError> {
@@ -659,8 +678,8 @@ mod tests {
         );
     }
 
-    /// The index is keyed by a hash's first 20 bytes; a transaction that
-    /// shares them with a committed one is not reported as committed.
+    /// A transaction that shares all but the last byte of its hash with a
+    /// committed one is not reported as committed.
     #[test]
     fn a_hash_sharing_the_index_key_is_not_committed() {
         let dir = tempfile::tempdir().unwrap();
@@ -679,6 +698,49 @@ mod tests {
             .unwrap();
         assert_eq!(storage.tx_height(&committed).unwrap(), Some(Height(1)));
         assert_eq!(storage.tx_height(&lookalike).unwrap(), None);
+    }
+
+    /// A format-2 folder (transaction index in a `tx_heights` tree) is
+    /// converted on open: every committed transaction is still found, and
+    /// the folder is format 3 afterwards.
+    #[test]
+    fn converts_a_format_2_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, accounts) = genesis();
+        let (block, certificate) = child_with_transfers(&genesis, 300);
+        let hashes = tx_hashes(&block);
+        {
+            let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+            storage
+                .commit_block(&block, &certificate, &hashes, &[])
+                .unwrap();
+            // Rewrite the index as format 2 laid it out.
+            let old = storage.db.open_tree("tx_heights").unwrap();
+            for hash in &hashes {
+                let mut value = height_key(Height(1)).to_vec();
+                value.extend_from_slice(&hash.0[20..]);
+                old.insert(&hash.0[..20], value).unwrap();
+            }
+            storage.db.drop_tree("tx_runs").unwrap();
+            storage.meta.remove(tx_index::META_MANIFEST).unwrap();
+            storage.meta.insert(META_FORMAT, FORMAT_2).unwrap();
+            storage.db.flush().unwrap();
+        }
+        let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
+        assert_eq!(
+            storage.meta.get(META_FORMAT).unwrap().as_deref(),
+            Some(FORMAT)
+        );
+        assert_eq!(storage.tx_index_runs(), 1);
+        for hash in &hashes {
+            assert_eq!(storage.tx_height(hash).unwrap(), Some(Height(1)));
+        }
+        assert_eq!(storage.tx_height(&Hash([9; 32])).unwrap(), None);
+        assert!(!storage
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| &name[..] == b"tx_heights"));
     }
 
     /// A folder written by another storage layout is refused by name, not
@@ -813,12 +875,7 @@ mod tests {
                 .certificates
                 .insert(height_key(Height(1)), codec::encode(&certificate))
                 .unwrap();
-            let mut value = height_key(Height(1)).to_vec();
-            value.extend_from_slice(&tx_hash.0[TX_KEY_BYTES..]);
-            storage
-                .tx_heights
-                .insert(&tx_hash.0[..TX_KEY_BYTES], value)
-                .unwrap();
+            storage.tx_index.add_block(Height(1), &[tx_hash]).unwrap();
             assert_eq!(storage.block(Height(1)).unwrap(), None);
             assert_eq!(storage.certificate(Height(1)).unwrap(), None);
             assert_eq!(storage.tx_height(&tx_hash).unwrap(), None);
