@@ -52,8 +52,14 @@ impl SafetyState {
         self.start_view
     }
 
-    pub(crate) fn prepare_vote(&self) -> Option<(View, Hash)> {
+    /// The last prepare vote at [`Self::height`].
+    pub fn prepare_vote(&self) -> Option<(View, Hash)> {
         self.prepare_vote
+    }
+
+    /// The last commit vote at [`Self::height`].
+    pub fn commit_vote(&self) -> Option<(View, Hash)> {
+        self.commit_vote
     }
 
     /// Whether the replica asked for the current view and is waiting for its

@@ -6,8 +6,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::safety_record::SafetyRecord;
 use cairn_consensus::{Action, Config, Input, Ledger, Replica, SafetyState};
-use cairn_core::{codec, Height, ValidatorIndex};
+use cairn_core::{Height, ValidatorIndex};
 
 use crate::ledger::{now_ms, NodeLedger};
 use crate::p2p::{Wire, SYNC_BLOCKS_MAX};
@@ -24,12 +25,9 @@ const IDLE_SYNC_POLL: Duration = Duration::from_millis(1_000);
 pub fn start(
     node: Arc<Node>,
     inbox: Receiver<Event>,
+    record: SafetyRecord,
+    safety: SafetyState,
 ) -> Result<std::thread::JoinHandle<()>, String> {
-    let safety = match node.storage.safety().map_err(|e| e.to_string())? {
-        None => SafetyState::default(),
-        Some(bytes) => codec::decode(&bytes)
-            .map_err(|e| format!("data folder is corrupt: safety state: {e}"))?,
-    };
     let params = &node.genesis.genesis.params;
     let config = Config {
         chain_id: node.genesis.chain_id().to_string(),
@@ -42,11 +40,17 @@ pub fn start(
     let ledger = NodeLedger::new(node.clone())?;
     std::thread::Builder::new()
         .name("consensus".into())
-        .spawn(move || run(node, replica, ledger, inbox))
+        .spawn(move || run(node, replica, ledger, inbox, record))
         .map_err(|e| e.to_string())
 }
 
-fn run(node: Arc<Node>, mut replica: Replica, mut ledger: NodeLedger, inbox: Receiver<Event>) {
+fn run(
+    node: Arc<Node>,
+    mut replica: Replica,
+    mut ledger: NodeLedger,
+    inbox: Receiver<Event>,
+    record: SafetyRecord,
+) {
     let mut next_tick = Instant::now();
     let mut poll = IdlePoll::new(node.genesis.validators.len(), node.me.get());
     loop {
@@ -60,11 +64,12 @@ fn run(node: Arc<Node>, mut replica: Replica, mut ledger: NodeLedger, inbox: Rec
             Err(RecvTimeoutError::Timeout) => None,
         };
         if let Some(input) = input {
-            step(&node, &mut replica, &mut ledger, input);
+            step(&node, &record, &mut replica, &mut ledger, input);
         }
         if Instant::now() >= next_tick {
             step(
                 &node,
+                &record,
                 &mut replica,
                 &mut ledger,
                 Input::Tick { now_ms: now_ms() },
@@ -74,10 +79,16 @@ fn run(node: Arc<Node>, mut replica: Replica, mut ledger: NodeLedger, inbox: Rec
     }
 }
 
-fn step(node: &Node, replica: &mut Replica, ledger: &mut NodeLedger, input: Input) {
+fn step(
+    node: &Node,
+    record: &SafetyRecord,
+    replica: &mut Replica,
+    ledger: &mut NodeLedger,
+    input: Input,
+) {
     let view_before = replica.view();
     for action in replica.handle(ledger, input) {
-        execute(node, action);
+        execute(node, record, action);
     }
     if replica.view() != view_before {
         node.metrics.view_changes.fetch_add(1, Ordering::Relaxed);
@@ -98,10 +109,22 @@ fn step(node: &Node, replica: &mut Replica, ledger: &mut NodeLedger, input: Inpu
     *node.status.write().expect("status lock") = status;
 }
 
-fn execute(node: &Node, action: Action) {
+fn execute(node: &Node, record: &SafetyRecord, action: Action) {
     match action {
         Action::PersistSafety(state) => {
-            if let Err(e) = node.storage.persist_safety(&codec::encode(&state)) {
+            let started = Instant::now();
+            let written = record.persist(&state);
+            let metrics = &node.metrics;
+            metrics.safety_writes.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .safety_write_us
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            if let Ok(bytes) = written {
+                metrics
+                    .safety_write_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+            }
+            if let Err(e) = written {
                 // Voting without a durable record could equivocate after a
                 // restart: stop instead.
                 tracing::error!("cannot persist the safety state: {e}; stopping");

@@ -19,6 +19,7 @@ pub mod localnet;
 pub mod mempool;
 pub mod metrics;
 pub mod p2p;
+pub mod safety_record;
 pub mod storage;
 
 use std::path::Path;
@@ -114,6 +115,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
     })?;
     let storage = Storage::open(&config.data, &genesis.block(), &genesis.accounts)
         .map_err(|e| format!("cannot open data folder {}: {e}", config.data.display()))?;
+    let (safety_record, safety, _) = safety_record::SafetyRecord::load(home, &storage)?;
     let p2p_listen = config.p2p_listen.unwrap_or(genesis.p2p_addresses[me]);
     let api_listen = config.api_listen.unwrap_or(genesis.api_addresses[me]);
 
@@ -152,7 +154,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
         node.genesis.chain_id()
     );
 
-    let consensus = consensus_loop::start(node.clone(), consensus_inbox)?;
+    let consensus = consensus_loop::start(node.clone(), consensus_inbox, safety_record, safety)?;
     tokio::spawn(expire_mempool(node.clone()));
     p2p::start(node.clone(), queues, p2p_listen)
         .await

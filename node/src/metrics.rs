@@ -25,6 +25,11 @@ pub struct Metrics {
     pub p2p_frames_dropped: AtomicU64,
     /// Gossip frames received while the admission task was behind.
     pub p2p_gossip_dropped: AtomicU64,
+    /// Safety record writes (`safety.json`, fsynced before a vote leaves)
+    /// and the time they took.
+    pub safety_writes: AtomicU64,
+    pub safety_write_us: AtomicU64,
+    pub safety_write_bytes: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -107,6 +112,18 @@ impl Metrics {
             get(&self.view_changes),
         );
         metric(
+            "cairn_safety_writes_total",
+            "counter",
+            "Durable writes of the safety record (before votes leave).",
+            get(&self.safety_writes),
+        );
+        metric(
+            "cairn_safety_write_bytes_total",
+            "counter",
+            "Bytes written to the safety record.",
+            get(&self.safety_write_bytes),
+        );
+        metric(
             "cairn_peers_connected",
             "gauge",
             "Validators connected over p2p.",
@@ -135,6 +152,13 @@ impl Metrics {
             "counter",
             "Received transaction gossip frames dropped because admission was behind.",
             get(&self.p2p_gossip_dropped),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cairn_safety_write_seconds_total Time spent writing and fsyncing the safety \
+             record.\n# TYPE cairn_safety_write_seconds_total counter\n\
+             cairn_safety_write_seconds_total {:.6}",
+            get(&self.safety_write_us) as f64 / 1e6
         );
         let name = "cairn_block_commit_latency_seconds";
         let _ = writeln!(

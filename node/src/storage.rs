@@ -10,8 +10,9 @@
 //!   merged in the background ([`tx_index`] says how and why)
 //! - `state`: address -> encoded [`Account`], and the tip (height and hash
 //!   of the last committed block) under [`TIP_KEY`]
-//! - `meta`: genesis hash, storage format, consensus safety state, the
-//!   transaction index's list of runs
+//! - `meta`: genesis hash, storage format, the transaction index's list of
+//!   runs (the consensus safety state was here before it moved to the
+//!   safety record, `crate::safety_record`)
 //!
 //! **Memory.** `blocks` is shaped for sled 0.34's cache, which bounds
 //! memory only for small pages: a leaf holds up to 16 entries, and a page
@@ -28,8 +29,7 @@
 //! any moment leaves the committed state either before or after the whole
 //! block. (A block written above the tip before a crash is the certified
 //! block of that height, so the same block is written there again when the
-//! height commits; it is removed at start-up meanwhile.) The safety state is
-//! flushed before a vote leaves.
+//! height commits; it is removed at start-up meanwhile.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -401,20 +401,27 @@ impl Storage {
         Ok(())
     }
 
-    /// Durably records the consensus safety state. Returns after the flush.
-    pub fn persist_safety(&self, bytes: &[u8]) -> Result<(), StorageError> {
-        self.meta.insert(META_SAFETY, bytes)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
         Ok(())
     }
 
-    pub fn safety(&self) -> Result<Option<Vec<u8>>, StorageError> {
+    /// The consensus safety state as versions before the safety record
+    /// (`crate::safety_record`) kept it, in `meta`.
+    pub fn legacy_safety(&self) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.meta.get(META_SAFETY)?.map(|v| v.to_vec()))
+    }
+
+    /// Removes the legacy safety state once the record holds it.
+    pub fn remove_legacy_safety(&self) -> Result<(), StorageError> {
+        self.meta.remove(META_SAFETY)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn set_legacy_safety(&self, bytes: &[u8]) {
+        self.meta.insert(META_SAFETY, bytes).unwrap();
     }
 
     /// Height and hash of the last committed block.
@@ -540,7 +547,7 @@ impl StateView for Storage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use cairn_core::{BlockHeader, View};
 
@@ -562,7 +569,7 @@ mod tests {
         Storage::open(path, genesis, accounts)
     }
 
-    fn genesis() -> (Block, BTreeMap<PublicKey, Account>) {
+    pub(crate) fn genesis() -> (Block, BTreeMap<PublicKey, Account>) {
         let mut accounts = BTreeMap::new();
         accounts.insert(
             PublicKey([1; 32]),
