@@ -27,6 +27,10 @@ pub struct ViewReading {
     pub view_changes_total: Option<u64>,
     /// `cairn_view`: the node's current view.
     pub view: Option<u64>,
+    /// `cairn_safety_writes_total`: durable writes of the safety record.
+    pub safety_writes: Option<u64>,
+    /// `cairn_safety_write_seconds_total`, in microseconds.
+    pub safety_write_us: Option<u64>,
 }
 
 /// The sum of every sample of metric `name` in Prometheus text `text` (all
@@ -57,6 +61,9 @@ pub fn view_reading(text: &str) -> ViewReading {
     ViewReading {
         view_changes_total: count("cairn_view_changes_total"),
         view: count("cairn_view"),
+        safety_writes: count("cairn_safety_writes_total"),
+        safety_write_us: metric_sum(text, "cairn_safety_write_seconds_total")
+            .map(|s| (s.max(0.0) * 1e6) as u64),
     }
 }
 
@@ -88,6 +95,18 @@ impl ViewChangeCount {
         if reading.view.is_some() || reading.view_changes_total.is_some() {
             self.last[node] = reading;
         }
+    }
+
+    /// Safety record writes over the run, summed over the nodes, and the
+    /// time they took in microseconds (`None` when a node lacks the
+    /// counters at either end).
+    pub fn safety_writes(&self) -> Option<(u64, u64)> {
+        let mut total = (0, 0);
+        for (first, last) in self.first.iter().zip(&self.last) {
+            total.0 += last.safety_writes?.checked_sub(first.safety_writes?)?;
+            total.1 += last.safety_write_us?.checked_sub(first.safety_write_us?)?;
+        }
+        Some(total)
     }
 
     /// View changes of `node` so far: the counter's difference when the node
@@ -185,7 +204,8 @@ cairn_views_other 99
             view_reading(TEXT),
             ViewReading {
                 view_changes_total: Some(3),
-                view: Some(7)
+                view: Some(7),
+                ..ViewReading::default()
             }
         );
     }
@@ -194,6 +214,7 @@ cairn_views_other 99
         ViewReading {
             view_changes_total: changes,
             view,
+            ..ViewReading::default()
         }
     }
 

@@ -135,6 +135,13 @@ pub struct Report {
     /// window. Absent for shorter runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_mb_slope_per_min: Option<f64>,
+    /// Safety record writes (each fsynced before a vote leaves) per block
+    /// per validator over the run, and their mean time in milliseconds,
+    /// from the nodes' `cairn_safety_*` counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_writes_per_block: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_write_ms_mean: Option<f64>,
 }
 
 fn say(message: &str) {
@@ -282,7 +289,7 @@ pub fn run_once(config: &RunConfig) -> Result<Report, String> {
         bound,
         checked,
         &net,
-        views.total(),
+        &views,
     ))
 }
 
@@ -430,8 +437,11 @@ fn report(
     bound: Bound,
     checks: Checked,
     net: &Testnet,
-    view_changes: u64,
+    views: &ViewChangeCount,
 ) -> Report {
+    let view_changes = views.total();
+    let blocks = followed.blocks.len().max(1) as f64;
+    let safety = views.safety_writes().filter(|&(writes, _)| writes > 0);
     let from_us = (config.warmup_s * 1e6) as u64;
     let to_us = ((config.warmup_s + config.duration_s) * 1e6) as u64;
     let in_window = |t: u64| t != NOT_SENT && (from_us..to_us).contains(&t);
@@ -504,6 +514,9 @@ fn report(
         block_interval_ms: params.block_interval_ms,
         view_changes,
         rss_mb_slope_per_min,
+        safety_writes_per_block: safety
+            .map(|(writes, _)| writes as f64 / blocks / net.api_urls.len() as f64),
+        safety_write_ms_mean: safety.map(|(writes, us)| us as f64 / 1e3 / writes as f64),
     }
 }
 
