@@ -279,17 +279,7 @@ pub fn run_once(config: &RunConfig) -> Result<Report, String> {
         ));
     }
     Ok(report(
-        config,
-        mode,
-        &load,
-        &shared,
-        &followed,
-        window,
-        rss_mb,
-        bound,
-        checked,
-        &net,
-        &views,
+        config, mode, &load, &shared, &followed, window, rss_mb, bound, checked, &net, &views,
     ))
 }
 

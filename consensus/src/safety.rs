@@ -57,6 +57,21 @@ impl SafetyState {
         self.prepare_vote
     }
 
+    /// The block of the prepared certificate, if any: by far the largest
+    /// part of the state, which a runtime may store apart (and write only
+    /// when it changes).
+    pub fn prepared_block(&self) -> Option<&Block> {
+        self.prepared.as_ref().map(|certificate| &certificate.block)
+    }
+
+    /// The same, to take its transactions out before storing the rest and
+    /// to put them back when loading.
+    pub fn prepared_block_mut(&mut self) -> Option<&mut Block> {
+        self.prepared
+            .as_mut()
+            .map(|certificate| &mut certificate.block)
+    }
+
     /// The last commit vote at [`Self::height`].
     pub fn commit_vote(&self) -> Option<(View, Hash)> {
         self.commit_vote

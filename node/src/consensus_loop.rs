@@ -113,7 +113,7 @@ fn execute(node: &Node, record: &SafetyRecord, action: Action) {
     match action {
         Action::PersistSafety(state) => {
             let started = Instant::now();
-            let written = record.persist(&state);
+            let written = record.persist(state);
             let metrics = &node.metrics;
             metrics.safety_writes.fetch_add(1, Ordering::Relaxed);
             metrics

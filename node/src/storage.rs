@@ -599,7 +599,7 @@ pub(crate) mod tests {
 
     /// A child of `parent` holding `count` transfers (signed, but not
     /// meant to apply: storage does not execute).
-    fn child_with_transfers(parent: &Block, count: u64) -> (Block, Certificate) {
+    pub(crate) fn child_with_transfers(parent: &Block, count: u64) -> (Block, Certificate) {
         let key = cairn_core::Keypair::from_seed([3; 32]);
         let transactions = (0..count)
             .map(|nonce| {
