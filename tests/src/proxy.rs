@@ -119,6 +119,7 @@ impl Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     validators: usize,
+    addresses: BTreeMap<(usize, usize), SocketAddr>,
     listeners: Vec<JoinHandle<()>>,
 }
 
@@ -126,7 +127,31 @@ impl Proxy {
     /// Puts a proxy on every link of `net`, whose validators must not be
     /// running yet: writes `peer_addresses` into each `node.json`.
     pub fn install(net: &Testnet) -> Proxy {
-        let n = net.validator_count();
+        let proxy = Proxy::start(&net.genesis.p2p_addresses);
+        for low in 0..proxy.validators {
+            let overrides: serde_json::Map<String, serde_json::Value> = (low + 1..proxy.validators)
+                .map(|high| {
+                    (
+                        net.genesis.genesis.validators[high].name.clone(),
+                        proxy.address(low, high).to_string().into(),
+                    )
+                })
+                .collect();
+            let path = net.home(low).join(cairn_genesis::NODE_CONFIG_FILE);
+            let text = std::fs::read_to_string(&path).expect("read node.json");
+            let mut config: serde_json::Value = serde_json::from_str(&text).expect("node.json");
+            config["peer_addresses"] = serde_json::Value::Object(overrides);
+            std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap())
+                .expect("write node.json");
+        }
+        proxy
+    }
+
+    /// A proxy for validators listening at `targets`: for every pair
+    /// `low < high`, a loopback port ([`Proxy::address`]) forwarding to
+    /// `targets[high]`.
+    pub fn start(targets: &[SocketAddr]) -> Proxy {
+        let n = targets.len();
         let mut stats = BTreeMap::new();
         for a in 0..n {
             for b in 0..n {
@@ -145,34 +170,31 @@ impl Proxy {
             stats,
         });
         let mut listeners = Vec::new();
+        let mut addresses = BTreeMap::new();
         for low in 0..n {
-            let mut overrides = serde_json::Map::new();
             for high in low + 1..n {
                 let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy port");
-                let address = listener.local_addr().expect("proxy address");
+                addresses.insert((low, high), listener.local_addr().expect("proxy address"));
                 listener
                     .set_nonblocking(true)
                     .expect("nonblocking listener");
-                let name = net.genesis.genesis.validators[high].name.clone();
-                overrides.insert(name, address.to_string().into());
-                let target = net.genesis.p2p_addresses[high];
-                let shared = shared.clone();
+                let (shared, target) = (shared.clone(), targets[high]);
                 listeners.push(std::thread::spawn(move || {
                     accept_loop(shared, listener, low, high, target)
                 }));
             }
-            let path = net.home(low).join(cairn_genesis::NODE_CONFIG_FILE);
-            let text = std::fs::read_to_string(&path).expect("read node.json");
-            let mut config: serde_json::Value = serde_json::from_str(&text).expect("node.json");
-            config["peer_addresses"] = serde_json::Value::Object(overrides);
-            std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap())
-                .expect("write node.json");
         }
         Proxy {
             shared,
             validators: n,
+            addresses,
             listeners,
         }
+    }
+
+    /// Where validator `low` dials validator `high` (`low < high`).
+    pub fn address(&self, low: usize, high: usize) -> SocketAddr {
+        self.addresses[&(low, high)]
     }
 
     /// Sets the mode of direction `from → to`. Leaving [`Mode::Blackhole`]
@@ -449,4 +471,97 @@ fn write_direction(
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     connection.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection through the proxy of link 0-1: (the dialer's end, the
+    /// end validator 1 accepted).
+    fn connect(proxy: &Proxy, target: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(proxy.address(0, 1)).unwrap();
+        let (server, _) = target.accept().unwrap();
+        for s in [&client, &server] {
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+        }
+        (client, server)
+    }
+
+    /// Reads what arrives within the read timeout; `None` at end of stream
+    /// or on a reset.
+    fn receive(stream: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut buffer = [0u8; 64];
+        match stream.read(&mut buffer) {
+            Ok(0) => None,
+            Ok(n) => Some(buffer[..n].to_vec()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                Some(Vec::new())
+            }
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn modes_per_direction_heal_drop_and_shutdown() {
+        let target = TcpListener::bind("127.0.0.1:0").unwrap();
+        let unused = "127.0.0.1:9".parse().unwrap();
+        let proxy = Proxy::start(&[unused, target.local_addr().unwrap()]);
+        let (mut client, mut server) = connect(&proxy, &target);
+
+        // Pass, both ways.
+        client.write_all(b"up").unwrap();
+        assert_eq!(receive(&mut server).unwrap(), b"up");
+        server.write_all(b"down").unwrap();
+        assert_eq!(receive(&mut client).unwrap(), b"down");
+
+        // Delay one way only.
+        proxy.set(0, 1, Mode::Delay(Duration::from_millis(150)));
+        let sent = Instant::now();
+        client.write_all(b"slow").unwrap();
+        server.write_all(b"fast").unwrap();
+        assert_eq!(receive(&mut client).unwrap(), b"fast");
+        assert_eq!(receive(&mut server).unwrap(), b"slow");
+        assert!(sent.elapsed() >= Duration::from_millis(150));
+        assert_eq!(proxy.counts(0, 1).delayed_chunks, 1);
+        proxy.set(0, 1, Mode::Pass);
+
+        // Blackhole one way: thrown away, nothing closed; the other way
+        // still passes.
+        proxy.set(1, 0, Mode::Blackhole);
+        server.write_all(b"lost").unwrap();
+        assert_eq!(receive(&mut client).unwrap(), b"");
+        assert_eq!(proxy.counts(1, 0).discarded, 4);
+        client.write_all(b"heard").unwrap();
+        assert_eq!(receive(&mut server).unwrap(), b"heard");
+        assert_eq!(proxy.open_connections(0, 1), 1);
+        // Healing closes the connection that lost bytes.
+        proxy.set(1, 0, Mode::Pass);
+        assert_eq!(receive(&mut client), None);
+        assert_eq!(receive(&mut server), None);
+        assert_eq!(proxy.open_connections(0, 1), 0);
+
+        // A new connection passes again; dropping connections closes it.
+        let (mut client, mut server) = connect(&proxy, &target);
+        client.write_all(b"again").unwrap();
+        assert_eq!(receive(&mut server).unwrap(), b"again");
+        proxy.drop_connections(1, 0);
+        assert_eq!(receive(&mut client), None);
+        assert_eq!(receive(&mut server), None);
+
+        // Dropping the proxy closes what is open and stops every thread.
+        let (mut client, mut server) = connect(&proxy, &target);
+        proxy.set(0, 1, Mode::Delay(Duration::from_secs(60)));
+        client.write_all(b"held").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let dropping = Instant::now();
+        drop(proxy);
+        assert!(dropping.elapsed() < Duration::from_secs(2));
+        assert_eq!(receive(&mut client), None);
+        assert_eq!(receive(&mut server), None);
+    }
 }
