@@ -336,7 +336,7 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_listen: Option<SocketAddr>,
     /// Where this node dials some peers instead of their genesis
-    /// `p2p_address`, by validator name (`{"validator-2": "10.0.0.7:9100"}`):
+    /// `p2p_address`, by validator name (`{"node2": "10.0.0.7:9100"}`):
     /// a peer reached through NAT, a tunnel or a fault proxy. Only peers this
     /// node dials use it: the lower index of a pair dials the higher, so an
     /// entry for a lower-index peer is never used. Checked against the

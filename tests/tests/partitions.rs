@@ -561,3 +561,31 @@ fn slow_links_of_the_primary_keep_the_chain_moving() {
     check_everything(&net, load, "slow links");
     eprintln!("slow links: test took {:?}", started.elapsed());
 }
+
+#[test]
+fn bad_peer_addresses_stop_the_node_with_the_reason() {
+    let net = Testnet::create(2, 1, BALANCE);
+    let path = net.home(0).join("node.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for (peers, expected) in [
+        (
+            r#"{"nobody": "127.0.0.1:7001"}"#,
+            "no validator is named \"nobody\"",
+        ),
+        (r#"{"node1": "0.0.0.0:7001"}"#, "not an address to dial"),
+    ] {
+        let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        config["peer_addresses"] = serde_json::from_str(peers).unwrap();
+        std::fs::write(&path, config.to_string()).unwrap();
+        let output = cairn_tests::run(
+            "cairn-node",
+            &["run", "--home", net.home(0).to_str().unwrap()],
+        );
+        let stderr = cairn_tests::stderr(&output);
+        assert!(!output.status.success(), "{peers}: the node started");
+        assert!(
+            stderr.contains("node.json") && stderr.contains(expected),
+            "{peers}: {stderr}"
+        );
+    }
+}
