@@ -172,13 +172,13 @@ impl Proxy {
         let mut listeners = Vec::new();
         let mut addresses = BTreeMap::new();
         for low in 0..n {
-            for high in low + 1..n {
+            for (high, &target) in targets.iter().enumerate().skip(low + 1) {
                 let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy port");
                 addresses.insert((low, high), listener.local_addr().expect("proxy address"));
                 listener
                     .set_nonblocking(true)
                     .expect("nonblocking listener");
-                let (shared, target) = (shared.clone(), targets[high]);
+                let shared = shared.clone();
                 listeners.push(std::thread::spawn(move || {
                     accept_loop(shared, listener, low, high, target)
                 }));
