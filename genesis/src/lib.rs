@@ -335,6 +335,14 @@ pub struct NodeConfig {
     /// Where to serve the API; default: this validator's `api_address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_listen: Option<SocketAddr>,
+    /// Where this node dials some peers instead of their genesis
+    /// `p2p_address`, by validator name (`{"node2": "10.0.0.7:9100"}`):
+    /// a peer reached through NAT, a tunnel or a fault proxy. Only peers this
+    /// node dials use it: the lower index of a pair dials the higher, so an
+    /// entry for a lower-index peer is never used. Checked against the
+    /// genesis by [`NodeConfig::dial_addresses`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peer_addresses: BTreeMap<String, SocketAddr>,
     /// This node's admission and API limits; every one has a default.
     #[serde(default, skip_serializing_if = "NodeLimits::is_default")]
     pub limits: NodeLimits,
@@ -455,6 +463,43 @@ impl NodeConfig {
             .check()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
+    }
+
+    /// The address this node (validator `me` of `genesis`) dials each
+    /// validator at: its `peer_addresses` entry, else its genesis
+    /// `p2p_address`. Refuses an entry naming no validator, naming this
+    /// validator itself, or an address no one can dial (port 0, an
+    /// unspecified IP such as `0.0.0.0`).
+    pub fn dial_addresses(
+        &self,
+        genesis: &ValidGenesis,
+        me: usize,
+    ) -> Result<Vec<SocketAddr>, String> {
+        let mut addresses = genesis.p2p_addresses.clone();
+        for (name, address) in &self.peer_addresses {
+            let Some(index) = genesis
+                .genesis
+                .validators
+                .iter()
+                .position(|v| v.name == *name)
+            else {
+                return Err(format!(
+                    "peer_addresses: no validator is named {name:?} in the genesis"
+                ));
+            };
+            if index == me {
+                return Err(format!(
+                    "peer_addresses: {name:?} is this validator; it does not dial itself"
+                ));
+            }
+            if address.port() == 0 || address.ip().is_unspecified() {
+                return Err(format!(
+                    "peer_addresses: {name:?}: {address} is not an address to dial"
+                ));
+            }
+            addresses[index] = *address;
+        }
+        Ok(addresses)
     }
 }
 

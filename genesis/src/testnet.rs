@@ -196,6 +196,7 @@ fn write_files(
             data: DATA_DIR.into(),
             p2p_listen: None,
             api_listen: None,
+            peer_addresses: Default::default(),
             limits: Default::default(),
         };
         let config = serde_json::to_string_pretty(&config)

@@ -440,3 +440,81 @@ fn key_files_round_trip_and_refuse_overwrite() {
     std::fs::write(&path, "garbage").unwrap();
     assert!(keyfile::read(&path).unwrap_err().contains("not a key file"));
 }
+
+#[test]
+fn peer_addresses_override_where_peers_are_dialed() {
+    let genesis = sample().validate().unwrap();
+    let names: Vec<String> = genesis
+        .genesis
+        .validators
+        .iter()
+        .map(|v| v.name.clone())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let write = |peers: &str| {
+        std::fs::write(
+            home.join(NODE_CONFIG_FILE),
+            format!(
+                r#"{{"genesis": "g.json", "key": "v.key", "data": "db", "peer_addresses": {peers}}}"#
+            ),
+        )
+        .unwrap();
+    };
+
+    // Without entries, every peer is dialed at its genesis address.
+    write("{}");
+    let config = NodeConfig::load(home).unwrap();
+    assert_eq!(
+        config.dial_addresses(&genesis, 0).unwrap(),
+        genesis.p2p_addresses
+    );
+    // An entry replaces that one peer's address only.
+    write(&format!(r#"{{"{}": "127.0.0.9:7001"}}"#, names[2]));
+    let config = NodeConfig::load(home).unwrap();
+    let dial = config.dial_addresses(&genesis, 0).unwrap();
+    assert_eq!(dial[2], "127.0.0.9:7001".parse().unwrap());
+    assert_eq!(dial[..2], genesis.p2p_addresses[..2]);
+    // It survives a round trip through the file format, and is left out
+    // when empty (node.json files written before it still load).
+    let text = serde_json::to_string(&config).unwrap();
+    assert!(text.contains("peer_addresses"), "{text}");
+    let written = serde_json::to_string(&NodeConfig {
+        peer_addresses: Default::default(),
+        ..config.clone()
+    })
+    .unwrap();
+    assert!(!written.contains("peer_addresses"), "{written}");
+
+    // Bad entries are refused with the reason.
+    let cases = [
+        (
+            r#"{"nobody": "127.0.0.1:7001"}"#.to_string(),
+            "no validator is named \"nobody\"",
+        ),
+        (
+            format!(r#"{{"{}": "127.0.0.1:7001"}}"#, names[0]),
+            "is this validator",
+        ),
+        (
+            format!(r#"{{"{}": "127.0.0.1:0"}}"#, names[1]),
+            "not an address to dial",
+        ),
+        (
+            format!(r#"{{"{}": "0.0.0.0:7001"}}"#, names[1]),
+            "not an address to dial",
+        ),
+    ];
+    for (peers, expected) in cases {
+        write(&peers);
+        let error = NodeConfig::load(home)
+            .unwrap()
+            .dial_addresses(&genesis, 0)
+            .unwrap_err();
+        assert!(error.contains(expected), "{peers}: {error}");
+    }
+    // Not host:port at all: the file does not parse.
+    write(&format!(r#"{{"{}": "somewhere"}}"#, names[1]));
+    let error = NodeConfig::load(home).unwrap_err();
+    assert!(error.contains("not a valid node config"), "{error}");
+}

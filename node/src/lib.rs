@@ -113,6 +113,15 @@ pub async fn run(home: &Path) -> Result<(), String> {
             config.genesis.display()
         )
     })?;
+    let dial_addresses = config.dial_addresses(&genesis, me).map_err(|e| {
+        format!(
+            "{}: {e}",
+            home.join(cairn_genesis::NODE_CONFIG_FILE).display()
+        )
+    })?;
+    for (name, address) in &config.peer_addresses {
+        tracing::info!("dialing validator {name} at {address} (node.json peer_addresses)");
+    }
     let storage = Storage::open(&config.data, &genesis.block(), &genesis.accounts)
         .map_err(|e| format!("cannot open data folder {}: {e}", config.data.display()))?;
     let (safety_record, safety, _) = safety_record::SafetyRecord::load(home, &storage)?;
@@ -156,7 +165,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
 
     let consensus = consensus_loop::start(node.clone(), consensus_inbox, safety_record, safety)?;
     tokio::spawn(expire_mempool(node.clone()));
-    p2p::start(node.clone(), queues, p2p_listen)
+    p2p::start(node.clone(), queues, p2p_listen, dial_addresses)
         .await
         .map_err(|e| format!("cannot listen for peers on {p2p_listen}: {e}"))?;
     let stopping = node.stopping.clone();

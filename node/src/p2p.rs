@@ -252,9 +252,15 @@ impl Network {
     }
 }
 
-/// Starts listening, dialing and serving peers. Returns once the listener is
-/// bound; the work goes on in spawned tasks.
-pub async fn start(node: Arc<Node>, queues: Queues, listen: SocketAddr) -> std::io::Result<()> {
+/// Starts listening, dialing and serving peers (validator `j` dialed at
+/// `dial[j]`: its genesis address unless `node.json` overrides it). Returns
+/// once the listener is bound; the work goes on in spawned tasks.
+pub async fn start(
+    node: Arc<Node>,
+    queues: Queues,
+    listen: SocketAddr,
+    dial: Vec<SocketAddr>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     tracing::info!("p2p listening on {listen}");
     let builder = snow::Builder::new(NOISE_PARAMS.parse().expect("valid noise params"));
@@ -274,6 +280,7 @@ pub async fn start(node: Arc<Node>, queues: Queues, listen: SocketAddr) -> std::
             identity.clone(),
             noise_key.clone(),
             peer,
+            dial[peer],
             queue,
             inbound_rx,
         ));
@@ -340,11 +347,11 @@ async fn manage_peer(
     identity: Arc<Identity>,
     noise_key: Arc<snow::Keypair>,
     peer: usize,
+    address: SocketAddr,
     mut queue: [mpsc::Receiver<Frame>; 2],
     mut inbound: mpsc::Receiver<Connection>,
 ) {
     let dialer = node.me.get() < peer;
-    let address = node.genesis.p2p_addresses[peer];
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut next: Option<Connection> = None;
     loop {

@@ -6,6 +6,8 @@
 //! kills every process it started when dropped, even when a test fails. On a
 //! failing test it prints the tail of each validator's log.
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
