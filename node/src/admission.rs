@@ -200,6 +200,12 @@ impl Node {
             })
             .collect();
         let refused = verdicts.iter().filter(|v| v.is_err()).count();
+        if verdicts
+            .iter()
+            .any(|v| matches!(v, Err(r) if r.code == "mempool_full" || r.code == "overloaded"))
+        {
+            self.metrics.saw_overload();
+        }
         self.metrics
             .rejected_transactions
             .fetch_add(refused as u64, Ordering::Relaxed);

@@ -179,7 +179,16 @@ impl Ledger for NodeLedger {
         self.node.mempool.lock().expect("mempool lock").has_ready()
     }
 
+    /// None while this node is overloaded (it refused work for want of
+    /// room within a view timeout): its peers, the primary among them,
+    /// are then likely refusing too, so a transaction the primary's block
+    /// left out is explained by load, not censorship. Judging it anyway
+    /// changed views over and over at twice the peak load (issue 8).
     fn oldest_pending_ms(&self) -> Option<u64> {
+        let view_timeout_ms = self.node.genesis.genesis.params.view_timeout_ms;
+        if self.node.metrics.overloaded_within(view_timeout_ms) {
+            return None;
+        }
         self.node
             .mempool
             .lock()

@@ -23,7 +23,10 @@
 //! - for clients: the pool takes their transactions up to `client_max`
 //!   (a few blocks' worth, at most three quarters of the pool); beyond it
 //!   they are refused before their signatures are checked, and the rest of
-//!   the pool is room for other validators' gossip.
+//!   the pool is room for other validators' gossip. Once the pool holds
+//!   half of `client_max`, a client's transaction that would be parked is
+//!   refused (`mempool_full`): under load the gap is most likely a refused
+//!   transaction, and the client should send again in order.
 //!
 //! When the pool is full, a newcomer takes the place of the last parked
 //! transaction of the sender with the most parked ones (if that sender holds
@@ -360,6 +363,15 @@ impl Mempool {
         parked: bool,
         origin: Origin,
     ) -> Result<(), AdmitError> {
+        // A client's transaction behind a gap waits on one that has not
+        // arrived. Once clients have filled half their share, that one was
+        // most likely refused for room, and parking its successors would
+        // fill the pool with work no block can take (at twice the peak
+        // load, pools ended all parked). Refused, the client sends again
+        // in order.
+        if parked && origin == Origin::Client && self.hashes.len() * 2 >= self.size_for(origin) {
+            return Err(AdmitError::ParkedFull(self.parked_len));
+        }
         let most_parked = self.by_parked.last().map_or(0, |(count, _)| *count);
         let most_held = self.by_size.last().map_or(0, |(count, _)| *count);
         let may_evict_parked = most_parked > parked_held + 1;
@@ -1059,6 +1071,46 @@ mod tests {
         let verdict = pool.admit(t.clone(), t.hash(), account, now, Origin::Client);
         pool.check_invariants().unwrap();
         verdict
+    }
+
+    /// Once clients filled half their share, a client's transaction behind
+    /// a gap is refused (it would wait on one most likely refused for
+    /// room); a ready one, and a peer's parked one, still get in.
+    #[test]
+    fn a_half_full_pool_refuses_clients_gaps() {
+        let mut pool = pool(8);
+        let (a, b, c) = (
+            Keypair::from_seed([1; 32]),
+            Keypair::from_seed([2; 32]),
+            Keypair::from_seed([3; 32]),
+        );
+        assert_eq!(
+            admit(&mut pool, &tx(&a, 1, 1), funded(100, 0), 0),
+            Ok(Admitted::New)
+        );
+        for nonce in 0..3 {
+            admit(&mut pool, &tx(&b, 1, nonce), funded(100, 0), 0).unwrap();
+        }
+        assert_eq!(pool.len(), 4, "half of client_max");
+        assert!(matches!(
+            admit(&mut pool, &tx(&a, 1, 2), funded(100, 0), 0),
+            Err(AdmitError::ParkedFull(_))
+        ));
+        let peer = tx(&c, 1, 5);
+        assert_eq!(
+            pool.admit(peer.clone(), peer.hash(), funded(100, 0), 0, Origin::Peer),
+            Ok(Admitted::New)
+        );
+        // In order, the same sender is taken, and its gap closes.
+        assert_eq!(
+            admit(&mut pool, &tx(&a, 1, 0), funded(100, 0), 0),
+            Ok(Admitted::New)
+        );
+        assert_eq!(
+            admit(&mut pool, &tx(&a, 1, 2), funded(100, 0), 0),
+            Ok(Admitted::New)
+        );
+        assert_eq!(pool.ready_len(), 6);
     }
 
     fn dropped_code(pool: &Mempool, t: &SignedTransaction) -> Option<(bool, &'static str)> {

@@ -30,12 +30,29 @@ pub struct Metrics {
     pub safety_writes: AtomicU64,
     pub safety_write_us: AtomicU64,
     pub safety_write_bytes: AtomicU64,
+    /// When (ms since the epoch) this node last refused work for want of
+    /// room: a full mempool, a client turned away as overloaded, or a
+    /// gossip frame dropped. Not exported; see [`Metrics::overloaded_since`].
+    overload_seen_ms: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
 }
 
 impl Metrics {
+    /// Records that the node just refused work for want of room.
+    pub fn saw_overload(&self) {
+        self.overload_seen_ms
+            .fetch_max(crate::ledger::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the node refused work for want of room in the last
+    /// `window_ms`.
+    pub fn overloaded_within(&self, window_ms: u64) -> bool {
+        let seen = self.overload_seen_ms.load(Ordering::Relaxed);
+        seen > 0 && crate::ledger::now_ms().saturating_sub(seen) < window_ms
+    }
+
     /// Records the mempool's sizes (call with its lock held, after a change).
     pub fn observe_mempool(&self, mempool: &crate::mempool::Mempool) {
         self.mempool_size

@@ -248,6 +248,7 @@ impl Network {
             self.metrics
                 .p2p_gossip_dropped
                 .fetch_add(1, Ordering::Relaxed);
+            self.metrics.saw_overload();
         }
     }
 }
