@@ -126,6 +126,9 @@ impl Replica {
     ) {
         let next = self.round.height;
         if certificate.height == next && Round::view_in_window(certificate.view, self.view()) {
+            if !(verified || self.verify(&message)) {
+                return;
+            }
             return self.add_commit_votes(&certificate);
         }
         let useful = certificate.height >= next
@@ -140,9 +143,21 @@ impl Replica {
     }
 
     /// Files the signatures of a certificate for the next height as commit
-    /// votes. A signature already in the log is not checked again; one bad
-    /// signature discards the whole certificate.
+    /// votes. Its shape is checked before any signature (at most n, of
+    /// distinct validators), so a padded certificate costs nothing; a
+    /// signature already in the log is not checked again; one bad signature
+    /// discards the whole certificate.
     fn add_commit_votes(&mut self, certificate: &Certificate) {
+        if certificate.signatures.len() > self.n() {
+            return;
+        }
+        let mut seen = vec![false; self.n()];
+        for s in &certificate.signatures {
+            match seen.get_mut(s.validator.get()) {
+                Some(signed) if !*signed => *signed = true,
+                _ => return,
+            }
+        }
         let (view, hash) = (certificate.view, certificate.block_hash);
         let vote = certificate.vote(&self.config.chain_id);
         let mut new = vec![];

@@ -471,3 +471,73 @@ fn a_decided_certificate_lets_a_lagging_replica_commit() {
     assert_eq!(shape(&actions), ["committed"]);
     assert_eq!(ledger.tip(), (Height(1), block.hash()));
 }
+
+/// A `Decided` for the next height is checked for its shape before any
+/// signature: a sender's own signature first, then at most n signatures of
+/// distinct validators (issue 10: a frame of copies of one valid signature
+/// cost one verification each, and was filed as votes).
+#[test]
+fn a_padded_or_unsigned_decided_is_refused_before_its_signatures_are_checked() {
+    let net = Net::new(4);
+    let mut replica = net.replica(3, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let block = net.block(&ledger, 0, 0);
+    replica.handle(&mut ledger, net.signed(0, pre_prepare(0, &block)));
+
+    // Copies of one valid signature beyond n, then a quorum.
+    let mut padded = net.certificate(0, &block, &[0, 1, 2]);
+    let copy = padded.signatures[0].clone();
+    padded
+        .signatures
+        .splice(0..0, std::iter::repeat_n(copy, 1_000));
+    let actions = replica.handle(
+        &mut ledger,
+        net.signed(
+            1,
+            Message::Decided {
+                certificate: padded,
+            },
+        ),
+    );
+    assert!(actions.is_empty(), "{:?}", shape(&actions));
+    assert_eq!(
+        ledger.height(),
+        Height(0),
+        "more signatures than validators"
+    );
+
+    // Within n, but one validator twice.
+    let duplicated = net.certificate(0, &block, &[0, 0, 1, 2]);
+    replica.handle(
+        &mut ledger,
+        net.signed(
+            1,
+            Message::Decided {
+                certificate: duplicated,
+            },
+        ),
+    );
+    assert_eq!(ledger.height(), Height(0), "a signer twice");
+
+    // A valid certificate in a message whose own signature is bad.
+    let mut unsigned = SignedMessage::sign(
+        CHAIN,
+        ValidatorIndex(1),
+        &net.keys[1],
+        Message::Decided {
+            certificate: net.certificate(0, &block, &[0, 1, 2]),
+        },
+    );
+    unsigned.signature.0[0] ^= 1;
+    replica.handle(&mut ledger, Input::Message(unsigned));
+    assert_eq!(
+        ledger.height(),
+        Height(0),
+        "the message's own signature is bad"
+    );
+
+    // The same certificate, well formed and signed, commits.
+    let certificate = net.certificate(0, &block, &[0, 1, 2]);
+    let actions = replica.handle(&mut ledger, net.signed(1, Message::Decided { certificate }));
+    assert_eq!(shape(&actions), ["committed"]);
+}
