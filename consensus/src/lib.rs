@@ -106,6 +106,7 @@ mod view_change;
 
 use cairn_core::{Block, Certificate, Hash, Height, PublicKey, ValidatorIndex, View};
 
+pub use limits::TIMESTAMP_FUTURE_MS_MAX;
 pub use message::{
     signatures_valid, Message, PreparedCertificate, SignedMessage, DECIDED_DOMAIN, NEW_VIEW_DOMAIN,
     PRE_PREPARE_DOMAIN, VIEW_CHANGE_DOMAIN,

@@ -4,6 +4,10 @@
 /// Views above the current one for which proposals and votes are kept (a
 /// replica slightly behind in a view change must not lose them).
 pub const VIEWS_AHEAD_MAX: u64 = 4;
+/// How far ahead of this replica's clock a proposal's timestamp may be for
+/// the replica to prepare it. The verdict depends on the clock, so the
+/// replica checks it itself, on every try, and never caches it.
+pub const TIMESTAMP_FUTURE_MS_MAX: u64 = 30_000;
 /// Views below the current one for which proposals and votes are kept (a
 /// commit quorum may still form in the view a replica just left).
 pub const VIEWS_BEHIND_MAX: u64 = 4;

@@ -9,7 +9,8 @@ use cairn_core::{
 };
 
 use crate::limits::{
-    ADVANCE_STEPS_MAX, RETRANSMIT_DIVISOR, RETRANSMIT_INTERVAL_MIN_MS, VIEW_TIMEOUT_DOUBLINGS_MAX,
+    ADVANCE_STEPS_MAX, RETRANSMIT_DIVISOR, RETRANSMIT_INTERVAL_MIN_MS, TIMESTAMP_FUTURE_MS_MAX,
+    VIEW_TIMEOUT_DOUBLINGS_MAX,
 };
 use crate::log::{Kind, Proposal, Round, Seen};
 use crate::message::{Message, SignedMessage};
@@ -392,14 +393,22 @@ impl Replica {
         }
     }
 
-    /// Whether the ledger accepts the proposed block `hash` (asked once).
+    /// Whether the proposed block `hash` is timed within
+    /// [`TIMESTAMP_FUTURE_MS_MAX`] of this replica's clock (checked every
+    /// time: a verdict that depends on the clock is never cached, or a block
+    /// timed just past the bound for some replicas would stay refused by
+    /// them for the whole height) and the ledger accepts it (asked once:
+    /// committed state is fixed during a height).
     fn validated(&mut self, ledger: &mut impl Ledger, hash: Hash) -> bool {
-        if let Some(verdict) = self.round.verdicts.get(&hash) {
-            return *verdict;
-        }
         let Some(block) = self.round.block(hash) else {
             return false;
         };
+        if block.header.timestamp_ms > self.now_ms.saturating_add(TIMESTAMP_FUTURE_MS_MAX) {
+            return false;
+        }
+        if let Some(verdict) = self.round.verdicts.get(&hash) {
+            return *verdict;
+        }
         let verdict = ledger.validate(block).is_ok();
         self.round.verdicts.insert(hash, verdict);
         verdict

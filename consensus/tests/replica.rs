@@ -541,3 +541,35 @@ fn a_padded_or_unsigned_decided_is_refused_before_its_signatures_are_checked() {
     let actions = replica.handle(&mut ledger, net.signed(1, Message::Decided { certificate }));
     assert_eq!(shape(&actions), ["committed"]);
 }
+
+/// A proposal timed more than `TIMESTAMP_FUTURE_MS_MAX` ahead of this
+/// replica's clock is not prepared yet, and prepared once the clock comes
+/// close: the verdict depends on the clock, so it is never cached (issue
+/// 10: the node's ledger refused such a block and the replica kept that
+/// verdict for the whole height, so a Byzantine primary could time a block
+/// to be refused by f replicas and accepted by 2f, and halt the height).
+#[test]
+fn a_block_from_the_future_is_prepared_once_the_clock_comes_close() {
+    let net = Net::new(4);
+    let mut replica = net.replica(3, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let now = 1_000_000;
+    replica.handle(&mut ledger, Input::Tick { now_ms: now });
+    let ahead = now + cairn_consensus::TIMESTAMP_FUTURE_MS_MAX + 500;
+    let block = ledger.build(View(0), net.validators[0], ahead, 0);
+    let actions = replica.handle(&mut ledger, net.signed(0, pre_prepare(0, &block)));
+    assert!(
+        !shape(&actions).contains(&"prepare".to_string()),
+        "prepared a block {} ms ahead: {:?}",
+        ahead - now,
+        shape(&actions)
+    );
+    let actions = replica.handle(&mut ledger, Input::Tick { now_ms: now + 400 });
+    assert!(!shape(&actions).contains(&"prepare".to_string()));
+    let actions = replica.handle(&mut ledger, Input::Tick { now_ms: now + 600 });
+    assert!(
+        shape(&actions).contains(&"prepare".to_string()),
+        "not prepared once the clock came close: {:?}",
+        shape(&actions)
+    );
+}

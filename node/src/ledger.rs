@@ -14,8 +14,6 @@ use cairn_core::{
 
 use crate::Node;
 
-/// How far ahead of this node's clock a proposal's timestamp may be.
-const TIMESTAMP_FUTURE_MS_MAX: u64 = 30_000;
 /// Most transactions sent again in one re-gossip round (see
 /// [`NodeLedger::regossip_overdue`]).
 const REGOSSIP_TXS_MAX: usize = 4_096;
@@ -247,9 +245,6 @@ impl Ledger for NodeLedger {
         self.extends_tip(header)?;
         if header.timestamp_ms < self.tip.timestamp_ms {
             return Err("timestamp is before the parent's".into());
-        }
-        if header.timestamp_ms > now_ms() + TIMESTAMP_FUTURE_MS_MAX {
-            return Err("timestamp is too far in the future".into());
         }
         if block.transactions.len() > self.node.genesis.genesis.params.block_txs_max {
             return Err("too many transactions".into());
