@@ -71,9 +71,12 @@ async fn strangers_and_garbage_are_refused() {
     let (mut net, tip) = tokio::task::spawn_blocking(|| {
         let mut net = Testnet::start_all(4, 2, 1_000_000);
         wait_all_connected(&net, 4);
-        // One committed block, for sync requests to be answered with.
+        // Two committed blocks, for sync requests to be answered with (an
+        // answer from height 1 then differs from one holding only the tip).
         let bob = net.account_address(1);
+        net.wallet_transfer(0, 0, &bob, 7);
         let (_, height) = net.wallet_transfer(0, 0, &bob, 7);
+        assert!(height >= 2);
         let tip = net.wait_same_height(&[0, 1, 2, 3], height, Duration::from_secs(30));
         // Validators 0 and 1 are stopped: the probes below speak with their
         // keys, and a running validator's reconnects would replace a
@@ -265,7 +268,7 @@ async fn strangers_and_garbage_are_refused() {
         assert!(output.status.success(), "{}", stderr(&output));
         for i in 0..4 {
             wait_for("balance everywhere", Duration::from_secs(20), || {
-                (net.balance(i, &bob).0 == 1_000_012).then_some(())
+                (net.balance(i, &bob).0 == 1_000_019).then_some(())
             });
             assert!(
                 !log_of(&net, i).contains("panicked"),
