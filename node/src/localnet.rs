@@ -7,14 +7,32 @@ use std::time::Duration;
 
 use cairn_genesis::{Genesis, TestnetOptions};
 
-pub fn run(validators: usize, dir: &Path) -> Result<(), String> {
+/// Runs the localnet in `dir`; a new one gets API ports `api_port_base + i`
+/// and p2p ports `p2p_port_base + i`. Every address of the testnet must be
+/// free: a port already in use is a clear error before anything starts
+/// (else another program, or another localnet, would answer in its place).
+pub fn run(
+    validators: usize,
+    dir: &Path,
+    api_port_base: u16,
+    p2p_port_base: u16,
+) -> Result<(), String> {
     let genesis_file = dir.join("genesis.json");
     let genesis = if genesis_file.exists() {
         eprintln!("reusing the testnet in {}", dir.display());
         Genesis::load(&genesis_file).map_err(|e| e.to_string())?
     } else {
+        let last = |base: u16| base.checked_add(validators as u16 - 1);
+        if last(api_port_base).is_none() || last(p2p_port_base).is_none() {
+            return Err(format!(
+                "{validators} validators do not fit above port base {api_port_base} (API) / \
+                 {p2p_port_base} (p2p)"
+            ));
+        }
         let options = TestnetOptions {
             validators,
+            api_port_base,
+            p2p_port_base,
             ..TestnetOptions::default()
         };
         eprintln!(
@@ -23,6 +41,22 @@ pub fn run(validators: usize, dir: &Path) -> Result<(), String> {
         );
         cairn_genesis::write_testnet(dir, &options)?
     };
+    for (i, (api, p2p)) in genesis
+        .api_addresses
+        .iter()
+        .zip(&genesis.p2p_addresses)
+        .enumerate()
+    {
+        for (what, address) in [("API", api), ("p2p", p2p)] {
+            if let Err(e) = std::net::TcpListener::bind(address) {
+                return Err(format!(
+                    "cannot run validator {i}: its {what} address {address} is not free ({e}); \
+                     stop what uses it or create the localnet on other ports \
+                     (--api-port-base, --p2p-port-base, in an empty --dir)"
+                ));
+            }
+        }
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find cairn-node: {e}"))?;
     let mut children: Vec<Child> = Vec::new();
     for i in 0..genesis.validators.len() {

@@ -27,6 +27,12 @@ enum Command {
         /// Where the testnet lives.
         #[arg(long, default_value = "./localnet")]
         dir: PathBuf,
+        /// First API port when creating the testnet (validator i gets base + i).
+        #[arg(long, default_value_t = 8080)]
+        api_port_base: u16,
+        /// First p2p port when creating the testnet (validator i gets base + i).
+        #[arg(long, default_value_t = 26600)]
+        p2p_port_base: u16,
     },
 }
 
@@ -53,9 +59,12 @@ fn main() -> std::process::ExitCode {
             .build()
             .map_err(|e| e.to_string())
             .and_then(|runtime| runtime.block_on(cairn_node::run(&home))),
-        Command::Localnet { validators, dir } => {
-            cairn_node::localnet::run(validators as usize, &dir)
-        }
+        Command::Localnet {
+            validators,
+            dir,
+            api_port_base,
+            p2p_port_base,
+        } => cairn_node::localnet::run(validators as usize, &dir, api_port_base, p2p_port_base),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -704,6 +704,9 @@ pub mod probe {
         stream: TcpStream,
         transport: snow::StatelessTransportState,
         nonce: u64,
+        read_nonce: u64,
+        /// Decrypted bytes not yet cut into frames.
+        pending: Vec<u8>,
     }
 
     /// Dials `address` as `identity` and runs the handshake. Succeeds when
@@ -722,6 +725,8 @@ pub mod probe {
             stream,
             transport,
             nonce: 0,
+            read_nonce: 0,
+            pending: Vec::new(),
         })
     }
 
@@ -762,6 +767,53 @@ pub mod probe {
                 .write_all(bytes)
                 .await
                 .map_err(|e| e.to_string())
+        }
+
+        /// Reads the node's frames until one that `want` accepts arrives
+        /// (the others, e.g. consensus traffic, are skipped). `Ok(None)` when
+        /// `timeout` passes first; an error when the connection closes or
+        /// a frame does not decrypt or decode.
+        pub async fn recv_wire(
+            &mut self,
+            timeout: Duration,
+            want: impl Fn(&Wire) -> bool,
+        ) -> Result<Option<Wire>, String> {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut ciphertext = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+            let mut chunk = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+            loop {
+                while self.pending.len() >= 4 {
+                    let length =
+                        u32::from_le_bytes(self.pending[..4].try_into().expect("4 bytes")) as usize;
+                    if self.pending.len() < 4 + length {
+                        break;
+                    }
+                    let wire: Wire = codec::decode(&self.pending[4..4 + length])
+                        .map_err(|e| format!("undecodable frame: {e}"))?;
+                    self.pending.drain(..4 + length);
+                    if want(&wire) {
+                        return Ok(Some(wire));
+                    }
+                }
+                let read = async {
+                    let length = self.stream.read_u16().await.map_err(|e| e.to_string())? as usize;
+                    self.stream
+                        .read_exact(&mut ciphertext[..length])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<usize, String>(length)
+                };
+                let length = match tokio::time::timeout_at(deadline, read).await {
+                    Err(_) => return Ok(None),
+                    Ok(result) => result.map_err(|e| format!("connection closed: {e}"))?,
+                };
+                let n = self
+                    .transport
+                    .read_message(self.read_nonce, &ciphertext[..length], &mut chunk)
+                    .map_err(|_| "message does not decrypt".to_string())?;
+                self.read_nonce += 1;
+                self.pending.extend_from_slice(&chunk[..n]);
+            }
         }
 
         /// Whether the node closes the connection within `timeout` (reading

@@ -111,7 +111,7 @@ pub fn stderr(output: &Output) -> String {
 }
 
 /// A base port such that `count` consecutive ports from it are free now.
-fn free_port_base(count: u16) -> u16 {
+pub fn free_port_base(count: u16) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     // Spread concurrent tests of one process over the range; probe each.
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -667,6 +667,47 @@ pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
+/// The environment variable that replays a randomised end-to-end test:
+/// `CAIRN_TEST_SEED=<seed> cargo test --release -p cairn-tests --test <file>
+/// <test> -- --nocapture` runs the same fault schedule again.
+pub const TEST_SEED_VAR: &str = "CAIRN_TEST_SEED";
+
+/// The seed of one randomised end-to-end test: read from
+/// [`TEST_SEED_VAR`] (else the clock) and printed at the start, and printed
+/// again with the replay command if the test fails (when this is dropped
+/// during a panic). Declare it before the [`Testnet`] so the replay line
+/// comes after the validators' logs.
+pub struct TestSeed {
+    pub seed: u64,
+    test: &'static str,
+    file: &'static str,
+}
+
+impl TestSeed {
+    /// `file` is the test file's name (`faults` for tests/faults.rs).
+    pub fn new(file: &'static str, test: &'static str) -> TestSeed {
+        let seed = SeededRng::seed_from_env();
+        eprintln!("{test}: seed {seed} (replay with {TEST_SEED_VAR}={seed})");
+        TestSeed { seed, test, file }
+    }
+
+    pub fn rng(&self) -> SeededRng {
+        SeededRng::new(self.seed)
+    }
+}
+
+impl Drop for TestSeed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{} FAILED with seed {}: replay with `{TEST_SEED_VAR}={} cargo test --release \
+                 -p cairn-tests --test {} {} -- --nocapture`",
+                self.test, self.seed, self.seed, self.file, self.test
+            );
+        }
+    }
+}
+
 /// A small seeded PRNG (SplitMix64) so fault schedules replay from a seed.
 pub struct SeededRng(u64);
 
@@ -675,17 +716,18 @@ impl SeededRng {
         SeededRng(seed)
     }
 
-    /// The seed from env `CAIRN_SEED`, else from the clock.
+    /// The seed from env [`TEST_SEED_VAR`], else from the clock. An
+    /// unparsable value is an error, never silently another seed.
     pub fn seed_from_env() -> u64 {
-        std::env::var("CAIRN_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            })
+        match std::env::var(TEST_SEED_VAR) {
+            Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+                panic!("{TEST_SEED_VAR}={text:?} is not a seed (a u64 in decimal)")
+            }),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1),
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_tests::{
-    assert_certificate_verifies, bin, port_is_free, run, stderr, stdout, try_http_get, wait_for,
-    Testnet,
+    assert_certificate_verifies, bin, free_port_base, port_is_free, run, stderr, stdout,
+    try_http_get, wait_for, Testnet,
 };
 use serde_json::Value;
 
@@ -102,8 +102,13 @@ fn four_validators_agree() {
     eprintln!("four_validators_agree took {:.1?}", started.elapsed());
 }
 
-/// The fixed ports `localnet` uses (cairn-genesis defaults).
-const LOCALNET_PORTS: [u16; 8] = [8080, 8081, 8082, 8083, 26600, 26601, 26602, 26603];
+/// Free API and p2p port bases for a four-validator localnet, and all
+/// eight ports.
+fn localnet_ports() -> (u16, u16, Vec<u16>) {
+    let (api, p2p) = (free_port_base(4), free_port_base(4));
+    let all = (0..4).map(|i| api + i).chain((0..4).map(|i| p2p + i));
+    (api, p2p, all.collect())
+}
 
 /// A running `cairn-node localnet`; stopped (and its validators with it)
 /// when dropped, even when the test fails.
@@ -152,11 +157,13 @@ fn signal(pid: u32, name: &str) {
 }
 
 impl Localnet {
-    fn start(dir: &Path, logs: &Path, run: usize) -> Localnet {
+    fn start(dir: &Path, logs: &Path, run: usize, (api, p2p): (u16, u16)) -> Localnet {
         let stdout_path = logs.join(format!("localnet{run}.out"));
         let stderr_path = logs.join(format!("localnet{run}.err"));
         let child = Command::new(bin("cairn-node"))
             .args(["localnet", "--dir", dir.to_str().unwrap()])
+            .args(["--api-port-base", &api.to_string()])
+            .args(["--p2p-port-base", &p2p.to_string()])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).unwrap())
@@ -270,32 +277,29 @@ fn genesis_hash(dir: &Path) -> String {
         .to_hex()
 }
 
+/// `cairn-node localnet` on free ports: the validators answering on the
+/// printed addresses must be the ones it started (their keys and chain are
+/// those of the testnet it wrote), not whatever else listens there.
 #[test]
 fn localnet_command_runs_four_validators() {
     let started = Instant::now();
-    let busy: Vec<u16> = LOCALNET_PORTS
-        .iter()
-        .copied()
-        .filter(|&p| !port_is_free(p))
-        .collect();
-    if !busy.is_empty() {
-        eprintln!("SKIPPED localnet_command_runs_four_validators: ports {busy:?} are in use on this machine");
-        return;
-    }
     let _slot = cairn_tests::exclusive_slot();
+    let (api_base, p2p_base, ports) = localnet_ports();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("localnet");
 
-    let mut localnet = Localnet::start(&dir, tmp.path(), 1);
+    let mut localnet = Localnet::start(&dir, tmp.path(), 1, (api_base, p2p_base));
     let (apis, keys) = wait_banner(&mut localnet);
     assert_eq!(
         apis,
-        (8080..8084)
+        (api_base..api_base + 4)
             .map(|p| format!("http://127.0.0.1:{p}"))
             .collect::<Vec<_>>(),
         "API URLs printed:\n{}",
         localnet.stdout()
     );
+    let written =
+        cairn_genesis::Genesis::load(&dir.join("genesis.json")).expect("localnet genesis");
     assert_eq!(keys.len(), 4, "key files printed:\n{}", localnet.stdout());
     for key in &keys {
         assert!(key.is_file(), "{} is not a file", key.display());
@@ -314,6 +318,7 @@ fn localnet_command_runs_four_validators() {
         assert_eq!(status.json["chain_id"], "cairn-localnet");
         assert_eq!(status.json["validators"].as_array().unwrap().len(), 4);
     }
+    assert_answering_nodes_are(&apis, &written);
     let genesis = genesis_hash(&dir);
 
     // A wallet transfer with a printed key file, through validator 1.
@@ -366,15 +371,12 @@ fn localnet_command_runs_four_validators() {
         );
     }
     wait_for("localnet ports free", Duration::from_secs(15), || {
-        LOCALNET_PORTS
-            .iter()
-            .all(|&p| port_is_free(p))
-            .then_some(())
+        ports.iter().all(|&p| port_is_free(p)).then_some(())
     });
     eprintln!("first localnet run took {:.1?}", started.elapsed());
 
     // A second run reuses the testnet: same genesis, same chain.
-    let mut again = Localnet::start(&dir, tmp.path(), 2);
+    let mut again = Localnet::start(&dir, tmp.path(), 2, (api_base, p2p_base));
     let (apis_again, keys_again) = wait_banner(&mut again);
     assert_eq!(apis_again, apis);
     assert_eq!(keys_again, keys);
@@ -393,16 +395,85 @@ fn localnet_command_runs_four_validators() {
         assert_eq!(tx.json["status"], "committed", "{api}: {}", tx.json);
         assert_eq!(tx.json["height"], height);
     }
+    assert_answering_nodes_are(&apis, &written);
     let status = again.terminate();
     assert!(status.success(), "localnet exit status {status}");
     wait_for("localnet ports free", Duration::from_secs(15), || {
-        LOCALNET_PORTS
-            .iter()
-            .all(|&p| port_is_free(p))
-            .then_some(())
+        ports.iter().all(|&p| port_is_free(p)).then_some(())
     });
     eprintln!(
         "localnet_command_runs_four_validators took {:.1?}",
         started.elapsed()
     );
+}
+
+/// The validator answering at `apis[i]` is validator `i` of `genesis`: its
+/// node id is that validator's key, and its chain id and validator set are
+/// the genesis file's.
+fn assert_answering_nodes_are(apis: &[String], genesis: &cairn_genesis::ValidGenesis) {
+    let validators: Vec<String> = genesis.validators.iter().map(|v| v.to_hex()).collect();
+    for (i, api) in apis.iter().enumerate() {
+        let status = try_http_get(&format!("{api}/v1/status"))
+            .unwrap_or_else(|| panic!("{api} does not answer"))
+            .json;
+        assert_eq!(
+            status["node_id"].as_str(),
+            Some(validators[i].as_str()),
+            "{api} is not validator {i} of the localnet's genesis: {status}"
+        );
+        assert_eq!(
+            status["chain_id"].as_str(),
+            Some(genesis.chain_id()),
+            "{api}"
+        );
+        let served: Vec<&str> = status["validators"]
+            .as_array()
+            .expect("validators")
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(served, validators, "{api}: validator set");
+    }
+}
+
+/// A localnet whose ports are taken refuses to start, with one clear error
+/// naming the busy address, and starts no validator.
+#[test]
+fn localnet_refuses_busy_ports() {
+    let _slot = cairn_tests::exclusive_slot();
+    let (api_base, p2p_base, _) = localnet_ports();
+    let busy = std::net::TcpListener::bind(("127.0.0.1", p2p_base + 2)).expect("hold a port");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("localnet");
+    let output = run(
+        "cairn-node",
+        &[
+            "localnet",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--api-port-base",
+            &api_base.to_string(),
+            "--p2p-port-base",
+            &p2p_base.to_string(),
+        ],
+    );
+    assert!(!output.status.success(), "localnet ran on a busy port");
+    let err = stderr(&output);
+    let address = format!("127.0.0.1:{}", p2p_base + 2);
+    assert!(
+        err.contains(&format!("p2p address {address} is not free")),
+        "stderr: {err}"
+    );
+    assert!(
+        !stdout(&output).contains("Press Ctrl-C"),
+        "{}",
+        stdout(&output)
+    );
+    for i in 0..4 {
+        assert!(
+            port_is_free(api_base + i),
+            "an API port is in use: a validator started"
+        );
+    }
+    drop(busy);
 }

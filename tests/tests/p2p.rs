@@ -30,17 +30,77 @@ fn identity(net: &Testnet, key: cairn_core::Keypair) -> Identity {
     }
 }
 
+/// Asks `probe`'s node for blocks from `from_height` (at most `max_blocks`)
+/// and returns the blocks of the first sync response, within 10 s.
+async fn sync_answer(
+    probe: &mut probe::Probe,
+    from_height: u64,
+    max_blocks: u32,
+) -> Vec<(cairn_core::Block, cairn_core::Certificate)> {
+    probe
+        .send_wire(&Wire::SyncRequest {
+            from_height: cairn_core::Height(from_height),
+            max_blocks,
+        })
+        .await
+        .expect("send a sync request");
+    match probe
+        .recv_wire(Duration::from_secs(10), |w| {
+            matches!(w, Wire::SyncResponse(_))
+        })
+        .await
+    {
+        Ok(Some(Wire::SyncResponse(blocks))) => blocks,
+        Ok(_) => panic!("no sync response within 10 s"),
+        Err(e) => panic!("the connection failed while waiting for a sync response: {e}"),
+    }
+}
+
+/// The control connection (validator 1's real key, whose process is
+/// stopped) is still open and served: a sync request on it is answered.
+/// Without it, a node that closed every connection would pass each
+/// "closes the connection" check below.
+async fn assert_control_alive(control: &mut probe::Probe, after: &str) {
+    let blocks = sync_answer(control, 1, 1).await;
+    assert_eq!(blocks.len(), 1, "control answered after {after}");
+    assert_eq!(blocks[0].0.height(), cairn_core::Height(1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_and_garbage_are_refused() {
-    let mut net = tokio::task::spawn_blocking(|| {
-        let net = Testnet::start_all(4, 2, 1_000_000);
+    let (mut net, tip) = tokio::task::spawn_blocking(|| {
+        let mut net = Testnet::start_all(4, 2, 1_000_000);
         wait_all_connected(&net, 4);
-        net
+        // Two committed blocks, for sync requests to be answered with (an
+        // answer from height 1 then differs from one holding only the tip).
+        let bob = net.account_address(1);
+        net.wallet_transfer(0, 0, &bob, 7);
+        let (_, height) = net.wallet_transfer(0, 0, &bob, 7);
+        assert!(height >= 2);
+        let tip = net.wait_same_height(&[0, 1, 2, 3], height, Duration::from_secs(30));
+        // Validators 0 and 1 are stopped: the probes below speak with their
+        // keys, and a running validator's reconnects would replace a
+        // probe's connection at validator 3 at any moment, closing it for a
+        // reason other than the one under test.
+        net.kill9(0);
+        net.kill9(1);
+        (net, tip)
     })
     .await
     .unwrap();
     let addresses = net.genesis.p2p_addresses.clone();
     let p2p = |i: usize| addresses[i];
+    let node0_key = cairn_genesis::keyfile::read(&net.home(0).join("validator.key")).unwrap();
+    let node1_key = cairn_genesis::keyfile::read(&net.home(1).join("validator.key")).unwrap();
+    let validator0 = identity(&net, node0_key.clone());
+
+    // The control: a well-formed connection to validator 3 in the same
+    // setup, which must stay open through every refusal below.
+    let mut control = probe::connect(&identity(&net, node1_key), p2p(3))
+        .await
+        .expect("handshake");
+    assert_eq!(control.peer, 3);
+    assert_control_alive(&mut control, "connecting").await;
 
     // A key that is not in the genesis file: the handshake completes on our
     // side (we know the node), and the node hangs up without reading a frame.
@@ -62,18 +122,19 @@ async fn strangers_and_garbage_are_refused() {
                 .then_some(())
         },
     );
+    assert_control_alive(&mut control, "a stranger").await;
 
     // A validator key of another chain (different genesis hash).
-    let node0_key = cairn_genesis::keyfile::read(&net.home(0).join("validator.key")).unwrap();
     let mut other_chain = identity(&net, node0_key.clone());
     other_chain.genesis_hash = cairn_core::Hash([9; 32]);
     match probe::connect(&other_chain, p2p(3)).await {
         Ok(mut probe) => assert!(probe.closed_within(Duration::from_secs(5)).await),
         Err(e) => assert!(e.contains("another chain"), "{e}"),
     }
+    assert_control_alive(&mut control, "another chain's key").await;
 
     // Plain garbage instead of a handshake.
-    let mut raw = tokio::net::TcpStream::connect(p2p(2)).await.unwrap();
+    let mut raw = tokio::net::TcpStream::connect(p2p(3)).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let garbage: Vec<u8> = (0..100_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -90,15 +151,11 @@ async fn strangers_and_garbage_are_refused() {
     })
     .await;
     assert!(closed.is_ok(), "garbage closes the connection");
+    assert_control_alive(&mut control, "garbage").await;
 
     // An authenticated peer (validator 0's real key, dialing validator 3)
     // that sends an oversized frame, an undecodable frame, or bytes that do
-    // not decrypt: each closes its connection. The real validator 0 is
-    // stopped first: while it runs, its reconnects replace our probe's
-    // connection at validator 3 at any moment, which would close the probe
-    // for a reason other than the one under test.
-    net.kill9(0);
-    let validator0 = identity(&net, node0_key);
+    // not decrypt: each closes its connection, and only its own.
     let mut oversized = probe::connect(&validator0, p2p(3))
         .await
         .expect("handshake");
@@ -110,6 +167,7 @@ async fn strangers_and_garbage_are_refused() {
         oversized.closed_within(Duration::from_secs(5)).await,
         "oversized frame closes"
     );
+    assert_control_alive(&mut control, "an oversized frame").await;
 
     let mut undecodable = probe::connect(&validator0, p2p(3))
         .await
@@ -119,6 +177,7 @@ async fn strangers_and_garbage_are_refused() {
         undecodable.closed_within(Duration::from_secs(5)).await,
         "undecodable frame closes"
     );
+    assert_control_alive(&mut control, "an undecodable frame").await;
 
     let mut forged = probe::connect(&validator0, p2p(3))
         .await
@@ -134,9 +193,15 @@ async fn strangers_and_garbage_are_refused() {
         forged.closed_within(Duration::from_secs(5)).await,
         "undecryptable bytes close"
     );
+    assert_control_alive(&mut control, "undecryptable bytes").await;
 
-    // A well-formed but absurd sync request is answered within bounds, not
-    // with a crash.
+    // A well-formed but absurd sync request (from height u64::MAX, u32::MAX
+    // blocks) gets no blocks: nothing lies past the tip. Requests on one
+    // connection are answered in order, so the first sync response after a
+    // second, sane request (from height 1, again u32::MAX blocks) answers
+    // the sane one; it must hold the chain from height 1, at most
+    // SYNC_BLOCKS_MAX blocks, each with a valid certificate. The connection
+    // stays open.
     let mut asker = probe::connect(&validator0, p2p(3))
         .await
         .expect("handshake");
@@ -147,13 +212,43 @@ async fn strangers_and_garbage_are_refused() {
         })
         .await
         .unwrap();
+    let blocks = sync_answer(&mut asker, 1, u32::MAX).await;
+    assert!(
+        !blocks.is_empty() && blocks.len() as u32 <= cairn_node::p2p::SYNC_BLOCKS_MAX,
+        "{} blocks for a request of u32::MAX (bound {})",
+        blocks.len(),
+        cairn_node::p2p::SYNC_BLOCKS_MAX
+    );
+    assert_eq!(
+        blocks.len() as u64,
+        tip.min(cairn_node::p2p::SYNC_BLOCKS_MAX as u64),
+        "the answer to the sane request, not to the absurd one: the chain from height 1"
+    );
+    for (k, (block, certificate)) in blocks.iter().enumerate() {
+        assert_eq!(block.height(), cairn_core::Height(k as u64 + 1));
+        certificate
+            .verify(
+                net.genesis.chain_id(),
+                &net.genesis.validators,
+                &block.header,
+            )
+            .expect("certificate of a served block verifies");
+    }
+    assert!(
+        !asker.closed_within(Duration::from_millis(500)).await,
+        "the asker's connection stays open"
+    );
+    assert_control_alive(&mut control, "the absurd sync request").await;
 
     // The network is unharmed: everyone reconnects and a transfer sent to the
     // attacked validator commits everywhere.
     drop(asker);
+    drop(control);
     tokio::task::spawn_blocking(move || {
         net.start(0);
+        net.start(1);
         net.wait_api(0);
+        net.wait_api(1);
         wait_all_connected(&net, 4);
         let bob = net.account_address(1);
         let key = net.account_key(0);
@@ -173,7 +268,7 @@ async fn strangers_and_garbage_are_refused() {
         assert!(output.status.success(), "{}", stderr(&output));
         for i in 0..4 {
             wait_for("balance everywhere", Duration::from_secs(20), || {
-                (net.balance(i, &bob).0 == 1_000_005).then_some(())
+                (net.balance(i, &bob).0 == 1_000_019).then_some(())
             });
             assert!(
                 !log_of(&net, i).contains("panicked"),

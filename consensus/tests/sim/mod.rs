@@ -156,6 +156,8 @@ impl Scenario {
 #[derive(Debug, Default)]
 pub struct Report {
     pub heights: Vec<Height>,
+    /// Each node's view at the end (`None`: crashed then).
+    pub views: Vec<Option<u64>>,
     pub end_ms: u64,
     pub max_view: u64,
     pub sync_responses: u64,
@@ -164,8 +166,25 @@ pub struct Report {
     pub max_buffered: usize,
     /// When each height (index h - 1) was first committed by an honest node.
     pub agreed_at_ms: Vec<u64>,
+    /// Each agreed height (index h - 1): the view its block was proposed
+    /// in, its proposer, the view of its commit certificate and how many
+    /// validators signed that certificate.
+    pub agreed_blocks: Vec<AgreedBlock>,
+    /// Packets lost because a partition started while they were in flight.
+    pub dropped_in_flight: u64,
     /// Pre-prepares a `WeakKeyTheft` primary sent with its theft block.
     pub weak_key_theft_proposals: u64,
+}
+
+/// How one height was decided (see [`Report::agreed_blocks`]).
+#[derive(Clone, Debug)]
+pub struct AgreedBlock {
+    pub height: u64,
+    pub at_ms: u64,
+    pub proposal_view: u64,
+    pub proposer: usize,
+    pub commit_view: u64,
+    pub signers: usize,
 }
 
 struct Node {
@@ -253,7 +272,9 @@ impl Sim {
             if self.net.next_time().is_some_and(|t| t < next_tick_ms) {
                 let (at, packet) = self.net.pop().expect("a packet");
                 self.now_ms = at;
-                self.deliver(packet);
+                if let Some(packet) = packet {
+                    self.deliver(packet);
+                }
             } else {
                 self.now_ms = next_tick_ms;
                 self.tick_all();
@@ -284,6 +305,12 @@ impl Sim {
     fn finish(mut self) -> Report {
         self.report.heights = self.nodes.iter().map(|n| n.ledger.height()).collect();
         self.report.end_ms = self.now_ms;
+        self.report.dropped_in_flight = self.net.dropped_in_flight;
+        self.report.views = self
+            .nodes
+            .iter()
+            .map(|n| n.replica.as_ref().map(|r| r.view().0))
+            .collect();
         self.report
     }
 
@@ -315,7 +342,7 @@ impl Sim {
     /// Ends the fault phase; returns the height all honest nodes must reach.
     fn heal(&mut self) -> Height {
         self.net.loss = 0.0;
-        self.net.partitions.clear();
+        self.net.end_partitions(self.now_ms);
         self.s.crash_mid_actions = 0.0;
         for i in 0..self.s.n {
             if self.nodes[i].replica.is_none() {
@@ -560,6 +587,19 @@ impl Sim {
                 }
                 if !self.agreed.contains_key(&height) {
                     self.report.agreed_at_ms.push(self.now_ms);
+                    let proposer = self
+                        .validators
+                        .iter()
+                        .position(|v| *v == block.header.proposer)
+                        .unwrap_or(usize::MAX);
+                    self.report.agreed_blocks.push(AgreedBlock {
+                        height: height.0,
+                        at_ms: self.now_ms,
+                        proposal_view: block.header.view.0,
+                        proposer,
+                        commit_view: certificate.view.0,
+                        signers: certificate.signatures.len(),
+                    });
                 }
                 let agreed = *self.agreed.entry(height).or_insert(hash);
                 if agreed != hash {
