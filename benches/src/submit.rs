@@ -8,8 +8,8 @@
 //! transfer of that account behind a gap. Refused entries wait in a
 //! per-validator set, in stream order, and go out again (oldest first, one
 //! batch at a time, backing off between [`RETRY_INTERVAL_MIN`] and
-//! [`RETRY_INTERVAL_MAX`] per submitter) until
-//! the window ends. They are counted once as submitted, in
+//! [`RETRY_INTERVAL_MAX`] per submitter) until the window ends, and then,
+//! with no new entries, for at most [`REPAIR_MAX`] more. They are counted once as submitted, in
 //! `rejected_by_code` per refusal, and in `retries`.
 
 use std::collections::BTreeMap;
@@ -32,6 +32,11 @@ const RETRY_INTERVAL_MIN: Duration = Duration::from_millis(20);
 const RETRY_INTERVAL_MAX: Duration = Duration::from_secs(1);
 /// Refusals a client sends again: the node had no room now.
 const RETRYABLE: [&str; 3] = ["mempool_full", "sender_limit", "overloaded"];
+/// How long after the window the submitters go on sending refused entries
+/// again (no new ones): each left unsent strands every later transfer of
+/// its account, acknowledged and parked behind the gap, so a client keeps
+/// sending it.
+const REPAIR_MAX: Duration = Duration::from_secs(30);
 
 /// Refused entries of one validator's stream waiting to be sent again:
 /// (index of the batch in that validator's list, entry in the batch).
@@ -202,20 +207,20 @@ fn worker(
             }
         }
     };
-    loop {
+    'window: loop {
         if shared.stop.load(Ordering::Acquire) || Instant::now() >= shared.end {
-            return;
+            break;
         }
         retry_now(&mut last_retry);
         let j = next.fetch_add(1, Ordering::AcqRel);
         let Some(batch) = batches.get(j) else {
-            return;
+            break;
         };
         match mode {
             Mode::Open { .. } => {
                 let due = shared.start + Duration::from_micros(due_us[j]);
                 if due >= shared.end {
-                    return;
+                    break;
                 }
                 while Instant::now() < due {
                     if !retry_now(&mut last_retry) {
@@ -231,7 +236,7 @@ fn worker(
                     && shared.outstanding() > 0
                 {
                     if shared.stop.load(Ordering::Acquire) || Instant::now() >= shared.end {
-                        return;
+                        break 'window;
                     }
                     if !retry_now(&mut last_retry) {
                         std::thread::sleep(Duration::from_millis(1));
@@ -240,6 +245,17 @@ fn worker(
             }
         }
         send(&agent, url, j, batch, shared, retry);
+    }
+    // The window is over: only refused entries go out again, for at most
+    // REPAIR_MAX.
+    let repair_end = Instant::now() + REPAIR_MAX;
+    while !shared.stop.load(Ordering::Acquire)
+        && Instant::now() < repair_end
+        && !retry.lock().expect("retry set").is_empty()
+    {
+        if !retry_now(&mut last_retry) {
+            std::thread::sleep(RETRY_INTERVAL_MIN);
+        }
     }
 }
 
