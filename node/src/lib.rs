@@ -124,7 +124,13 @@ pub async fn run(home: &Path) -> Result<(), String> {
     }
     let storage = Storage::open(&config.data, &genesis.block(), &genesis.accounts)
         .map_err(|e| format!("cannot open data folder {}: {e}", config.data.display()))?;
-    let (safety_record, safety, _) = safety_record::SafetyRecord::load(home, &storage)?;
+    let (safety_record, safety, origin) = safety_record::SafetyRecord::load(home, &storage)?;
+    if origin == safety_record::Origin::Fresh {
+        tracing::info!(
+            "no safety record ({}) and no blocks: starting as a new validator",
+            home.join(safety_record::SAFETY_FILE).display()
+        );
+    }
     let p2p_listen = config.p2p_listen.unwrap_or(genesis.p2p_addresses[me]);
     let api_listen = config.api_listen.unwrap_or(genesis.api_addresses[me]);
 
