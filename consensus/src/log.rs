@@ -80,7 +80,8 @@ impl Round {
 
     /// Whether proposals and votes of `view` are kept while in `current`.
     pub fn view_in_window(view: View, current: View) -> bool {
-        view.0 + VIEWS_BEHIND_MAX >= current.0 && view.0 <= current.0 + VIEWS_AHEAD_MAX
+        view.0.saturating_add(VIEWS_BEHIND_MAX) >= current.0
+            && view.0 <= current.0.saturating_add(VIEWS_AHEAD_MAX)
     }
 
     /// Drops proposals, their verdicts and votes of views that left the
@@ -179,6 +180,19 @@ impl Round {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Views near `u64::MAX` (any peer can name one) neither overflow nor
+    /// fall out of the window by wrapping (issue 10: `view + 4` wrapped in
+    /// release builds and panicked in debug builds, before any signature
+    /// check).
+    #[test]
+    fn the_view_window_holds_at_the_end_of_the_range() {
+        assert!(!Round::view_in_window(View(u64::MAX), View(0)));
+        assert!(!Round::view_in_window(View(0), View(u64::MAX)));
+        assert!(Round::view_in_window(View(u64::MAX), View(u64::MAX)));
+        assert!(Round::view_in_window(View(u64::MAX - 3), View(u64::MAX)));
+        assert!(Round::view_in_window(View(u64::MAX), View(u64::MAX - 3)));
+    }
 
     #[test]
     fn first_vote_per_sender_and_view_wins_and_quorums_count_per_hash() {
