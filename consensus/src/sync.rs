@@ -265,8 +265,17 @@ impl Replica {
             }
             progressed = true;
         }
-        if progressed && from.get() < self.n() && from != self.me {
+        if from.get() >= self.n() || from == self.me {
+            return;
+        }
+        if progressed {
             self.request_sync(from);
+        } else {
+            // Nothing past our tip: whatever it claimed, it is not ahead
+            // (a claim that only went up kept a liar asked for good).
+            let next = self.round.height;
+            let claim = &mut self.sync.claims[from.get()];
+            *claim = (*claim).min(next);
         }
     }
 }

@@ -573,3 +573,45 @@ fn a_block_from_the_future_is_prepared_once_the_clock_comes_close() {
         shape(&actions)
     );
 }
+
+/// A peer's claim to be ahead goes down when, asked, it has nothing past
+/// our tip (issue 10: a claimed height never went down, so one message
+/// from a Byzantine validator at a far height kept the replica asking it
+/// for blocks, once per view timeout, for good).
+#[test]
+fn a_claim_to_be_ahead_goes_down_when_the_peer_has_nothing_to_give() {
+    let net = Net::new(4);
+    let mut replica = net.replica(3, SafetyState::default());
+    let mut ledger = SimLedger::new(CHAIN);
+    let far = Message::ViewChange {
+        new_view: View(0),
+        height: Height(1_000),
+        prepared: None,
+    };
+    replica.handle(&mut ledger, net.signed(1, far));
+    let requests_to_1 = |replica: &mut Replica, ledger: &mut SimLedger, from_ms: u64| {
+        let mut requests = 0;
+        for now_ms in (from_ms..from_ms + 5_000).step_by(10) {
+            for action in replica.handle(ledger, Input::Tick { now_ms }) {
+                if matches!(action, Action::RequestSync { to, .. } if to == ValidatorIndex(1)) {
+                    requests += 1;
+                }
+            }
+        }
+        requests
+    };
+    let before = requests_to_1(&mut replica, &mut ledger, 0);
+    assert!(
+        before >= 1,
+        "one validator ahead is asked after a view timeout"
+    );
+    replica.handle(
+        &mut ledger,
+        Input::SyncResponse {
+            from: ValidatorIndex(1),
+            blocks: vec![],
+        },
+    );
+    let after = requests_to_1(&mut replica, &mut ledger, 5_000);
+    assert_eq!(after, 0, "asked {after} more times after an empty answer");
+}
