@@ -180,13 +180,14 @@ impl SafetyRecord {
         let mut written = 0;
         // The prepared block first, so the record never names a block the
         // folder does not hold.
-        let block = state.prepared_block().map(|block| block.hash());
-        let new_block = block.is_some() && block != self.block_written.get();
-        if let (true, Some(block)) = (new_block, state.prepared_block()) {
-            let bytes = codec::encode(block);
-            write_durably(&self.folder.join(block_file(&block.hash())), &bytes)?;
-            std::fs::File::open(&self.folder)?.sync_all()?;
-            written += bytes.len() as u64;
+        let block_hash = state.prepared_block().map(|block| block.hash());
+        if let (Some(block), Some(hash)) = (state.prepared_block(), block_hash) {
+            if self.block_written.get() != Some(hash) {
+                let bytes = codec::encode(block);
+                write_durably(&self.folder.join(block_file(&hash)), &bytes)?;
+                std::fs::File::open(&self.folder)?.sync_all()?;
+                written += bytes.len() as u64;
+            }
         }
         if let Some(block) = state.prepared_block_mut() {
             block.transactions = Vec::new();
@@ -209,8 +210,8 @@ impl SafetyRecord {
         bytes.push(b'\n');
         write_durably(&self.path, &bytes)?;
         std::fs::File::open(&self.folder)?.sync_all()?;
-        if block != self.block_written.get() {
-            self.block_written.set(block);
+        if block_hash != self.block_written.get() {
+            self.block_written.set(block_hash);
             self.remove_spare_blocks();
         }
         Ok(written + bytes.len() as u64)
@@ -254,6 +255,14 @@ pub(crate) mod tests {
     use super::*;
     use crate::storage::tests::{child_with_transfers, genesis};
 
+    /// A validator's home folder with a fresh data folder in it.
+    fn open_home() -> (tempfile::TempDir, Storage) {
+        let home = tempfile::tempdir().unwrap();
+        let (block, accounts) = genesis();
+        let storage = Storage::open(&home.path().join("data"), &block, &accounts).unwrap();
+        (home, storage)
+    }
+
     /// A state at `height` in view 2 (its fields are the consensus
     /// crate's own; its serde form is the way in from here).
     fn state_at(height: u64) -> SafetyState {
@@ -267,9 +276,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_written_record_reads_back() {
-        let home = tempfile::tempdir().unwrap();
-        let (block, accounts) = genesis();
-        let storage = Storage::open(&home.path().join("data"), &block, &accounts).unwrap();
+        let (home, storage) = open_home();
         let (record, state, origin) = SafetyRecord::load(home.path(), &storage).unwrap();
         assert_eq!((state, origin), (SafetyState::default(), Origin::Fresh));
         assert!(
@@ -367,9 +374,7 @@ pub(crate) mod tests {
     /// An older data folder's state moves into the record, once.
     #[test]
     fn a_legacy_state_is_moved_into_the_record() {
-        let home = tempfile::tempdir().unwrap();
-        let (block, accounts) = genesis();
-        let storage = Storage::open(&home.path().join("data"), &block, &accounts).unwrap();
+        let (home, storage) = open_home();
         storage.set_legacy_safety(&codec::encode(&state_at(4)));
         let (_, state, origin) = SafetyRecord::load(home.path(), &storage).unwrap();
         assert_eq!((state, origin), (state_at(4), Origin::Converted));
@@ -380,9 +385,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_damaged_record_is_refused_not_emptied() {
-        let home = tempfile::tempdir().unwrap();
-        let (block, accounts) = genesis();
-        let storage = Storage::open(&home.path().join("data"), &block, &accounts).unwrap();
+        let (home, storage) = open_home();
         let (record, _, _) = SafetyRecord::load(home.path(), &storage).unwrap();
         record.persist(state_at(9)).unwrap();
         let path = home.path().join(SAFETY_FILE);
