@@ -18,7 +18,7 @@ fn block_validation(c: &mut Criterion) {
     let mut group = c.benchmark_group("block of 1000 transfers");
     group.throughput(Throughput::Elements(1000));
     group.bench_function("validate (no signatures)", |b| {
-        b.iter(|| validate_block(&block, &state, &genesis.header.state_root))
+        b.iter(|| validate_block(&block, &state, &genesis))
     });
     group.bench_function("apply changes to MemoryState", |b| {
         b.iter_batched_ref(

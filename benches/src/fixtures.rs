@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use cairn_core::state::{genesis_state_root, next_state_root, Account, MemoryState, Overlay};
+use cairn_core::executor::{build_block, execute_block, BlockRules, Parent, Proposer};
+use cairn_core::state::{genesis_state_root, Account, MemoryState};
 use cairn_core::{
     tx_root, Block, BlockHeader, Certificate, CommitSignature, Hash, Height, Keypair, PublicKey,
     SignedTransaction, Transfer, ValidatorIndex, View,
@@ -75,58 +76,58 @@ pub fn genesis_block(accounts: &BTreeMap<PublicKey, Account>) -> Block {
     }
 }
 
+/// The block rules of the fixtures: [`CHAIN_ID`], no block too large.
+pub const RULES: BlockRules<'static> = BlockRules {
+    chain_id: CHAIN_ID,
+    block_txs_max: cairn_core::limits::BLOCK_TXS_MAX,
+};
+
 /// What a validator does to a proposed block once signatures are checked:
-/// tx hashes and root, every transfer applied through an [`Overlay`], the
-/// next state root. Returns the changes.
+/// the production block executor ([`execute_block`]: tx hashes and root,
+/// every transfer applied, the next state root) on top of `parent`.
+/// Returns the changes.
 pub fn validate_block(
     block: &Block,
     state: &MemoryState,
-    parent_root: &Hash,
+    parent: &Block,
 ) -> BTreeMap<PublicKey, Account> {
-    let hashes: Vec<Hash> = block.transactions.iter().map(|t| t.hash()).collect();
-    assert_eq!(block.header.tx_root, tx_root(&hashes));
-    let mut overlay = Overlay::new(state);
-    for tx in &block.transactions {
-        overlay
-            .apply(tx, CHAIN_ID)
-            .expect("fixture transfers are valid");
-    }
-    let changes = overlay.into_changes();
-    assert_eq!(
-        block.header.state_root,
-        next_state_root(parent_root, &changes)
-    );
-    changes
+    execute_block(state, &Parent::of(&parent.header), &RULES, block, |_, _| {
+        None
+    })
+    .expect("fixture blocks are valid")
+    .changes
 }
 
 /// A block at height 1 holding `txs` (valid on top of [`funded`] state),
-/// with a certificate of `signers` fixture signatures.
+/// built by the production block builder, with a certificate of `signers`
+/// fixture signatures.
 pub fn block_on(
     genesis: &Block,
     state: &MemoryState,
     txs: Vec<SignedTransaction>,
     signers: usize,
 ) -> (Block, Certificate, BTreeMap<PublicKey, Account>) {
-    let hashes: Vec<Hash> = txs.iter().map(|t| t.hash()).collect();
-    let mut overlay = Overlay::new(state);
-    for tx in &txs {
-        overlay
-            .apply(tx, CHAIN_ID)
-            .expect("fixture transfers are valid");
-    }
-    let changes = overlay.into_changes();
-    let block = Block {
-        header: BlockHeader {
-            height: Height(1),
-            parent_hash: genesis.hash(),
-            view: View(0),
-            proposer: PublicKey([1; 32]),
-            timestamp_ms: 2,
-            tx_root: tx_root(&hashes),
-            state_root: next_state_root(&genesis.header.state_root, &changes),
-        },
-        transactions: txs,
+    let candidates = txs
+        .into_iter()
+        .map(|t| {
+            let hash = t.hash();
+            (t, hash)
+        })
+        .collect();
+    let proposer = Proposer {
+        view: View(0),
+        key: PublicKey([1; 32]),
+        now_ms: 2,
     };
+    let built = build_block(
+        state,
+        &Parent::of(&genesis.header),
+        &RULES,
+        proposer,
+        candidates,
+    );
+    assert!(built.left_out.is_empty(), "fixture transfers are valid");
+    let block = built.block;
     let certificate = Certificate {
         height: block.height(),
         view: View(0),
@@ -138,7 +139,7 @@ pub fn block_on(
             })
             .collect(),
     };
-    (block, certificate, changes)
+    (block, certificate, built.executed.changes)
 }
 
 #[cfg(test)]
@@ -155,10 +156,7 @@ mod tests {
         let genesis = genesis_block(&accounts);
         let (block, certificate, changes) = block_on(&genesis, &state, transfers(&keys, 50), 3);
         assert_eq!(certificate.block_hash, block.hash());
-        assert_eq!(
-            validate_block(&block, &state, &genesis.header.state_root),
-            changes
-        );
+        assert_eq!(validate_block(&block, &state, &genesis), changes);
         let mut after = state.clone();
         after.apply_changes(&changes);
         assert_eq!(after.total_supply(), state.total_supply());

@@ -18,6 +18,7 @@ pub mod api;
 mod block;
 pub mod codec;
 mod crypto;
+pub mod executor;
 pub mod limits;
 pub mod state;
 mod tx;

@@ -2,15 +2,12 @@
 //! mempool, validates proposed blocks against committed state in sled, and
 //! commits blocks (block + certificate + state in one atomic write).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cairn_consensus::Ledger;
-use cairn_core::state::{next_state_root, Account, Overlay};
-use cairn_core::{
-    tx_root, Block, BlockHeader, Certificate, Hash, Height, PublicKey, SignedTransaction, View,
-};
+use cairn_core::executor::{build_block, execute_block, BlockRules, Executed, Parent, Proposer};
+use cairn_core::{Block, Certificate, Hash, Height, PublicKey, SignedTransaction, View};
 
 use crate::Node;
 
@@ -20,20 +17,13 @@ const REGOSSIP_TXS_MAX: usize = 4_096;
 
 pub struct NodeLedger {
     node: Arc<Node>,
-    tip: BlockHeader,
-    tip_hash: Hash,
+    /// The tip, as its child block sees it.
+    parent: Parent,
     /// The last block validated or proposed, so committing it does not
     /// execute or hash it again.
     executed: Option<Executed>,
     /// When overdue transactions were last gossiped again.
     regossiped_ms: u64,
-}
-
-/// A block this node executed on top of its tip.
-struct Executed {
-    block_hash: Hash,
-    tx_hashes: Vec<Hash>,
-    changes: Vec<(PublicKey, Account)>,
 }
 
 pub fn now_ms() -> u64 {
@@ -54,8 +44,7 @@ impl NodeLedger {
             .header;
         Ok(NodeLedger {
             node,
-            tip_hash: tip.hash(),
-            tip,
+            parent: Parent::of(&tip),
             executed: None,
             regossiped_ms: 0,
         })
@@ -94,83 +83,44 @@ impl NodeLedger {
         self.node.network.gossip_transactions(overdue);
     }
 
-    /// Applies `transactions` on top of the tip. With `skip_invalid`, drops
-    /// the ones that fail (proposing); otherwise the first failure fails all.
-    fn execute(
-        &self,
-        transactions: &[SignedTransaction],
-        skip_invalid: bool,
-    ) -> Result<(Vec<usize>, BTreeMap<PublicKey, Account>), String> {
-        let chain_id = self.node.genesis.chain_id();
-        let mut overlay = Overlay::new(&self.node.storage);
-        let mut included = Vec::with_capacity(transactions.len());
-        for (i, tx) in transactions.iter().enumerate() {
-            match overlay.apply(tx, chain_id) {
-                Ok(()) => included.push(i),
-                Err(_) if skip_invalid => {}
-                Err(e) => return Err(format!("transaction {i} ({}): {e}", tx.hash())),
-            }
-        }
-        Ok((included, overlay.into_changes()))
-    }
-
-    /// Verifies the signatures of the transactions the mempool has not seen
-    /// (those it holds were verified on admission).
-    fn verify_unseen(
-        &self,
-        transactions: &[SignedTransaction],
-        hashes: &[Hash],
-    ) -> Result<(), String> {
-        let unseen: Vec<usize> = {
-            let mempool = self.node.mempool.lock().expect("mempool lock");
-            (0..transactions.len())
-                .filter(|&i| !mempool.contains(&hashes[i]))
-                .collect()
-        };
-        let refs: Vec<&SignedTransaction> = unseen.iter().map(|&i| &transactions[i]).collect();
-        match crate::admission::verify_signatures(&refs)
-            .iter()
-            .position(|r| r.is_err())
-        {
-            None => Ok(()),
-            Some(bad) => Err(format!(
-                "transaction {} has an invalid signature",
-                hashes[unseen[bad]]
-            )),
+    fn rules(&self) -> BlockRules<'_> {
+        BlockRules {
+            chain_id: self.node.genesis.chain_id(),
+            block_txs_max: self.node.genesis.genesis.params.block_txs_max,
         }
     }
 
-    /// Checks and executes a block's transactions on top of the tip: the
-    /// transaction root, the signatures of transactions not seen before, the
-    /// state transition and the state root.
+    /// Checks and executes a block on top of the tip with the one block
+    /// executor, verifying only the signatures of transactions the mempool
+    /// has not seen (those it holds were verified on admission).
     fn execute_block(&self, block: &Block) -> Result<Executed, String> {
-        let tx_hashes: Vec<Hash> = block.transactions.iter().map(|t| t.hash()).collect();
-        if block.header.tx_root != tx_root(&tx_hashes) {
-            return Err("tx_root does not match the transactions".into());
-        }
-        self.verify_unseen(&block.transactions, &tx_hashes)?;
-        let (_, changes) = self.execute(&block.transactions, false)?;
-        if block.header.state_root != next_state_root(&self.tip.state_root, &changes) {
-            return Err("state_root does not match the transactions".into());
-        }
-        Ok(Executed {
-            block_hash: block.hash(),
-            tx_hashes,
-            changes: changes.into_iter().collect(),
-        })
-    }
-
-    fn extends_tip(&self, header: &BlockHeader) -> Result<(), String> {
-        if header.height != self.tip.height.next() || header.parent_hash != self.tip_hash {
-            return Err(format!("block {} does not extend the tip", header.height));
-        }
-        Ok(())
+        let verify_unseen = |transactions: &[SignedTransaction], hashes: &[Hash]| {
+            let unseen: Vec<usize> = {
+                let mempool = self.node.mempool.lock().expect("mempool lock");
+                (0..transactions.len())
+                    .filter(|&i| !mempool.contains(&hashes[i]))
+                    .collect()
+            };
+            let refs: Vec<&SignedTransaction> = unseen.iter().map(|&i| &transactions[i]).collect();
+            crate::admission::verify_signatures(&refs)
+                .iter()
+                .position(|r| r.is_err())
+                .map(|bad| unseen[bad])
+        };
+        execute_block(
+            &self.node.storage,
+            &self.parent,
+            &self.rules(),
+            block,
+            verify_unseen,
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
 impl Ledger for NodeLedger {
     fn tip(&self) -> (Height, Hash) {
-        (self.tip.height, self.tip_hash)
+        (self.parent.height, self.parent.hash)
     }
 
     fn has_pending(&self) -> bool {
@@ -205,56 +155,35 @@ impl Ledger for NodeLedger {
         if candidates.is_empty() {
             return None;
         }
-        let (mut transactions, mut tx_hashes): (Vec<SignedTransaction>, Vec<Hash>) =
-            candidates.into_iter().unzip();
-        let (included, changes) = self.execute(&transactions, true).ok()?;
-        if included.is_empty() {
+        let proposer = Proposer {
+            view,
+            key: proposer,
+            now_ms,
+        };
+        let built = build_block(
+            &self.node.storage,
+            &self.parent,
+            &self.rules(),
+            proposer,
+            candidates,
+        );
+        if built.block.transactions.is_empty() {
             return None;
         }
-        if included.len() < transactions.len() {
-            let mut keep = vec![false; transactions.len()];
-            included.iter().for_each(|&i| keep[i] = true);
-            let mut keep_iter = keep.iter();
-            transactions.retain(|_| *keep_iter.next().expect("one flag per transaction"));
-            let mut keep_iter = keep.iter();
-            tx_hashes.retain(|_| *keep_iter.next().expect("one flag per transaction"));
-        }
-        let header = BlockHeader {
-            height: self.tip.height.next(),
-            parent_hash: self.tip_hash,
-            view,
-            proposer,
-            timestamp_ms: now_ms.max(self.tip.timestamp_ms),
-            tx_root: tx_root(&tx_hashes),
-            state_root: next_state_root(&self.tip.state_root, &changes),
-        };
-        let block = Block {
-            header,
-            transactions,
-        };
-        self.executed = Some(Executed {
-            block_hash: block.hash(),
-            tx_hashes,
-            changes: changes.into_iter().collect(),
-        });
-        Some(block)
+        self.executed = Some(built.executed);
+        Some(built.block)
     }
 
     fn validate(&mut self, block: &Block) -> Result<(), String> {
-        let header = &block.header;
-        self.extends_tip(header)?;
-        if header.timestamp_ms < self.tip.timestamp_ms {
-            return Err("timestamp is before the parent's".into());
-        }
-        if block.transactions.len() > self.node.genesis.genesis.params.block_txs_max {
-            return Err("too many transactions".into());
-        }
         self.executed = Some(self.execute_block(block)?);
         Ok(())
     }
 
     fn commit(&mut self, block: &Block, certificate: &Certificate) -> Result<(), String> {
-        self.extends_tip(&block.header)?;
+        let header = &block.header;
+        if header.height != self.parent.height.next() || header.parent_hash != self.parent.hash {
+            return Err(format!("block {} does not extend the tip", header.height));
+        }
         let hash = block.hash();
         let executed = match self.executed.take() {
             Some(executed) if executed.block_hash == hash => executed,
@@ -269,7 +198,7 @@ impl Ledger for NodeLedger {
             block,
             certificate,
             &executed.tx_hashes,
-            &executed.changes,
+            &executed.changes.into_iter().collect::<Vec<_>>(),
         );
         if let Err(e) = stored {
             // The block is decided; a validator that cannot record it must
@@ -281,8 +210,12 @@ impl Ledger for NodeLedger {
             );
             std::process::exit(70);
         }
-        self.tip = block.header.clone();
-        self.tip_hash = hash;
+        self.parent = Parent {
+            height: block.height(),
+            hash,
+            timestamp_ms: block.header.timestamp_ms,
+            state_root: block.header.state_root,
+        };
         self.node.after_commit(block, &executed.tx_hashes);
         self.regossip_overdue(block);
         Ok(())

@@ -1,11 +1,15 @@
-//! The simulator's in-memory ledger: real signed transfers applied with the
-//! core state transition, blocks checked root by root, commits asserted to
-//! extend the tip.
+//! The simulator's in-memory ledger: real signed transfers, blocks built,
+//! checked and executed by the production block executor
+//! (`cairn_core::executor`, as the node does), commits asserted to extend
+//! the tip.
 
 use std::collections::BTreeMap;
 
 use cairn_consensus::Ledger;
-use cairn_core::state::{next_state_root, Account, MemoryState, Overlay, StateView};
+use cairn_core::executor::{
+    build_block, execute_block, first_bad_signature, BlockRules, Executed, Parent, Proposer,
+};
+use cairn_core::state::{next_state_root, Account, MemoryState, StateView};
 use cairn_core::{
     tx_root, Block, BlockHeader, Certificate, Hash, Height, Keypair, PublicKey, Signature,
     SignedTransaction, Transfer, View,
@@ -155,14 +159,31 @@ impl SimLedger {
         if let Some(client) = self.client_pending().filter(|_| with_client) {
             transactions.push(client.tx.clone());
         }
-        let mut overlay = Overlay::new(&self.state);
-        for tx in &transactions {
-            overlay
-                .apply(tx, &self.chain_id)
-                .expect("the generator makes valid transfers");
-        }
-        let state_root = next_state_root(self.root(), overlay.changes());
-        self.block_on_tip(view, proposer, now_ms, transactions, state_root)
+        let candidates: Vec<(SignedTransaction, Hash)> = transactions
+            .into_iter()
+            .map(|t| {
+                let hash = t.hash();
+                (t, hash)
+            })
+            .collect();
+        let proposer = Proposer {
+            view,
+            key: proposer,
+            now_ms,
+        };
+        let built = build_block(
+            &self.state,
+            &self.parent(),
+            &self.rules(),
+            proposer,
+            candidates,
+        );
+        assert!(
+            built.left_out.is_empty(),
+            "the generator makes valid transfers: {:?}",
+            built.left_out
+        );
+        built.block
     }
 
     /// A block for the next height on the tip, with `transactions` and the
@@ -181,7 +202,7 @@ impl SimLedger {
             parent_hash: self.tip().1,
             view,
             proposer,
-            timestamp_ms: now_ms,
+            timestamp_ms: now_ms.max(self.parent().timestamp_ms),
             tx_root: tx_root(&hashes),
             state_root,
         };
@@ -250,29 +271,35 @@ impl SimLedger {
         self.roots.last().expect("genesis root")
     }
 
-    /// Applies the block's transfers to a copy of the state: the changes,
-    /// or why the block is invalid.
-    fn apply(&self, block: &Block) -> Result<BTreeMap<PublicKey, Account>, String> {
-        let header = &block.header;
-        if header.height != self.height().next() || header.parent_hash != self.tip().1 {
-            return Err("not on the tip".into());
+    fn rules(&self) -> BlockRules<'_> {
+        BlockRules {
+            chain_id: &self.chain_id,
+            block_txs_max: BLOCK_TXS_MAX,
         }
-        let hashes: Vec<Hash> = block.transactions.iter().map(|t| t.hash()).collect();
-        if tx_root(&hashes) != header.tx_root {
-            return Err("tx root".into());
+    }
+
+    /// The tip as its child sees it (genesis: time 0).
+    fn parent(&self) -> Parent {
+        let (height, hash) = self.tip();
+        Parent {
+            height,
+            hash,
+            timestamp_ms: self.blocks.last().map_or(0, |(b, _)| b.header.timestamp_ms),
+            state_root: *self.root(),
         }
-        let mut overlay = Overlay::new(&self.state);
-        for tx in &block.transactions {
-            tx.verify_signature().map_err(|e| e.to_string())?;
-            overlay
-                .apply(tx, &self.chain_id)
-                .map_err(|e| e.to_string())?;
-        }
-        let changes = overlay.into_changes();
-        if next_state_root(self.root(), &changes) != header.state_root {
-            return Err("state root".into());
-        }
-        Ok(changes)
+    }
+
+    /// Runs the production block executor on the block: the changes, or
+    /// why the block is invalid.
+    fn apply(&self, block: &Block) -> Result<Executed, String> {
+        execute_block(
+            &self.state,
+            &self.parent(),
+            &self.rules(),
+            block,
+            first_bad_signature,
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -312,8 +339,8 @@ impl Ledger for SimLedger {
             block.hash(),
             "certificate of the block"
         );
-        let changes = self.apply(block)?;
-        self.state.apply_changes(&changes);
+        let executed = self.apply(block)?;
+        self.state.apply_changes(&executed.changes);
         self.roots.push(block.header.state_root);
         self.blocks.push((block.clone(), certificate.clone()));
         let height = self.height();
