@@ -10,7 +10,10 @@
 //! Application state is reached through the [`Ledger`] trait: the replica asks
 //! it to build a proposal, to validate a proposed block against committed
 //! state, and to commit a block with its certificate. `Ledger::commit` must be
-//! durable when it returns.
+//! durable when it returns. A ledger reads no clock (the replica hands it the
+//! time of its last [`Input::Tick`]) and carries out no side effect beyond
+//! its own state: gossip, events and metrics are the runtime's, after
+//! `handle` returns.
 //!
 //! Actions are executed **in order**: an [`Action::PersistSafety`] is written
 //! and flushed before any later send leaves the node, so a restarted replica
@@ -69,7 +72,7 @@
 //!     fn validate(&mut self, _block: &Block) -> Result<(), String> {
 //!         Ok(())
 //!     }
-//!     fn commit(&mut self, block: &Block, certificate: &Certificate) -> Result<(), String> {
+//!     fn commit(&mut self, block: &Block, certificate: &Certificate, _now_ms: u64) -> Result<(), String> {
 //!         self.0.push((block.clone(), certificate.clone()));
 //!         Ok(())
 //!     }
@@ -134,16 +137,21 @@ pub struct Config {
     pub block_txs_max: usize,
 }
 
-/// Application state as the replica sees it.
+/// Application state as the replica sees it. Every method is called from
+/// inside [`Replica::handle`]: it reads no clock (times come from the
+/// replica's last [`Input::Tick`], as `now_ms` arguments) and does no IO but
+/// reading and writing the ledger's own state (`commit` stores durably);
+/// gossip, events, metrics and the like are carried out by the runtime after
+/// `handle` returns.
 pub trait Ledger {
     /// Height and hash of the last committed block (height 0: genesis).
     fn tip(&self) -> (Height, Hash);
     /// Whether the mempool holds transactions waiting for a block.
     fn has_pending(&self) -> bool;
     /// Since when (`Tick` time) the longest-waiting transaction that a
-    /// block could take now has been pending here; `None` when there is
-    /// none (or the ledger does not track it).
-    fn oldest_pending_ms(&self) -> Option<u64> {
+    /// block could take now has been pending here, as of `now_ms`; `None`
+    /// when there is none (or the ledger does not track it).
+    fn oldest_pending_ms(&self, _now_ms: u64) -> Option<u64> {
         None
     }
     /// Builds a block for `tip().0 + 1` on top of the tip, or `None` when there
@@ -155,7 +163,13 @@ pub trait Ledger {
     fn validate(&mut self, block: &Block) -> Result<(), String>;
     /// Applies `block` (whose parent is the tip and whose certificate has been
     /// verified) and stores it with `certificate`, durably, before returning.
-    fn commit(&mut self, block: &Block, certificate: &Certificate) -> Result<(), String>;
+    /// `now_ms` is the replica's time.
+    fn commit(
+        &mut self,
+        block: &Block,
+        certificate: &Certificate,
+        now_ms: u64,
+    ) -> Result<(), String>;
 }
 
 /// An input to the replica.

@@ -483,7 +483,7 @@ impl Replica {
     /// commits by quorum in this replica's own round are judged (synced
     /// blocks were decided while it was away).
     fn check_censorship(&mut self, ledger: &mut impl Ledger, height_started_ms: u64) {
-        let overdue = ledger.oldest_pending_ms().is_some_and(|since| {
+        let overdue = ledger.oldest_pending_ms(self.now_ms).is_some_and(|since| {
             since.saturating_add(self.config.view_timeout_ms) <= height_started_ms
         });
         if overdue {
@@ -502,7 +502,7 @@ impl Replica {
         let height = self.round.height;
         assert_eq!(block.header.height, height, "commit only the next height");
         assert_eq!(block.header.parent_hash, self.tip_hash, "commit on the tip");
-        if ledger.commit(&block, &certificate).is_err() {
+        if ledger.commit(&block, &certificate, self.now_ms).is_err() {
             return false;
         }
         let hash = block.hash();

@@ -246,7 +246,7 @@ fn a_sync_reply_is_applied_up_to_the_first_bad_certificate() {
     for _ in 0..3 {
         let block = net.block(&source, 0, 0);
         let certificate = net.certificate(0, &block, &[0, 1, 2]);
-        source.commit(&block, &certificate).unwrap();
+        source.commit(&block, &certificate, 0).unwrap();
         chain.push((block, certificate));
     }
     chain[1].1.signatures[0].signature.0[0] ^= 1;

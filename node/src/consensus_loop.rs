@@ -87,9 +87,17 @@ fn step(
     input: Input,
 ) {
     let view_before = replica.view();
-    for action in replica.handle(ledger, input) {
+    let actions = replica.handle(ledger, input);
+    if let Some(error) = ledger.take_fatal() {
+        // Nothing of this input may leave the node (it may assume the
+        // block it could not store is committed).
+        tracing::error!("{error}; stopping");
+        std::process::exit(70);
+    }
+    for action in actions {
         execute(node, record, action);
     }
+    ledger.carry_out_effects(now_ms());
     if replica.view() != view_before {
         node.metrics.view_changes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(

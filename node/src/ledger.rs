@@ -1,6 +1,13 @@
 //! The node's side of [`cairn_consensus::Ledger`]: builds proposals from the
 //! mempool, validates proposed blocks against committed state in sled, and
 //! commits blocks (block + certificate + state in one atomic write).
+//!
+//! Called from inside `Replica::handle`, it reads no clock (the replica's
+//! time comes in as `now_ms`) and does no IO beyond storage and the mempool:
+//! what a commit means for the world outside (metrics, the SSE event,
+//! gossiping overdue transactions again, stopping on a storage failure) is
+//! queued and carried out by the consensus loop after `handle` returns
+//! ([`NodeLedger::carry_out_effects`], [`NodeLedger::take_fatal`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +31,19 @@ pub struct NodeLedger {
     executed: Option<Executed>,
     /// When overdue transactions were last gossiped again.
     regossiped_ms: u64,
+    /// Commits whose effects the runtime has not carried out yet.
+    effects: Vec<CommitEffects>,
+    /// Why the node must stop (a committed block it could not store).
+    fatal: Option<String>,
+}
+
+/// What one commit leaves for the runtime to do once `handle` returns.
+#[derive(Clone, Debug)]
+struct CommitEffects {
+    height: Height,
+    hash: Hash,
+    tx_count: usize,
+    timestamp_ms: u64,
 }
 
 pub fn now_ms() -> u64 {
@@ -47,6 +67,8 @@ impl NodeLedger {
             parent: Parent::of(&tip),
             executed: None,
             regossiped_ms: 0,
+            effects: Vec::new(),
+            fatal: None,
         })
     }
 
@@ -56,13 +78,12 @@ impl NodeLedger {
     /// full peer queue drops frames). Send them to every validator again,
     /// at most once per half timeout, before the replica, after a whole
     /// timeout, counts them as censored and asks for the next view.
-    fn regossip_overdue(&mut self, block: &Block) {
+    fn regossip_overdue(&mut self, tx_count: usize, now: u64) {
         let params = &self.node.genesis.genesis.params;
-        if block.transactions.len() >= params.block_txs_max {
+        if tx_count >= params.block_txs_max {
             return;
         }
         let half_timeout_ms = params.view_timeout_ms / 2;
-        let now = now_ms();
         if now < self.regossiped_ms.saturating_add(half_timeout_ms) {
             return;
         }
@@ -132,9 +153,9 @@ impl Ledger for NodeLedger {
     /// are then likely refusing too, so a transaction the primary's block
     /// left out is explained by load, not censorship. Judging it anyway
     /// changed views over and over at twice the peak load (issue 8).
-    fn oldest_pending_ms(&self) -> Option<u64> {
+    fn oldest_pending_ms(&self, now_ms: u64) -> Option<u64> {
         let view_timeout_ms = self.node.genesis.genesis.params.view_timeout_ms;
-        if self.node.metrics.overloaded_within(view_timeout_ms) {
+        if self.node.metrics.overloaded_within(view_timeout_ms, now_ms) {
             return None;
         }
         self.node
@@ -179,7 +200,12 @@ impl Ledger for NodeLedger {
         Ok(())
     }
 
-    fn commit(&mut self, block: &Block, certificate: &Certificate) -> Result<(), String> {
+    fn commit(
+        &mut self,
+        block: &Block,
+        certificate: &Certificate,
+        now_ms: u64,
+    ) -> Result<(), String> {
         let header = &block.header;
         if header.height != self.parent.height.next() || header.parent_hash != self.parent.hash {
             return Err(format!("block {} does not extend the tip", header.height));
@@ -202,13 +228,12 @@ impl Ledger for NodeLedger {
         );
         if let Err(e) = stored {
             // The block is decided; a validator that cannot record it must
-            // not go on voting as if it had. Stop loudly; a restart catches
-            // up from peers once the disk is fixed.
-            tracing::error!(
-                "cannot store committed block {}: {e}; stopping",
-                block.height()
-            );
-            std::process::exit(70);
+            // not go on voting as if it had: the loop stops the node before
+            // carrying out any action of this input. A restart catches up
+            // from peers once the disk is fixed.
+            let error = format!("cannot store committed block {}: {e}", block.height());
+            self.fatal = Some(error.clone());
+            return Err(error);
         }
         self.parent = Parent {
             height: block.height(),
@@ -216,41 +241,65 @@ impl Ledger for NodeLedger {
             timestamp_ms: block.header.timestamp_ms,
             state_root: block.header.state_root,
         };
-        self.node.after_commit(block, &executed.tx_hashes);
-        self.regossip_overdue(block);
+        self.node
+            .mempool
+            .lock()
+            .expect("mempool lock")
+            .remove_committed(
+                &block.transactions,
+                &executed.tx_hashes,
+                |a| self.node.storage.account(a).unwrap_or_default(),
+                now_ms,
+            );
+        self.effects.push(CommitEffects {
+            height: block.height(),
+            hash,
+            tx_count: block.transactions.len(),
+            timestamp_ms: block.header.timestamp_ms,
+        });
         Ok(())
     }
 }
 
-impl crate::Node {
-    /// Everything that follows a durable commit: mempool pruning, metrics,
-    /// the SSE event.
-    fn after_commit(&self, block: &Block, tx_hashes: &[Hash]) {
-        {
-            let mut mempool = self.mempool.lock().expect("mempool lock");
-            mempool.remove_committed(
-                &block.transactions,
-                tx_hashes,
-                |a| self.storage.account(a).unwrap_or_default(),
-                now_ms(),
-            );
-            self.metrics.observe_mempool(&mempool);
+impl NodeLedger {
+    /// Why the node must stop, if a commit failed to store (taken once).
+    /// The consensus loop checks it after every `handle`, before any
+    /// action of that input is carried out.
+    pub fn take_fatal(&mut self) -> Option<String> {
+        self.fatal.take()
+    }
+
+    /// Carries out what the commits of the last `handle` left for the world
+    /// outside, at wall-clock time `now_ms`: metrics, the SSE event, and
+    /// gossiping again the transactions that wait although blocks have room.
+    pub fn carry_out_effects(&mut self, now_ms: u64) {
+        if self.effects.is_empty() {
+            return;
         }
+        for done in std::mem::take(&mut self.effects) {
+            self.node.after_commit(&done, now_ms);
+            self.regossip_overdue(done.tx_count, now_ms);
+        }
+        let mempool = self.node.mempool.lock().expect("mempool lock");
+        self.node.metrics.observe_mempool(&mempool);
+    }
+}
+
+impl crate::Node {
+    /// Everything the world sees of a durable commit: metrics, the log
+    /// line, the SSE event.
+    fn after_commit(&self, done: &CommitEffects, now_ms: u64) {
         let m = &self.metrics;
-        m.height.store(block.height().0, Ordering::Relaxed);
+        m.height.store(done.height.0, Ordering::Relaxed);
         m.committed_transactions
-            .fetch_add(block.transactions.len() as u64, Ordering::Relaxed);
-        let latency_ms = now_ms().saturating_sub(block.header.timestamp_ms);
+            .fetch_add(done.tx_count as u64, Ordering::Relaxed);
+        let latency_ms = now_ms.saturating_sub(done.timestamp_ms);
         m.observe_commit_latency(latency_ms as f64 / 1000.0);
-        tracing::debug!(
-            height = block.height().0,
-            txs = block.transactions.len(),
-            "committed"
-        );
+        tracing::debug!(height = done.height.0, txs = done.tx_count, "committed");
         let _ = self.events.send(cairn_core::api::BlockEventJson {
-            height: block.height().0,
-            hash: block.hash().to_hex(),
-            tx_count: block.transactions.len(),
+            height: done.height.0,
+            hash: done.hash.to_hex(),
+            tx_count: done.tx_count,
         });
     }
 }

@@ -46,11 +46,11 @@ impl Metrics {
             .fetch_max(crate::ledger::now_ms(), Ordering::Relaxed);
     }
 
-    /// Whether the node refused work for want of room in the last
-    /// `window_ms`.
-    pub fn overloaded_within(&self, window_ms: u64) -> bool {
+    /// Whether the node refused work for want of room in the `window_ms`
+    /// before `now_ms`.
+    pub fn overloaded_within(&self, window_ms: u64, now_ms: u64) -> bool {
         let seen = self.overload_seen_ms.load(Ordering::Relaxed);
-        seen > 0 && crate::ledger::now_ms().saturating_sub(seen) < window_ms
+        seen > 0 && now_ms.saturating_sub(seen) < window_ms
     }
 
     /// Records the mempool's sizes (call with its lock held, after a change).

@@ -315,7 +315,7 @@ impl Ledger for SimLedger {
         self.pending
     }
 
-    fn oldest_pending_ms(&self) -> Option<u64> {
+    fn oldest_pending_ms(&self, _now_ms: u64) -> Option<u64> {
         self.client_pending().map(|c| c.since_ms)
     }
 
@@ -328,7 +328,12 @@ impl Ledger for SimLedger {
         self.apply(block).map(|_| ())
     }
 
-    fn commit(&mut self, block: &Block, certificate: &Certificate) -> Result<(), String> {
+    fn commit(
+        &mut self,
+        block: &Block,
+        certificate: &Certificate,
+        _now_ms: u64,
+    ) -> Result<(), String> {
         assert_eq!(
             block.header.parent_hash,
             self.tip().1,
