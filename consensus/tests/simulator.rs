@@ -93,6 +93,7 @@ fn named(name: &str, seed: u64) -> Option<Scenario> {
         "two_byzantine_of_seven" => two_byzantine_of_seven(seed),
         "censoring_primary" => censoring_primary(seed),
         "weak_key_theft_primary" => weak_key_theft_primary(seed),
+        "timestamp_game" => timestamp_game(seed),
         _ => return None,
     })
 }
@@ -182,6 +183,20 @@ fn censoring_primary(seed: u64) -> Scenario {
 fn weak_key_theft_primary(seed: u64) -> Scenario {
     let mut s = Scenario::calm("weak_key_theft_primary", seed, 4);
     s.byzantine = vec![(0, Behaviour::WeakKeyTheft)];
+    s.heal_ms = 2_000;
+    s
+}
+
+/// Issue 10, defect 1: validator 0, the first primary, plays the timestamp
+/// game at every height it proposes (see `Behaviour::TimestampGame`): one
+/// replica first sees the block too far in the future, the other two accept
+/// it a moment later, the game player prepares it and withholds its commit.
+/// The block is prepared, so every later view must re-propose it; the
+/// height commits only if the first replica looks at it again once its
+/// clock has caught up (a clock-dependent verdict is never cached).
+fn timestamp_game(seed: u64) -> Scenario {
+    let mut s = Scenario::calm("timestamp_game", seed, 4);
+    s.byzantine = vec![(0, Behaviour::TimestampGame)];
     s.heal_ms = 2_000;
     s
 }
@@ -336,6 +351,19 @@ fn a_weak_key_theft_block_is_never_committed() {
             "seed {seed}: no theft tried"
         );
         assert!(report.max_view >= 1, "seed {seed}: the thief was voted out");
+    }
+}
+
+#[test]
+fn a_timestamp_game_does_not_halt_a_height() {
+    for seed in 0..10 {
+        let report = run_or_panic(timestamp_game(seed));
+        assert!(report.timestamp_games > 0, "seed {seed}: no game played");
+        assert!(
+            report.heights.iter().skip(1).all(|h| h.0 >= 5),
+            "seed {seed}: {:?}",
+            report.heights
+        );
     }
 }
 

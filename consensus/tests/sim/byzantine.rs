@@ -2,9 +2,11 @@
 //! simulator rewrites what it sends (with its real key, so signatures of
 //! forged content still verify unless the behaviour breaks them on purpose).
 
-use cairn_consensus::{Message, SignedMessage};
+use std::collections::BTreeMap;
+
+use cairn_consensus::{Message, SignedMessage, TIMESTAMP_FUTURE_MS_MAX};
 use cairn_core::{
-    Certificate, CommitSignature, Hash, Height, Keypair, Signature, ValidatorIndex, View,
+    Block, Certificate, CommitSignature, Hash, Height, Keypair, Signature, ValidatorIndex, View,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -31,16 +33,36 @@ pub enum Behaviour {
     /// As primary, proposes a block that pays into the all-zero (weak) key
     /// and takes the money out again with a crafted signature (issue 8).
     WeakKeyTheft,
+    /// The timestamp game of issue 10: as primary, proposes a block timed
+    /// just past [`TIMESTAMP_FUTURE_MS_MAX`] ahead of its clock, sends it at
+    /// once to f replicas (too far in the future for them) and a moment
+    /// later to the others (in time by then), prepares it, and never sends
+    /// a commit vote.
+    TimestampGame,
 }
 
-pub const ALL: [Behaviour; 6] = [
+pub const ALL: [Behaviour; 8] = [
     Behaviour::Equivocate,
     Behaviour::ConflictingVotes,
     Behaviour::BadSignatures,
     Behaviour::WithholdVotes,
     Behaviour::Flood,
     Behaviour::Censor,
+    Behaviour::WeakKeyTheft,
+    Behaviour::TimestampGame,
 ];
+
+/// How far past the bound a timestamp-game block is timed.
+pub const GAME_MARGIN_MS: u64 = 40;
+/// How much later than the first f the other replicas get it.
+pub const GAME_DELAY_MS: u64 = 200;
+
+/// What a Byzantine node remembers across the messages it rewrites.
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    /// The timestamp-game block sent at each (height, view).
+    pub games: BTreeMap<(Height, View), Block>,
+}
 
 pub struct Faulty<'a> {
     pub me: usize,
@@ -164,6 +186,72 @@ pub fn rewrite(
             );
             to_all(&theft)
         }
+        _ => to_all(&message),
+    }
+}
+
+/// What a [`Behaviour::TimestampGame`] node sends instead of broadcasting
+/// `message`: (recipient, message, delay) triples.
+pub fn timestamp_game(
+    me: usize,
+    n: usize,
+    key: &Keypair,
+    ledger: &SimLedger,
+    now_ms: u64,
+    memory: &mut Memory,
+    message: SignedMessage,
+) -> Vec<(usize, SignedMessage, u64)> {
+    let f = Faulty {
+        me,
+        n,
+        key,
+        ledger,
+        now_ms,
+    };
+    let peers: Vec<usize> = (1..n).map(|k| (me + k) % n).collect();
+    let to_all = |m: &SignedMessage| peers.iter().map(|p| (*p, m.clone(), 0)).collect();
+    match &message.message {
+        Message::PrePrepare { view, height, .. } => {
+            let (view, height) = (*view, *height);
+            // The same block on every retransmission.
+            let block = match memory.games.get(&(height, view)) {
+                Some(block) => block.clone(),
+                None => {
+                    let timed_ms = now_ms + TIMESTAMP_FUTURE_MS_MAX + GAME_MARGIN_MS;
+                    ledger.build(view, key.public(), timed_ms, 0)
+                }
+            };
+            memory.games.insert((height, view), block.clone());
+            let game = sign(
+                &f,
+                Message::PrePrepare {
+                    view,
+                    height,
+                    block,
+                },
+            );
+            let victims = cairn_core::max_faulty(n);
+            peers
+                .iter()
+                .enumerate()
+                .map(|(k, p)| {
+                    let delay_ms = if k < victims { 0 } else { GAME_DELAY_MS };
+                    (*p, game.clone(), delay_ms)
+                })
+                .collect()
+        }
+        Message::Prepare { view, height, .. } => match memory.games.get(&(*height, *view)) {
+            Some(block) => to_all(&sign(
+                &f,
+                Message::Prepare {
+                    view: *view,
+                    height: *height,
+                    block_hash: block.hash(),
+                },
+            )),
+            None => to_all(&message),
+        },
+        Message::Commit { .. } => vec![],
         _ => to_all(&message),
     }
 }

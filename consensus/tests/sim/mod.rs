@@ -1,13 +1,19 @@
 //! A deterministic simulator of n Cairn replicas: one u64 seed drives the
 //! network (delay, reordering, duplication, loss, partitions), crashes and
-//! restarts, and Byzantine behaviour. Safety invariants are checked after
-//! every step; liveness once the faults stop.
+//! restarts, each replica's clock (offset and drift from true time), and
+//! Byzantine behaviour. Blocks are built, checked and executed by the
+//! production block executor. Safety invariants are checked after every
+//! step (no fork, valid certificates, no weak-key transfer, supply, bounded
+//! buffers, no honest replica signing two different votes for one height,
+//! view and kind); liveness once the faults stop.
 
 pub mod byzantine;
 pub mod ledger;
 pub mod network;
 
 use std::collections::BTreeMap;
+
+use cairn_consensus::Message;
 
 use cairn_consensus::limits::buffered_messages_max;
 use cairn_consensus::{Action, Config, Input, Replica, SafetyState, SignedMessage};
@@ -30,6 +36,23 @@ pub struct Crash {
     pub node: usize,
     pub at_ms: u64,
     pub restart_ms: u64,
+}
+
+/// A replica's clock: true time plus `offset_ms`, running `drift_ppm`
+/// parts per million fast (or slow, when negative).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    pub offset_ms: i64,
+    pub drift_ppm: i64,
+}
+
+impl Clock {
+    /// The local time at true time `now_ms` (never below zero; never goes
+    /// back, as drift is far above -1,000,000 ppm).
+    pub fn local_ms(&self, now_ms: u64) -> u64 {
+        let drifted = now_ms as i128 * (1_000_000 + self.drift_ppm as i128) / 1_000_000;
+        (drifted + self.offset_ms as i128).max(0) as u64
+    }
 }
 
 /// Everything a run does, derived from its seed or written by a scenario.
@@ -59,6 +82,8 @@ pub struct Scenario {
     /// must then commit it before the run ends (a censoring primary must be
     /// replaced).
     pub client_tx_at_ms: Option<u64>,
+    /// Each replica's clock (missing ones: true time).
+    pub clocks: Vec<Clock>,
 }
 
 impl Scenario {
@@ -81,6 +106,7 @@ impl Scenario {
             block_interval_ms: 60,
             view_timeout_ms: 300,
             client_tx_at_ms: None,
+            clocks: vec![],
         }
     }
 
@@ -106,7 +132,13 @@ impl Scenario {
         s.duplicate = [0.0, 0.1, 0.3][rng.gen_range(0..3)];
         s.delay_max_ms = [5, 20, 60, 150][rng.gen_range(0..4)];
         let f = cairn_core::max_faulty(n);
-        let faulty = rng.gen_range(0..=f);
+        // Most runs have a Byzantine validator, so each behaviour runs in
+        // a meaningful share of them.
+        let faulty = if rng.gen_bool(0.15) {
+            0
+        } else {
+            rng.gen_range(1..=f.max(1)).min(f)
+        };
         let mut nodes: Vec<usize> = (0..n).collect();
         for _ in 0..faulty {
             let node = nodes.remove(rng.gen_range(0..nodes.len()));
@@ -141,7 +173,17 @@ impl Scenario {
         if rng.gen_bool(0.5) {
             s.client_tx_at_ms = Some(rng.gen_range(0..s.heal_ms));
         }
+        s.clocks = random_clocks(&mut rng, n);
         s
+    }
+
+    /// The local time of replica `i` at true time `now_ms`.
+    pub fn local_ms(&self, i: usize, now_ms: u64) -> u64 {
+        self.clocks
+            .get(i)
+            .copied()
+            .unwrap_or_default()
+            .local_ms(now_ms)
     }
 
     pub fn replay_hint(&self) -> String {
@@ -150,6 +192,24 @@ impl Scenario {
             self.name, self.seed, self.seed, self.name
         )
     }
+}
+
+/// Clocks for a random run: most close to true time (a few ms off and up
+/// to 0.1 % drift), some seconds off, and now and then one far enough off
+/// that its blocks are beyond [`cairn_consensus::TIMESTAMP_FUTURE_MS_MAX`]
+/// of another honest replica's clock for a while.
+fn random_clocks(rng: &mut StdRng, n: usize) -> Vec<Clock> {
+    let spread_ms: i64 = match rng.gen_range(0..10) {
+        0..=5 => 20,
+        6..=8 => 5_000,
+        _ => 20_000,
+    };
+    (0..n)
+        .map(|_| Clock {
+            offset_ms: rng.gen_range(-spread_ms..=spread_ms),
+            drift_ppm: rng.gen_range(-1_000..=1_000),
+        })
+        .collect()
 }
 
 /// What a finished run saw.
@@ -174,6 +234,8 @@ pub struct Report {
     pub dropped_in_flight: u64,
     /// Pre-prepares a `WeakKeyTheft` primary sent with its theft block.
     pub weak_key_theft_proposals: u64,
+    /// Blocks a `TimestampGame` primary timed past the bound for some.
+    pub timestamp_games: u64,
 }
 
 /// How one height was decided (see [`Report::agreed_blocks`]).
@@ -196,6 +258,8 @@ struct Node {
     behaviour: Option<Behaviour>,
     /// Committed heights already checked against the agreed chain.
     checked: usize,
+    /// A Byzantine node's memory across messages.
+    byzantine: byzantine::Memory,
 }
 
 pub struct Sim {
@@ -209,6 +273,11 @@ pub struct Sim {
     agreed: BTreeMap<Height, Hash>,
     supply: u128,
     report: Report,
+    /// Every vote an honest replica signed: (node, height, view, kind) to
+    /// the hash voted for; kind 0 proposal, 1 prepare, 2 commit.
+    votes: BTreeMap<(usize, Height, u64, u8), Hash>,
+    /// A broken invariant found while carrying out actions.
+    violation: Option<String>,
 }
 
 impl Sim {
@@ -227,6 +296,8 @@ impl Sim {
             agreed: BTreeMap::new(),
             supply: SimLedger::new(CHAIN_ID).total_supply(),
             report: Report::default(),
+            votes: BTreeMap::new(),
+            violation: None,
             s,
         };
         for (i, key) in keys.into_iter().enumerate() {
@@ -245,6 +316,7 @@ impl Sim {
                 restart_ms: None,
                 behaviour,
                 checked: 0,
+                byzantine: byzantine::Memory::default(),
             });
         }
         sim
@@ -357,8 +429,9 @@ impl Sim {
     fn tick_all(&mut self) {
         if self.s.client_tx_at_ms.is_some_and(|t| t <= self.now_ms) {
             self.s.client_tx_at_ms = None;
-            for node in &mut self.nodes {
-                node.ledger.submit_client_tx(self.now_ms);
+            for i in 0..self.s.n {
+                let local_ms = self.s.local_ms(i, self.now_ms);
+                self.nodes[i].ledger.submit_client_tx(local_ms);
             }
         }
         let (due, later): (Vec<Crash>, Vec<Crash>) = self
@@ -380,12 +453,8 @@ impl Sim {
             {
                 self.flood(i);
             }
-            self.input(
-                i,
-                Input::Tick {
-                    now_ms: self.now_ms,
-                },
-            );
+            let now_ms = self.s.local_ms(i, self.now_ms);
+            self.input(i, Input::Tick { now_ms });
         }
     }
 
@@ -418,7 +487,13 @@ impl Sim {
                 self.input(to, Input::SyncResponse { from, blocks });
             }
             Payload::SyncRequest { from_height } => {
-                if self.nodes[to].replica.is_some() {
+                // Certificates hold the server's commit signatures: a node
+                // that withholds its commit votes does not serve them.
+                let withholds = matches!(
+                    self.nodes[to].behaviour,
+                    Some(Behaviour::WithholdVotes | Behaviour::TimestampGame)
+                );
+                if self.nodes[to].replica.is_some() && !withholds {
                     let mut blocks = self.nodes[to].ledger.blocks_from(from_height, SYNC_BATCH);
                     let liar = self.nodes[to].behaviour == Some(Behaviour::BadSignatures);
                     if liar && !blocks.is_empty() && self.rng.gen_bool(0.5) {
@@ -477,11 +552,23 @@ impl Sim {
                 self.nodes[i].persisted = state;
             }
             Action::Broadcast(m) => {
-                for (to, m) in self.rewrite(i, m) {
-                    self.send_message(i, to, m);
+                self.note_vote(i, &m);
+                for (to, m, delay_ms) in self.rewrite(i, m) {
+                    self.send_message_after(i, to, m, delay_ms);
                 }
             }
-            Action::Send { to, message } => self.send_message(i, to.get(), message),
+            Action::Send { to, message } => {
+                self.note_vote(i, &message);
+                // A `Decided` carries the sender's own commit signature: a
+                // node that withholds its commit votes withholds it too.
+                let withholds = matches!(
+                    self.nodes[i].behaviour,
+                    Some(Behaviour::WithholdVotes | Behaviour::TimestampGame)
+                );
+                if !(withholds && matches!(message.message, Message::Decided { .. })) {
+                    self.send_message(i, to.get(), message)
+                }
+            }
             Action::RequestSync { to, from_height } => {
                 let packet = Packet {
                     from: i,
@@ -499,23 +586,86 @@ impl Sim {
     }
 
     fn send_message(&mut self, from: usize, to: usize, message: SignedMessage) {
+        self.send_message_after(from, to, message, 0);
+    }
+
+    /// Sends a message that leaves `delay_ms` from now (a Byzantine sender
+    /// choosing when each peer gets it).
+    fn send_message_after(
+        &mut self,
+        from: usize,
+        to: usize,
+        message: SignedMessage,
+        delay_ms: u64,
+    ) {
         let packet = Packet {
             from,
             to,
             payload: Payload::Message(Box::new(message)),
         };
-        self.net.send(&mut self.rng, self.now_ms, packet);
+        self.net
+            .send_after(&mut self.rng, self.now_ms, packet, delay_ms);
     }
 
-    /// Honest nodes broadcast as is; Byzantine ones rewrite.
-    fn rewrite(&mut self, i: usize, message: SignedMessage) -> Vec<(usize, SignedMessage)> {
-        let node = &self.nodes[i];
+    /// The invariant that no honest replica signs two different votes (or
+    /// proposals) for one (height, view, kind), across restarts.
+    fn note_vote(&mut self, i: usize, message: &SignedMessage) {
+        if self.nodes[i].behaviour.is_some() || message.from.get() != i {
+            return;
+        }
+        let (kind, height, view, hash) = match &message.message {
+            Message::PrePrepare {
+                view,
+                height,
+                block,
+            } => (0, *height, view.0, block.hash()),
+            Message::Prepare {
+                view,
+                height,
+                block_hash,
+            } => (1, *height, view.0, *block_hash),
+            Message::Commit {
+                view,
+                height,
+                block_hash,
+            } => (2, *height, view.0, *block_hash),
+            _ => return,
+        };
+        let signed = *self.votes.entry((i, height, view, kind)).or_insert(hash);
+        if signed != hash && self.violation.is_none() {
+            let kind = ["proposal", "prepare", "commit"][kind as usize];
+            self.violation = Some(format!(
+                "double vote: honest node {i} signed two {kind}s at height {height} view                  {view}: {signed} and {hash}"
+            ));
+        }
+    }
+
+    /// Honest nodes broadcast as is; Byzantine ones rewrite, and may
+    /// delay what some peers get.
+    fn rewrite(&mut self, i: usize, message: SignedMessage) -> Vec<(usize, SignedMessage, u64)> {
+        let local_ms = self.s.local_ms(i, self.now_ms);
+        let node = &mut self.nodes[i];
         let Some(behaviour) = node.behaviour else {
             return (0..self.s.n)
                 .filter(|p| *p != i)
-                .map(|p| (p, message.clone()))
+                .map(|p| (p, message.clone(), 0))
                 .collect();
         };
+        if behaviour == Behaviour::TimestampGame {
+            let out = byzantine::timestamp_game(
+                i,
+                self.s.n,
+                &node.key,
+                &node.ledger,
+                local_ms,
+                &mut node.byzantine,
+                message,
+            );
+            if out.iter().any(|(_, _, delay_ms)| *delay_ms > 0) {
+                self.report.timestamp_games += 1;
+            }
+            return out;
+        }
         if behaviour == Behaviour::WeakKeyTheft
             && matches!(message.message, cairn_consensus::Message::PrePrepare { .. })
         {
@@ -526,9 +676,12 @@ impl Sim {
             n: self.s.n,
             key: &node.key,
             ledger: &node.ledger,
-            now_ms: self.now_ms,
+            now_ms: local_ms,
         };
         byzantine::rewrite(behaviour, &faulty, &mut self.rng, message)
+            .into_iter()
+            .map(|(to, m)| (to, m, 0))
+            .collect()
     }
 
     fn flood(&mut self, i: usize) {
@@ -538,7 +691,7 @@ impl Sim {
             n: self.s.n,
             key: &node.key,
             ledger: &node.ledger,
-            now_ms: self.now_ms,
+            now_ms: self.s.local_ms(i, self.now_ms),
         };
         let out = byzantine::flood(&faulty, &mut self.rng, &self.net.recent);
         for (to, m) in out {
@@ -551,6 +704,9 @@ impl Sim {
     /// the weak all-zero key, supply is conserved, and buffers stay within
     /// their bounds.
     fn check_safety(&mut self) -> Result<(), String> {
+        if let Some(violation) = self.violation.take() {
+            return Err(violation);
+        }
         let limit = buffered_messages_max(self.s.n);
         for i in 0..self.s.n {
             let node = &self.nodes[i];

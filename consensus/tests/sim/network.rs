@@ -101,6 +101,12 @@ impl Network {
     }
 
     pub fn send(&mut self, rng: &mut StdRng, now_ms: u64, packet: Packet) {
+        self.send_after(rng, now_ms, packet, 0);
+    }
+
+    /// Sends a packet that leaves `delay_ms` after `now_ms` (the partition
+    /// and loss verdicts are those of `now_ms`).
+    pub fn send_after(&mut self, rng: &mut StdRng, now_ms: u64, packet: Packet, delay_ms: u64) {
         if packet.from == packet.to || self.cut(packet.from, packet.to, now_ms) {
             return;
         }
@@ -121,7 +127,7 @@ impl Network {
             1
         };
         for _ in 0..copies {
-            let at = now_ms + rng.gen_range(1..=self.delay_max_ms);
+            let at = now_ms + delay_ms + rng.gen_range(1..=self.delay_max_ms);
             self.sequence += 1;
             self.sent += 1;
             self.queue.push(Reverse((at, self.sequence)));
