@@ -1,8 +1,8 @@
 //! The deterministic simulator: named scenarios and many random seeds.
 //!
-//! `CAIRN_SIM_SEEDS` sets how many random seeds each random test runs
-//! (default 500 per test: 1,000 in all, half n=4 and half n=7, plus 100 each
-//! at n=5 and n=6);
+//! `CAIRN_SIM_SEEDS` sets how many random seeds the random tests run in all
+//! (default 2,000: a quarter each at n = 4, 5, 6 and 7, each quarter in two
+//! tests so the harness can spread them over the cores);
 //! `CAIRN_SIM_SEED` (+ `CAIRN_SIM_SCENARIO`, default `random`) replays one
 //! run exactly with the `replay` test.
 
@@ -12,16 +12,14 @@ use sim::byzantine::Behaviour;
 use sim::network::Partition;
 use sim::{run, run_or_panic, Crash, Scenario};
 
+/// Random seeds per CI run, over all validator counts.
+const SEEDS_DEFAULT: u64 = 2_000;
+
 fn seed_count() -> u64 {
     std::env::var("CAIRN_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(500)
-}
-
-/// Runs `count` random seeds `first, first + step, ...`.
-fn random_seeds(first: u64, step: u64, count: u64) {
-    all_pass((0..count).map(|i| Scenario::random(first + step * i)));
+        .unwrap_or(SEEDS_DEFAULT)
 }
 
 /// Runs every scenario, reporting every failure with its replay command.
@@ -35,32 +33,54 @@ fn all_pass(scenarios: impl Iterator<Item = Scenario>) {
     );
 }
 
-/// Even seeds: n = 4.
-#[test]
-fn random_seeds_n4() {
-    random_seeds(0, 2, seed_count());
-}
-
-/// Odd seeds: n = 7, in two tests so the harness can spread them.
-#[test]
-fn random_seeds_n7_first_half() {
-    random_seeds(1, 4, seed_count() / 2);
+/// Half `half` (0 or 1) of the random seeds at `n` validators: seeds
+/// `half, half + 2, ...`, a quarter of [`seed_count`] at each n in all.
+fn random_seeds(n: usize, half: u64) {
+    let per_n = seed_count().div_ceil(4);
+    let count = (per_n + 1 - half) / 2;
+    all_pass((0..count).map(|k| Scenario::random_n(half + 2 * k, n)));
 }
 
 #[test]
-fn random_seeds_n7_second_half() {
-    random_seeds(3, 4, seed_count() - seed_count() / 2);
+fn random_seeds_n4_even() {
+    random_seeds(4, 0);
+}
+
+#[test]
+fn random_seeds_n4_odd() {
+    random_seeds(4, 1);
 }
 
 /// n = 5 and n = 6 are not 3f + 1: their quorum (4) is larger than 2f + 1,
-/// which keeps any two quorums overlapping in an honest validator. A fifth
-/// of the seed count each.
+/// which keeps any two quorums overlapping in an honest validator.
 #[test]
-fn random_seeds_n5_and_n6() {
-    let count = (seed_count() / 5).max(1);
-    all_pass(
-        (0..count).flat_map(|seed| [Scenario::random_n(seed, 5), Scenario::random_n(seed, 6)]),
-    );
+fn random_seeds_n5_even() {
+    random_seeds(5, 0);
+}
+
+#[test]
+fn random_seeds_n5_odd() {
+    random_seeds(5, 1);
+}
+
+#[test]
+fn random_seeds_n6_even() {
+    random_seeds(6, 0);
+}
+
+#[test]
+fn random_seeds_n6_odd() {
+    random_seeds(6, 1);
+}
+
+#[test]
+fn random_seeds_n7_even() {
+    random_seeds(7, 0);
+}
+
+#[test]
+fn random_seeds_n7_odd() {
+    random_seeds(7, 1);
 }
 
 /// Replays one seed of one scenario (`CAIRN_SIM_SEED`, `CAIRN_SIM_SCENARIO`).
@@ -81,8 +101,10 @@ fn replay() {
 fn named(name: &str, seed: u64) -> Option<Scenario> {
     Some(match name {
         "random" => Scenario::random(seed),
+        "random_n4" => Scenario::random_n(seed, 4),
         "random_n5" => Scenario::random_n(seed, 5),
         "random_n6" => Scenario::random_n(seed, 6),
+        "random_n7" => Scenario::random_n(seed, 7),
         "single_validator" => single_validator(seed),
         "primary_equivocates" => primary_equivocates(seed),
         "partition_2_2_no_progress_then_heals" => partition_2_2(seed),

@@ -116,8 +116,8 @@ impl Scenario {
         Scenario::random_with("random", seed, n)
     }
 
-    /// A random run with `n` validators where `n` is not `3f + 1` (the
-    /// quorum is then larger than `2f + 1`): named `random_n<n>`.
+    /// A random run with `n` validators (for n = 5 or 6, not `3f + 1`, the
+    /// quorum is larger than `2f + 1`): named `random_n<n>`.
     pub fn random_n(seed: u64, n: usize) -> Scenario {
         Scenario::random_with(&format!("random_n{n}"), seed, n)
     }
@@ -635,7 +635,7 @@ impl Sim {
         if signed != hash && self.violation.is_none() {
             let kind = ["proposal", "prepare", "commit"][kind as usize];
             self.violation = Some(format!(
-                "double vote: honest node {i} signed two {kind}s at height {height} view                  {view}: {signed} and {hash}"
+                "double vote: honest node {i} signed two {kind}s at height {height} view {view}: {signed} and {hash}"
             ));
         }
     }
