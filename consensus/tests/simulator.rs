@@ -116,6 +116,7 @@ fn named(name: &str, seed: u64) -> Option<Scenario> {
         "censoring_primary" => censoring_primary(seed),
         "weak_key_theft_primary" => weak_key_theft_primary(seed),
         "timestamp_game" => timestamp_game(seed),
+        "twins" => twins(seed),
         _ => return None,
     })
 }
@@ -221,6 +222,91 @@ fn timestamp_game(seed: u64) -> Scenario {
     s.byzantine = vec![(0, Behaviour::TimestampGame)];
     s.heal_ms = 2_000;
     s
+}
+
+/// Phases of an enumerated twins schedule, and their length.
+const TWINS_PHASES: u32 = 3;
+const TWINS_PHASE_MS: u64 = 400;
+/// Splits per phase: none, or one of the three honest validators alone with
+/// one copy of the twin (either copy) while the other copy sits with the
+/// remaining two honest validators (a side that can make a quorum of 3).
+const TWINS_SPLITS: u64 = 7;
+/// The twin is validator 0 (primary of views 0 and 4) or 1 (primary of
+/// view 1): two places in the leader schedule.
+const TWINS_SCHEDULES: u64 = 2 * TWINS_SPLITS.pow(TWINS_PHASES);
+
+/// Twins (the Diem/Aptos method), enumerated for n = 4 (f = 1): schedule
+/// `index` picks which validator is the twin (its second copy is node 4)
+/// and the split of each of three 400 ms phases; the partitions heal at
+/// 1.2 s. Both copies run the honest replica with one key, so across the
+/// phases they propose and vote for different blocks in one view and
+/// equivocate across views. Safety must hold throughout and every honest
+/// validator must gain five heights after the heal.
+fn twins(index: u64) -> Scenario {
+    let mut s = Scenario::calm("twins", index, 4);
+    let twin = (index / TWINS_SPLITS.pow(TWINS_PHASES)) as usize;
+    s.twins = vec![twin];
+    let honest: Vec<usize> = (0..4).filter(|v| *v != twin).collect();
+    let mut rest = index % TWINS_SPLITS.pow(TWINS_PHASES);
+    for phase in 0..TWINS_PHASES as u64 {
+        let split = rest % TWINS_SPLITS;
+        rest /= TWINS_SPLITS;
+        if split == 0 {
+            continue;
+        }
+        let alone = honest[((split - 1) % 3) as usize];
+        let copy_with_pair = if split <= 3 { twin } else { 4 };
+        let groups = (0..5)
+            .map(|node| {
+                let with_pair = if node == twin || node == 4 {
+                    node == copy_with_pair
+                } else {
+                    node != alone
+                };
+                u8::from(!with_pair)
+            })
+            .collect();
+        s.partitions.push(Partition {
+            start_ms: phase * TWINS_PHASE_MS,
+            end_ms: (phase + 1) * TWINS_PHASE_MS,
+            groups,
+        });
+    }
+    s.heal_ms = TWINS_PHASES as u64 * TWINS_PHASE_MS;
+    s
+}
+
+/// Every twins schedule of [`twins`] with the twin at `twin`: 343 runs.
+/// The copies must really sign conflicting proposals or votes in many.
+fn twins_enumerated(twin: u64) {
+    let per_twin = TWINS_SCHEDULES / 2;
+    let (mut failures, mut conflicted) = (vec![], 0);
+    for index in twin * per_twin..(twin + 1) * per_twin {
+        match run(twins(index)) {
+            Ok(report) => conflicted += u64::from(report.twin_conflicts > 0),
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failing schedules:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    assert!(
+        conflicted * 4 >= per_twin,
+        "the twins signed conflicting messages in only {conflicted} of {per_twin} schedules"
+    );
+}
+
+#[test]
+fn twins_enumerated_n4_twin_is_first_primary() {
+    twins_enumerated(0);
+}
+
+#[test]
+fn twins_enumerated_n4_twin_is_second_primary() {
+    twins_enumerated(1);
 }
 
 #[test]

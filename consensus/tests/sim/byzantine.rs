@@ -39,6 +39,9 @@ pub enum Behaviour {
     /// later to the others (in time by then), prepares it, and never sends
     /// a commit vote.
     TimestampGame,
+    /// One of the two honest replicas of a twin validator (same key, see
+    /// `Scenario::twins`); its messages go out unchanged.
+    Twin,
 }
 
 pub const ALL: [Behaviour; 8] = [

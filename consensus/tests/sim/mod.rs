@@ -84,6 +84,12 @@ pub struct Scenario {
     pub client_tx_at_ms: Option<u64>,
     /// Each replica's clock (missing ones: true time).
     pub clocks: Vec<Clock>,
+    /// Twins (the Diem/Aptos method): each of these validators runs as two
+    /// honest replicas with the same key; the second copy of `twins[k]` is
+    /// simulated node `n + k`. Partitions then list `n + twins.len()`
+    /// nodes, so the two copies can sit on different sides and sign real
+    /// conflicting proposals and votes. Twins count as Byzantine.
+    pub twins: Vec<usize>,
 }
 
 impl Scenario {
@@ -107,7 +113,13 @@ impl Scenario {
             view_timeout_ms: 300,
             client_tx_at_ms: None,
             clocks: vec![],
+            twins: vec![],
         }
+    }
+
+    /// Simulated nodes: one per validator, plus the second copy of each twin.
+    pub fn nodes(&self) -> usize {
+        self.n + self.twins.len()
     }
 
     /// Everything random: n is 4 for even seeds, 7 for odd ones.
@@ -145,7 +157,23 @@ impl Scenario {
             s.byzantine
                 .push((node, byzantine::ALL[rng.gen_range(0..byzantine::ALL.len())]));
         }
-        if rng.gen_bool(0.4) {
+        // A fifth of the runs with faulty validators make them twins, with
+        // one to three partitions in a row that part each pair.
+        if faulty > 0 && rng.gen_bool(0.2) {
+            s.twins = s.byzantine.drain(..).map(|(node, _)| node).collect();
+            let phase_ms = s.heal_ms / 3;
+            for phase in 0..rng.gen_range(1..=3u64) {
+                let mut groups: Vec<u8> = (0..s.nodes()).map(|_| rng.gen_range(0..2)).collect();
+                for (k, twin) in s.twins.iter().enumerate() {
+                    groups[n + k] = 1 - groups[*twin];
+                }
+                s.partitions.push(Partition {
+                    start_ms: phase * phase_ms,
+                    end_ms: (phase + 1) * phase_ms,
+                    groups,
+                });
+            }
+        } else if rng.gen_bool(0.4) {
             let start_ms = rng.gen_range(0..s.heal_ms);
             let end_ms = rng.gen_range(start_ms..=s.heal_ms);
             let groups = (0..n).map(|_| rng.gen_range(0..2)).collect();
@@ -177,7 +205,8 @@ impl Scenario {
         s
     }
 
-    /// The local time of replica `i` at true time `now_ms`.
+    /// The local time of simulated node `i` at true time `now_ms` (the
+    /// second copy of a twin: true time).
     pub fn local_ms(&self, i: usize, now_ms: u64) -> u64 {
         self.clocks
             .get(i)
@@ -236,6 +265,9 @@ pub struct Report {
     pub weak_key_theft_proposals: u64,
     /// Blocks a `TimestampGame` primary timed past the bound for some.
     pub timestamp_games: u64,
+    /// Proposals and votes for one (height, view, kind) that the two copies
+    /// of a twin signed for different blocks.
+    pub twin_conflicts: u64,
 }
 
 /// How one height was decided (see [`Report::agreed_blocks`]).
@@ -250,6 +282,8 @@ pub struct AgreedBlock {
 }
 
 struct Node {
+    /// The validator this node runs (twins: two nodes, one validator).
+    validator: usize,
     key: Keypair,
     replica: Option<Replica>,
     ledger: SimLedger,
@@ -276,6 +310,8 @@ pub struct Sim {
     /// Every vote an honest replica signed: (node, height, view, kind) to
     /// the hash voted for; kind 0 proposal, 1 prepare, 2 commit.
     votes: BTreeMap<(usize, Height, u64, u8), Hash>,
+    /// The last such vote of each twin validator (either copy).
+    twin_votes: BTreeMap<(usize, Height, u64, u8), Hash>,
     /// A broken invariant found while carrying out actions.
     violation: Option<String>,
 }
@@ -297,18 +333,26 @@ impl Sim {
             supply: SimLedger::new(CHAIN_ID).total_supply(),
             report: Report::default(),
             votes: BTreeMap::new(),
+            twin_votes: BTreeMap::new(),
             violation: None,
             s,
         };
-        for (i, key) in keys.into_iter().enumerate() {
-            let behaviour = sim
-                .s
-                .byzantine
-                .iter()
-                .find(|(b, _)| *b == i)
-                .map(|(_, b)| *b);
+        let copies = sim.s.twins.clone();
+        let nodes = (0..sim.s.n).chain(copies);
+        for i in nodes {
+            let key = keys[i].clone();
+            let behaviour = match sim.s.twins.contains(&i) {
+                true => Some(Behaviour::Twin),
+                false => sim
+                    .s
+                    .byzantine
+                    .iter()
+                    .find(|(b, _)| *b == i)
+                    .map(|(_, b)| *b),
+            };
             let replica = Replica::new(sim.config(), key.clone(), SafetyState::default());
             sim.nodes.push(Node {
+                validator: i,
                 key,
                 replica: Some(replica),
                 ledger: SimLedger::new(CHAIN_ID),
@@ -333,7 +377,12 @@ impl Sim {
     }
 
     fn honest(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.s.n).filter(|i| self.nodes[*i].behaviour.is_none())
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].behaviour.is_none())
+    }
+
+    /// The simulated nodes that run `validator` (two for a twin).
+    fn nodes_of(&self, validator: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(move |i| self.nodes[*i].validator == validator)
     }
 
     /// Runs the scenario: the fault phase, then heals and demands progress.
@@ -416,7 +465,7 @@ impl Sim {
         self.net.loss = 0.0;
         self.net.end_partitions(self.now_ms);
         self.s.crash_mid_actions = 0.0;
-        for i in 0..self.s.n {
+        for i in 0..self.nodes.len() {
             if self.nodes[i].replica.is_none() {
                 self.restart(i);
             }
@@ -429,7 +478,7 @@ impl Sim {
     fn tick_all(&mut self) {
         if self.s.client_tx_at_ms.is_some_and(|t| t <= self.now_ms) {
             self.s.client_tx_at_ms = None;
-            for i in 0..self.s.n {
+            for i in 0..self.nodes.len() {
                 let local_ms = self.s.local_ms(i, self.now_ms);
                 self.nodes[i].ledger.submit_client_tx(local_ms);
             }
@@ -445,7 +494,7 @@ impl Sim {
                 self.crash(crash.node, crash.restart_ms);
             }
         }
-        for i in 0..self.s.n {
+        for i in 0..self.nodes.len() {
             if self.nodes[i].restart_ms.is_some_and(|t| t <= self.now_ms) {
                 self.restart(i);
             }
@@ -483,7 +532,7 @@ impl Sim {
             Payload::Message(m) => self.input(to, Input::Message(*m)),
             Payload::SyncResponse(blocks) => {
                 self.report.sync_responses += 1;
-                let from = ValidatorIndex(from as u16);
+                let from = ValidatorIndex(self.nodes[from].validator as u16);
                 self.input(to, Input::SyncResponse { from, blocks });
             }
             Payload::SyncRequest { from_height } => {
@@ -570,12 +619,15 @@ impl Sim {
                 }
             }
             Action::RequestSync { to, from_height } => {
-                let packet = Packet {
-                    from: i,
-                    to: to.get(),
-                    payload: Payload::SyncRequest { from_height },
-                };
-                self.net.send(&mut self.rng, self.now_ms, packet);
+                let copies: Vec<usize> = self.nodes_of(to.get()).collect();
+                for to in copies {
+                    let packet = Packet {
+                        from: i,
+                        to,
+                        payload: Payload::SyncRequest { from_height },
+                    };
+                    self.net.send(&mut self.rng, self.now_ms, packet);
+                }
             }
             Action::Committed { height, hash } => {
                 let blocks = &self.nodes[i].ledger.blocks;
@@ -589,8 +641,9 @@ impl Sim {
         self.send_message_after(from, to, message, 0);
     }
 
-    /// Sends a message that leaves `delay_ms` from now (a Byzantine sender
-    /// choosing when each peer gets it).
+    /// Sends a message from node `from` to every node of validator `to`,
+    /// leaving `delay_ms` from now (a Byzantine sender choosing when each
+    /// peer gets it).
     fn send_message_after(
         &mut self,
         from: usize,
@@ -598,19 +651,25 @@ impl Sim {
         message: SignedMessage,
         delay_ms: u64,
     ) {
-        let packet = Packet {
-            from,
-            to,
-            payload: Payload::Message(Box::new(message)),
-        };
-        self.net
-            .send_after(&mut self.rng, self.now_ms, packet, delay_ms);
+        let copies: Vec<usize> = self.nodes_of(to).collect();
+        for to in copies {
+            let packet = Packet {
+                from,
+                to,
+                payload: Payload::Message(Box::new(message.clone())),
+            };
+            self.net
+                .send_after(&mut self.rng, self.now_ms, packet, delay_ms);
+        }
     }
 
     /// The invariant that no honest replica signs two different votes (or
     /// proposals) for one (height, view, kind), across restarts.
     fn note_vote(&mut self, i: usize, message: &SignedMessage) {
-        if self.nodes[i].behaviour.is_some() || message.from.get() != i {
+        let twin = self.nodes[i].behaviour == Some(Behaviour::Twin);
+        if !(self.nodes[i].behaviour.is_none() || twin)
+            || message.from.get() != self.nodes[i].validator
+        {
             return;
         }
         let (kind, height, view, hash) = match &message.message {
@@ -631,6 +690,15 @@ impl Sim {
             } => (2, *height, view.0, *block_hash),
             _ => return,
         };
+        if twin {
+            let key = (self.nodes[i].validator, height, view, kind);
+            let signed = *self.twin_votes.entry(key).or_insert(hash);
+            if signed != hash {
+                self.report.twin_conflicts += 1;
+                self.twin_votes.insert(key, hash);
+            }
+            return;
+        }
         let signed = *self.votes.entry((i, height, view, kind)).or_insert(hash);
         if signed != hash && self.violation.is_none() {
             let kind = ["proposal", "prepare", "commit"][kind as usize];
@@ -645,15 +713,17 @@ impl Sim {
     fn rewrite(&mut self, i: usize, message: SignedMessage) -> Vec<(usize, SignedMessage, u64)> {
         let local_ms = self.s.local_ms(i, self.now_ms);
         let node = &mut self.nodes[i];
-        let Some(behaviour) = node.behaviour else {
+        let me = node.validator;
+        let honest = matches!(node.behaviour, None | Some(Behaviour::Twin));
+        let Some(behaviour) = node.behaviour.filter(|_| !honest) else {
             return (0..self.s.n)
-                .filter(|p| *p != i)
+                .filter(|p| *p != me)
                 .map(|p| (p, message.clone(), 0))
                 .collect();
         };
         if behaviour == Behaviour::TimestampGame {
             let out = byzantine::timestamp_game(
-                i,
+                me,
                 self.s.n,
                 &node.key,
                 &node.ledger,
@@ -672,7 +742,7 @@ impl Sim {
             self.report.weak_key_theft_proposals += 1;
         }
         let faulty = Faulty {
-            me: i,
+            me,
             n: self.s.n,
             key: &node.key,
             ledger: &node.ledger,
@@ -687,7 +757,7 @@ impl Sim {
     fn flood(&mut self, i: usize) {
         let node = &self.nodes[i];
         let faulty = Faulty {
-            me: i,
+            me: node.validator,
             n: self.s.n,
             key: &node.key,
             ledger: &node.ledger,
@@ -708,7 +778,7 @@ impl Sim {
             return Err(violation);
         }
         let limit = buffered_messages_max(self.s.n);
-        for i in 0..self.s.n {
+        for i in 0..self.nodes.len() {
             let node = &self.nodes[i];
             if node.behaviour.is_some() {
                 continue;
