@@ -117,6 +117,8 @@ fn named(name: &str, seed: u64) -> Option<Scenario> {
         "weak_key_theft_primary" => weak_key_theft_primary(seed),
         "timestamp_game" => timestamp_game(seed),
         "twins" => twins(seed),
+        "view_change_lies" => with_byzantine("view_change_lies", seed, Behaviour::ViewChangeLies),
+        "decided_flood" => with_byzantine("decided_flood", seed, Behaviour::DecidedFlood),
         _ => return None,
     })
 }
@@ -222,6 +224,51 @@ fn timestamp_game(seed: u64) -> Scenario {
     s.byzantine = vec![(0, Behaviour::TimestampGame)];
     s.heal_ms = 2_000;
     s
+}
+
+/// n = 4 with validator 1 (the primary of view 1) `behaviour`, lossy
+/// links, and validator 0 (the first primary) down for a second, so views
+/// change and the behaviour is exercised in them.
+fn with_byzantine(name: &str, seed: u64, behaviour: Behaviour) -> Scenario {
+    let mut s = Scenario::calm(name, seed, 4);
+    s.byzantine = vec![(1, behaviour)];
+    s.loss = 0.1;
+    s.heal_ms = 3_000;
+    s.crashes = vec![Crash {
+        node: 0,
+        at_ms: 500,
+        restart_ms: 1_500,
+    }];
+    s
+}
+
+/// A validator that hides its lock in view changes, sends them and its
+/// new views to some peers only, and forges view changes for views ahead
+/// cannot fork the chain nor stop it.
+#[test]
+fn view_change_lies_keep_safety_and_liveness() {
+    for seed in 0..10 {
+        let report = run_or_panic(with_byzantine(
+            "view_change_lies",
+            seed,
+            Behaviour::ViewChangeLies,
+        ));
+        assert!(report.max_view >= 1, "seed {seed}: views changed");
+    }
+}
+
+/// `Decided` messages with one valid signature repeated 64 times beside a
+/// broken one, every tick to every peer: the chain still moves.
+#[test]
+fn a_decided_flood_does_not_stop_the_chain() {
+    for seed in 0..10 {
+        let report = run_or_panic(with_byzantine(
+            "decided_flood",
+            seed,
+            Behaviour::DecidedFlood,
+        ));
+        assert!(report.decided_flood_messages > 0, "seed {seed}: no flood");
+    }
 }
 
 /// Phases of an enumerated twins schedule, and their length.

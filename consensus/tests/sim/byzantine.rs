@@ -39,12 +39,23 @@ pub enum Behaviour {
     /// later to the others (in time by then), prepares it, and never sends
     /// a commit vote.
     TimestampGame,
+    /// Lies in view changes: sends its view changes without the prepared
+    /// certificate it holds (hiding its lock) or only to some peers, sends
+    /// new-view messages only to some peers (or to none), and forges view
+    /// changes for views ahead with nothing prepared.
+    ViewChangeLies,
+    /// Floods `Decided` messages whose certificate repeats one valid
+    /// commit signature many times next to a broken one (issue 10,
+    /// defect 2), for the current height and the one below.
+    DecidedFlood,
     /// One of the two honest replicas of a twin validator (same key, see
     /// `Scenario::twins`); its messages go out unchanged.
     Twin,
 }
 
-pub const ALL: [Behaviour; 8] = [
+pub const ALL: [Behaviour; 10] = [
+    Behaviour::ViewChangeLies,
+    Behaviour::DecidedFlood,
     Behaviour::Equivocate,
     Behaviour::ConflictingVotes,
     Behaviour::BadSignatures,
@@ -161,6 +172,47 @@ pub fn rewrite(
             out
         }
         (Behaviour::WithholdVotes, Message::Prepare { .. } | Message::Commit { .. }) => vec![],
+        (
+            Behaviour::ViewChangeLies,
+            Message::ViewChange {
+                new_view, height, ..
+            },
+        ) => {
+            let hidden = sign(
+                f,
+                Message::ViewChange {
+                    new_view: *new_view,
+                    height: *height,
+                    prepared: None,
+                },
+            );
+            let ahead = sign(
+                f,
+                Message::ViewChange {
+                    new_view: View(new_view.0 + rng.gen_range(1..3)),
+                    height: *height,
+                    prepared: None,
+                },
+            );
+            let mut out = vec![];
+            for p in &peers {
+                match rng.gen_range(0..4) {
+                    0 => {}
+                    1 => out.push((*p, message.clone())),
+                    2 => out.push((*p, hidden.clone())),
+                    _ => {
+                        out.push((*p, hidden.clone()));
+                        out.push((*p, ahead.clone()));
+                    }
+                }
+            }
+            out
+        }
+        (Behaviour::ViewChangeLies, Message::NewView { .. }) => peers
+            .iter()
+            .filter(|_| rng.gen_bool(0.4))
+            .map(|p| (*p, message.clone()))
+            .collect(),
         (Behaviour::Censor, Message::PrePrepare { view, height, .. }) => {
             let block = f
                 .ledger
@@ -257,6 +309,47 @@ pub fn timestamp_game(
         Message::Commit { .. } => vec![],
         _ => to_all(&message),
     }
+}
+
+/// What a [`Behaviour::DecidedFlood`] node sends on a tick: to each peer,
+/// a `Decided` whose certificate is `copies` copies of its own valid commit
+/// signature of its last committed block plus one broken signature, and one
+/// claiming the next height with copies of a signature over nothing.
+pub fn decided_flood(f: &Faulty, copies: usize) -> Vec<(usize, SignedMessage)> {
+    let Some((block, certificate)) = f.ledger.blocks.last() else {
+        return vec![];
+    };
+    let vote = certificate.vote(CHAIN_ID);
+    let mine = CommitSignature {
+        validator: ValidatorIndex(f.me as u16),
+        signature: vote.sign(f.key),
+    };
+    let mut broken = mine.clone();
+    broken.signature.0[0] ^= 1;
+    let mut signatures = vec![mine.clone(); copies];
+    signatures.push(broken);
+    let repeated = Certificate {
+        signatures: signatures.clone(),
+        ..certificate.clone()
+    };
+    let ahead = Certificate {
+        height: block.height().next(),
+        signatures,
+        ..certificate.clone()
+    };
+    let messages = [
+        sign(
+            f,
+            Message::Decided {
+                certificate: repeated,
+            },
+        ),
+        sign(f, Message::Decided { certificate: ahead }),
+    ];
+    (0..f.n)
+        .filter(|p| *p != f.me)
+        .flat_map(|p| messages.iter().map(move |m| (p, m.clone())))
+        .collect()
 }
 
 /// Unprompted messages a flooder sends on a tick.

@@ -27,6 +27,8 @@ use network::{Network, Packet, Partition, Payload};
 
 pub const CHAIN_ID: &str = "cairn-sim";
 pub const TICK_MS: u64 = 10;
+/// Copies of one signature in a flooded `Decided` certificate.
+const DECIDED_FLOOD_COPIES: usize = 64;
 /// Blocks a simulated node serves per sync request.
 const SYNC_BATCH: usize = 8;
 
@@ -268,6 +270,8 @@ pub struct Report {
     /// Proposals and votes for one (height, view, kind) that the two copies
     /// of a twin signed for different blocks.
     pub twin_conflicts: u64,
+    /// `Decided` messages a `DecidedFlood` node sent.
+    pub decided_flood_messages: u64,
 }
 
 /// How one height was decided (see [`Report::agreed_blocks`]).
@@ -498,9 +502,12 @@ impl Sim {
             if self.nodes[i].restart_ms.is_some_and(|t| t <= self.now_ms) {
                 self.restart(i);
             }
-            if self.nodes[i].behaviour == Some(Behaviour::Flood) && self.nodes[i].replica.is_some()
-            {
-                self.flood(i);
+            if self.nodes[i].replica.is_some() {
+                match self.nodes[i].behaviour {
+                    Some(Behaviour::Flood) => self.flood(i),
+                    Some(Behaviour::DecidedFlood) => self.decided_flood(i),
+                    _ => {}
+                }
             }
             let now_ms = self.s.local_ms(i, self.now_ms);
             self.input(i, Input::Tick { now_ms });
@@ -765,6 +772,21 @@ impl Sim {
         };
         let out = byzantine::flood(&faulty, &mut self.rng, &self.net.recent);
         for (to, m) in out {
+            self.send_message(i, to, m);
+        }
+    }
+
+    fn decided_flood(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let faulty = Faulty {
+            me: node.validator,
+            n: self.s.n,
+            key: &node.key,
+            ledger: &node.ledger,
+            now_ms: self.s.local_ms(i, self.now_ms),
+        };
+        for (to, m) in byzantine::decided_flood(&faulty, DECIDED_FLOOD_COPIES) {
+            self.report.decided_flood_messages += 1;
             self.send_message(i, to, m);
         }
     }
