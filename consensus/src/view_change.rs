@@ -268,12 +268,24 @@ impl Replica {
         }
     }
 
-    /// Enters `view` and files its justified proposal.
+    /// Enters `view` and files its justified proposal, unless this replica
+    /// already prepared another block in `view` (it started the height in
+    /// that view and prepared the primary's plain pre-prepare): it can
+    /// never prepare a second block there, and must keep the one it
+    /// prepared to commit-vote it once a quorum prepares it too.
     fn accept_new_view(&mut self, view: View, proposal: Block) {
         if self.safety.enter_view(self.round.height, view).is_err() {
             return;
         }
         let hash = proposal.hash();
+        let prepared_other = self
+            .safety
+            .state()
+            .prepare_vote()
+            .is_some_and(|(v, h)| v == view && h != hash);
+        if prepared_other {
+            return;
+        }
         let entry = Proposal {
             block: proposal,
             hash,

@@ -615,3 +615,73 @@ fn a_claim_to_be_ahead_goes_down_when_the_peer_has_nothing_to_give() {
     let after = requests_to_1(&mut replica, &mut ledger, 5_000);
     assert_eq!(after, 0, "asked {after} more times after an empty answer");
 }
+
+/// A new-view message for the view a replica is in must not replace the
+/// proposal it already prepared there (issue 10): replicas can start a
+/// height in different views, so a Byzantine primary can send a plain
+/// pre-prepare to a replica that started in its view, and then a new view
+/// for the same view, justified by the others, with another block. The
+/// replica cannot prepare twice in one view; if the new view replaced its
+/// proposal, it would lose the block it prepared and never commit-vote it.
+#[test]
+fn a_new_view_does_not_replace_a_prepared_proposal_of_its_view() {
+    let net = Net::new(4);
+    let mut ledger = SimLedger::new(CHAIN);
+    // Height 1 decided in view 1: this replica starts height 2 in view 1.
+    let first = net.block(&ledger, 0, 0);
+    let certificate = net.certificate(1, &first, &[0, 1, 3]);
+    let mut replica = net.replica(2, SafetyState::default());
+    replica.handle(
+        &mut ledger,
+        Input::SyncResponse {
+            from: ValidatorIndex(0),
+            blocks: vec![(first, certificate)],
+        },
+    );
+    assert_eq!((replica.height(), replica.view()), (Height(2), View(1)));
+
+    let prepared = net.block(&ledger, 1, 0);
+    let actions = replica.handle(&mut ledger, net.signed(1, pre_prepare(1, &prepared)));
+    assert_eq!(shape(&actions), ["persist", "prepare"]);
+
+    // The others started height 2 in view 0 and asked for view 1; its
+    // primary answers them with a new view and another block.
+    let other = net.block(&ledger, 1, 3);
+    assert_ne!(other.hash(), prepared.hash());
+    let view_changes = [0usize, 1, 3]
+        .iter()
+        .map(|from| {
+            let message = Message::ViewChange {
+                new_view: View(1),
+                height: Height(2),
+                prepared: None,
+            };
+            SignedMessage::sign(
+                CHAIN,
+                ValidatorIndex(*from as u16),
+                &net.keys[*from],
+                message,
+            )
+        })
+        .collect();
+    let message = Message::NewView {
+        view: View(1),
+        height: Height(2),
+        view_changes,
+        proposal: other,
+    };
+    let actions = replica.handle(&mut ledger, net.signed(1, message));
+    assert!(actions.is_empty(), "{:?}", shape(&actions));
+
+    // A quorum prepares the block this replica prepared: it commit-votes.
+    let mut seen = vec![];
+    for from in [0, 3] {
+        let input = net.signed(from, vote_message(VoteKind::Prepare, 1, &prepared));
+        seen.extend(shape(&replica.handle(&mut ledger, input)));
+    }
+    assert_eq!(
+        seen,
+        ["persist", "commit"],
+        "the prepared block was lost to the new view"
+    );
+}
