@@ -38,6 +38,33 @@ pub const fn buffered_messages_max(n: usize) -> usize {
     views + 2 * views * n + n + FUTURE_MESSAGES_PER_SENDER_MAX * n
 }
 
+/// Most encoded bytes of a block: a header (under 1 KiB) and at most
+/// `BLOCK_TXS_MAX` transactions.
+pub const BLOCK_BYTES_MAX: usize =
+    1024 + cairn_core::limits::BLOCK_TXS_MAX * cairn_core::limits::TX_BYTES_MAX;
+
+/// Most encoded bytes of a view change without its block, for `n`
+/// validators: the fixed fields (under 256 bytes) and a prepared
+/// certificate of at most `n` signatures (66 bytes each, 80 counted).
+pub const fn view_change_bytes_max(n: usize) -> usize {
+    256 + 80 * n
+}
+
+/// Most encoded bytes of a consensus message for `n` validators: a new
+/// view (at most `n` view changes without their blocks, and one block);
+/// a view change or pre-prepare (one block) is smaller. A prepared block
+/// travels at most once per message, so this is linear in `n`.
+pub const fn message_bytes_max(n: usize) -> usize {
+    256 + BLOCK_BYTES_MAX + n * view_change_bytes_max(n)
+}
+
+// Any consensus message fits in one p2p frame, with room for the frame's
+// own envelope, for every validator set and block size genesis allows.
+const _: () = assert!(
+    message_bytes_max(cairn_core::limits::VALIDATORS_MAX) + 1024
+        <= cairn_core::limits::P2P_FRAME_BYTES_MAX
+);
+
 const _: () = assert!(VIEWS_AHEAD_MAX >= 1 && VIEWS_BEHIND_MAX >= 1);
 const _: () = assert!(HEIGHTS_AHEAD_MAX >= 1);
 // A future-height sender needs room for at least a proposal, a prepare, a

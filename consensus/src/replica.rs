@@ -432,10 +432,10 @@ impl Replica {
         };
         let certificate = crate::message::PreparedCertificate {
             view,
-            block,
+            block_hash: hash,
             signatures,
         };
-        let Ok(signed) = self.safety.commit(certificate) else {
+        let Ok(signed) = self.safety.commit(certificate, &block) else {
             return false;
         };
         self.round

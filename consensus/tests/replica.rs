@@ -296,6 +296,7 @@ fn far_future_messages_are_bounded_and_f_plus_1_of_them_start_a_sync() {
         new_view: View(0),
         height: Height(500),
         prepared: None,
+        prepared_block: None,
     };
     replica.handle(&mut ledger, net.signed(3, far));
     assert!(replica.is_syncing(), "f+1 validators are ahead");
@@ -323,16 +324,18 @@ fn view_changes(net: &Net, from: &[usize], prepared: Option<&Block>) -> Vec<Sign
                 .filter(|_| i == 0)
                 .map(|block| PreparedCertificate {
                     view: View(0),
-                    block: block.clone(),
+                    block_hash: block.hash(),
                     signatures: [0, 2, 3]
                         .iter()
                         .map(|s| net.vote(VoteKind::Prepare, 0, block, *s))
                         .collect(),
                 });
+            // As a new view carries them: without the block.
             let message = Message::ViewChange {
                 new_view: View(1),
                 height: Height(1),
                 prepared,
+                prepared_block: None,
             };
             SignedMessage::sign(CHAIN, ValidatorIndex(*f as u16), &net.keys[*f], message)
         })
@@ -423,6 +426,7 @@ fn the_view_timer_asks_for_the_next_view_and_doubles() {
                     new_view: View(1),
                     height: Height(1),
                     prepared: None,
+                    prepared_block: None,
                 };
                 replica.handle(&mut ledger, net.signed(from, ask));
             }
@@ -587,6 +591,7 @@ fn a_claim_to_be_ahead_goes_down_when_the_peer_has_nothing_to_give() {
         new_view: View(0),
         height: Height(1_000),
         prepared: None,
+        prepared_block: None,
     };
     replica.handle(&mut ledger, net.signed(1, far));
     let requests_to_1 = |replica: &mut Replica, ledger: &mut SimLedger, from_ms: u64| {
@@ -655,6 +660,7 @@ fn a_new_view_does_not_replace_a_prepared_proposal_of_its_view() {
                 new_view: View(1),
                 height: Height(2),
                 prepared: None,
+                prepared_block: None,
             };
             SignedMessage::sign(
                 CHAIN,
@@ -684,4 +690,82 @@ fn a_new_view_does_not_replace_a_prepared_proposal_of_its_view() {
         ["persist", "commit"],
         "the prepared block was lost to the new view"
     );
+}
+
+/// A block of `count` copies of one signed transfer on the ledger's tip:
+/// the size of a full block, without the cost of signing each.
+fn large_block(net: &Net, ledger: &SimLedger, view: u64, count: usize) -> Block {
+    let key = Keypair::from_seed([200; 32]);
+    let transfer = cairn_core::Transfer {
+        chain_id: CHAIN.into(),
+        from: key.public(),
+        to: net.validators[0],
+        amount: 1,
+        nonce: 0,
+    };
+    let tx = cairn_core::SignedTransaction::sign(transfer, &key);
+    let mut block = net.block(ledger, view, 0);
+    let hashes = vec![tx.hash(); count];
+    block.header.tx_root = cairn_core::tx_root(&hashes);
+    block.transactions = vec![tx; count];
+    block
+}
+
+/// A new-view message for n = 31 whose view changes all carry a prepared
+/// certificate of a 10,000-transaction block fits in one p2p frame (issue
+/// 10: each view change carried the block, and the new view a quorum of
+/// them plus the block again, about 22 blocks: past the 32 MiB frame
+/// limit every receiver closed the connection, and the new primary sent
+/// it again forever).
+#[test]
+fn a_new_view_of_31_validators_with_full_blocks_fits_in_a_frame() {
+    let net = Net::new(31);
+    let mut ledger = SimLedger::new(CHAIN);
+    let block = large_block(&net, &ledger, 0, 10_000);
+    let signers: Vec<usize> = (0..21).collect();
+    let mut replica = net.replica(1, SafetyState::default());
+    replica.handle(&mut ledger, Input::Tick { now_ms: 0 });
+    let mut new_view = None;
+    for from in (0..31).filter(|i| *i != 1).take(20) {
+        let prepared = PreparedCertificate {
+            view: View(0),
+            block_hash: block.hash(),
+            signatures: signers
+                .iter()
+                .map(|s| net.vote(VoteKind::Prepare, 0, &block, *s))
+                .collect(),
+        };
+        let message = Message::ViewChange {
+            new_view: View(1),
+            height: Height(1),
+            prepared: Some(prepared),
+            prepared_block: Some(block.clone()),
+        };
+        for action in replica.handle(&mut ledger, net.signed(from, message)) {
+            if let Action::Broadcast(m) = action {
+                if matches!(m.message, Message::NewView { .. }) {
+                    new_view = Some(m);
+                }
+            }
+        }
+    }
+    let new_view = new_view.expect("the new primary sends a new view");
+    let bytes = cairn_core::codec::encode(&new_view).len();
+    let frame = cairn_core::limits::P2P_FRAME_BYTES_MAX;
+    println!("new view, n = 31, 10,000-tx blocks: {bytes} bytes (frame limit {frame})");
+    assert!(
+        bytes + 1_024 <= frame,
+        "a new view of {bytes} bytes does not fit in a frame of {frame}"
+    );
+    let Message::NewView { view_changes, .. } = &new_view.message else {
+        unreachable!()
+    };
+    assert_eq!(view_changes.len(), 21);
+    for vc in view_changes {
+        let vc_bytes = cairn_core::codec::encode(vc).len();
+        assert!(vc_bytes <= cairn_consensus::limits::view_change_bytes_max(31));
+    }
+    let block_bytes = cairn_core::codec::encode(&block).len();
+    assert!(block_bytes <= 10_000 * cairn_core::limits::TX_BYTES_MAX + 1_024);
+    assert!(bytes <= cairn_consensus::limits::message_bytes_max(31));
 }

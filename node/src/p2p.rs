@@ -44,7 +44,7 @@ const NOISE_MESSAGE_BYTES_MAX: usize = 65_535;
 const NOISE_TAG_BYTES: usize = 16;
 const CHUNK_PLAINTEXT_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX - NOISE_TAG_BYTES;
 /// Largest logical frame (a sync response or a full block).
-pub const FRAME_BYTES_MAX: usize = 32 * 1024 * 1024;
+pub const FRAME_BYTES_MAX: usize = cairn_core::limits::P2P_FRAME_BYTES_MAX;
 /// Frames queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_FRAMES_MAX: usize = 8_192;
 /// Bytes queued for one peer before new frames are dropped: the frame count

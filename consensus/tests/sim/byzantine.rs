@@ -206,6 +206,7 @@ pub fn flood(
                     new_view: far_view,
                     height: next,
                     prepared: None,
+                    prepared_block: None,
                 },
             ),
             3 => {
