@@ -15,6 +15,11 @@ pub const VIEWS_BEHIND_MAX: u64 = 4;
 pub const HEIGHTS_AHEAD_MAX: u64 = 2;
 /// Buffered future-height messages per sender.
 pub const FUTURE_MESSAGES_PER_SENDER_MAX: usize = 16;
+/// Encoded bytes of buffered future-height messages per sender: room for
+/// a proposal of the largest block and the sender's votes. (A new view
+/// larger than this, possible only with very large validator sets, is not
+/// buffered; its primary re-sends it.)
+pub const FUTURE_BYTES_PER_SENDER_MAX: usize = 16 * 1024 * 1024;
 /// Blocks of one sync response looked at; the rest is ignored.
 pub const SYNC_BLOCKS_MAX: usize = 64;
 /// The view timeout doubles at most this many times (then stays).
@@ -29,6 +34,12 @@ pub const ADVANCE_STEPS_MAX: usize = 64;
 
 /// Views whose proposals and votes a replica keeps at one height.
 pub const VIEWS_KEPT_MAX: u64 = VIEWS_BEHIND_MAX + 1 + VIEWS_AHEAD_MAX;
+
+/// The most encoded bytes of future-height messages a replica of `n`
+/// validators holds.
+pub const fn buffered_future_bytes_max(n: usize) -> usize {
+    FUTURE_BYTES_PER_SENDER_MAX * n
+}
 
 /// The most messages a replica of `n` validators holds at once: one
 /// proposal per kept view, one prepare and one commit per validator and kept
@@ -66,6 +77,8 @@ const _: () = assert!(
 );
 
 const _: () = assert!(VIEWS_AHEAD_MAX >= 1 && VIEWS_BEHIND_MAX >= 1);
+// A sender's share holds a pre-prepare of the largest block and more.
+const _: () = assert!(BLOCK_BYTES_MAX + 1024 * 1024 <= FUTURE_BYTES_PER_SENDER_MAX);
 const _: () = assert!(HEIGHTS_AHEAD_MAX >= 1);
 // A future-height sender needs room for at least a proposal, a prepare, a
 // commit and a view change.

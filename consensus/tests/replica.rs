@@ -769,3 +769,37 @@ fn a_new_view_of_31_validators_with_full_blocks_fits_in_a_frame() {
     assert!(block_bytes <= 10_000 * cairn_core::limits::TX_BYTES_MAX + 1_024);
     assert!(bytes <= cairn_consensus::limits::message_bytes_max(31));
 }
+
+/// The future-height buffer is bounded per sender in bytes, not only in
+/// messages (issue 10: 16 messages of up to 32 MiB each per sender): a
+/// validator sending large proposals for the height above fills only its
+/// own share, and another sender's messages are still kept.
+#[test]
+fn the_future_buffer_is_bounded_in_bytes_per_sender() {
+    let net = Net::new(4);
+    let mut ledger = SimLedger::new(CHAIN);
+    let mut replica = net.replica(1, SafetyState::default());
+    let block = large_block(&net, &ledger, 0, 12_500);
+    let block_bytes = cairn_core::codec::encode(&block).len();
+    for view in 0..16 {
+        let message = Message::PrePrepare {
+            view: View(view),
+            height: Height(2),
+            block: block.clone(),
+        };
+        replica.handle(&mut ledger, net.signed(2, message));
+    }
+    let held = replica.future_bytes_of(ValidatorIndex(2));
+    let bound = cairn_consensus::limits::FUTURE_BYTES_PER_SENDER_MAX;
+    println!("16 future proposals of {block_bytes} bytes: {held} bytes held (bound {bound})");
+    assert!(held <= bound, "{held} bytes held from one sender");
+    assert!(held >= block_bytes, "a proposal still fits");
+    let vote = Message::Prepare {
+        view: View(0),
+        height: Height(2),
+        block_hash: block.hash(),
+    };
+    let before = replica.buffered_message_count();
+    replica.handle(&mut ledger, net.signed(3, vote));
+    assert_eq!(replica.buffered_message_count(), before + 1);
+}
