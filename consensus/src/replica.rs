@@ -2,8 +2,6 @@
 //! and the per-height bookkeeping. View changes are in `view_change.rs`,
 //! catch-up in `sync.rs`.
 
-use std::collections::BTreeMap;
-
 use cairn_core::{
     max_faulty, quorum, Block, Certificate, Hash, Height, Keypair, PublicKey, ValidatorIndex, View,
 };
