@@ -21,7 +21,32 @@ pub(crate) struct Proposal {
 pub(crate) struct ViewChangeEntry {
     pub new_view: View,
     pub prepared: Option<PreparedCertificate>,
+    /// The block of `prepared`, whose hash matches it.
+    pub prepared_block: Option<Block>,
+    /// The message without its block, as a new view carries it.
     pub message: SignedMessage,
+}
+
+impl ViewChangeEntry {
+    /// The entry of a view change whose signature and certificate are
+    /// checked, and whose block, when carried, matches the certificate.
+    pub fn new(message: &SignedMessage) -> Option<ViewChangeEntry> {
+        let crate::message::Message::ViewChange {
+            new_view,
+            prepared,
+            prepared_block,
+            ..
+        } = &message.message
+        else {
+            return None;
+        };
+        Some(ViewChangeEntry {
+            new_view: *new_view,
+            prepared: prepared.clone(),
+            prepared_block: prepared_block.clone(),
+            message: message.without_block(),
+        })
+    }
 }
 
 /// The two vote kinds, as an ordered key.

@@ -29,12 +29,13 @@ pub struct SignedMessage {
     pub signature: Signature,
 }
 
-/// Proof that a quorum prepared `block` in `view`: 2f+1 prepare-vote
-/// signatures (in the shape of commit signatures) over its hash.
+/// Proof that a quorum prepared the block `block_hash` in `view`: 2f+1
+/// prepare-vote signatures (in the shape of commit signatures) over its
+/// hash. The block itself travels beside it, at most once per message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreparedCertificate {
     pub view: View,
-    pub block: Block,
+    pub block_hash: Hash,
     pub signatures: Vec<CommitSignature>,
 }
 
@@ -60,15 +61,20 @@ pub enum Message {
         block_hash: Hash,
     },
     /// The sender gave up on the views below `new_view` at `height`; it
-    /// carries the sender's highest prepared certificate at that height.
+    /// carries the sender's highest prepared certificate at that height
+    /// and, sent on its own, that certificate's block (`prepared_block`,
+    /// not covered by the signature: the certificate names its hash).
+    /// Inside a [`Message::NewView`] the block is left out.
     ViewChange {
         new_view: View,
         height: Height,
         prepared: Option<PreparedCertificate>,
+        prepared_block: Option<Block>,
     },
-    /// The primary of `view` starts it: 2f+1 view changes for `view` and
-    /// the proposal they justify (the block of the highest prepared
-    /// certificate among them, or a fresh block when there is none).
+    /// The primary of `view` starts it: 2f+1 view changes for `view`
+    /// (without their prepared blocks) and the proposal they justify (the
+    /// block of the highest prepared certificate among them, or a fresh
+    /// block when there is none): one block per message.
     NewView {
         view: View,
         height: Height,
@@ -112,15 +118,11 @@ impl Message {
                 new_view,
                 height,
                 prepared,
-            } => {
-                let prepared = prepared
-                    .as_ref()
-                    .map(|p| (p.view, p.block.hash(), &p.signatures));
-                (
-                    VIEW_CHANGE_DOMAIN,
-                    codec::encode(&(chain_id, new_view, height, prepared)),
-                )
-            }
+                prepared_block: _,
+            } => (
+                VIEW_CHANGE_DOMAIN,
+                codec::encode(&(chain_id, new_view, height, prepared)),
+            ),
             Message::NewView {
                 view,
                 height,
@@ -188,6 +190,17 @@ impl SignedMessage {
         }
     }
 
+    /// This message as a new view carries it: a view change without its
+    /// prepared block (the signature does not cover the block, so it still
+    /// verifies).
+    pub fn without_block(&self) -> SignedMessage {
+        let mut stripped = self.clone();
+        if let Message::ViewChange { prepared_block, .. } = &mut stripped.message {
+            *prepared_block = None;
+        }
+        stripped
+    }
+
     /// Whether the signature is `from`'s over this message on this chain.
     /// Checks the outer signature only, not certificates carried inside.
     pub fn verify(&self, chain_id: &str, validators: &[PublicKey]) -> bool {
@@ -206,16 +219,16 @@ impl SignedMessage {
 
 impl PreparedCertificate {
     /// Whether 2f+1 distinct validators signed a prepare vote for this
-    /// block at `height` in `view`.
+    /// block hash at `height` in `view`.
     pub fn verify(&self, chain_id: &str, validators: &[PublicKey], height: Height) -> bool {
         let vote = Vote {
             kind: VoteKind::Prepare,
             chain_id: chain_id.to_string(),
             height,
             view: self.view,
-            block_hash: self.block.hash(),
+            block_hash: self.block_hash,
         };
-        self.block.header.height == height && signatures_valid(&vote, &self.signatures, validators)
+        signatures_valid(&vote, &self.signatures, validators)
     }
 }
 
@@ -285,6 +298,7 @@ mod tests {
                 new_view: View(1),
                 height: Height(1),
                 prepared: None,
+                prepared_block: None,
             },
         ];
         for message in messages {
@@ -338,7 +352,7 @@ mod tests {
         };
         let cert = |signatures| PreparedCertificate {
             view: View(0),
-            block: block(),
+            block_hash: block().hash(),
             signatures,
         };
         assert!(cert(vec![sig(0), sig(1), sig(3)]).verify("c", &validators, Height(1)));

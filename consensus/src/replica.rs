@@ -2,8 +2,6 @@
 //! and the per-height bookkeeping. View changes are in `view_change.rs`,
 //! catch-up in `sync.rs`.
 
-use std::collections::BTreeMap;
-
 use cairn_core::{
     max_faulty, quorum, Block, Certificate, Hash, Height, Keypair, PublicKey, ValidatorIndex, View,
 };
@@ -40,7 +38,7 @@ pub struct Replica {
     height_started_ms: u64,
     retransmit_at_ms: u64,
     /// Verified messages for heights just above the next one.
-    pub(crate) future: BTreeMap<Height, Vec<SignedMessage>>,
+    pub(crate) future: crate::sync::FutureBuffer,
     pub(crate) sync: SyncState,
     /// When each peer was last sent a `Decided` (help for laggards).
     helped_at_ms: Vec<Option<u64>>,
@@ -78,7 +76,7 @@ impl Replica {
             last_proposal_ms: 0,
             height_started_ms: 0,
             retransmit_at_ms: 0,
-            future: BTreeMap::new(),
+            future: crate::sync::FutureBuffer::new(n),
             sync: SyncState::new(n),
             helped_at_ms: vec![None; n],
             last_certificate: None,
@@ -126,8 +124,7 @@ impl Replica {
     /// Messages held in buffers and logs; never above
     /// [`crate::limits::buffered_messages_max`] of the validator count.
     pub fn buffered_message_count(&self) -> usize {
-        let future: usize = self.future.values().map(|m| m.len()).sum();
-        self.round.message_count() + future
+        self.round.message_count() + self.future.message_count()
     }
 
     pub(crate) fn n(&self) -> usize {
@@ -432,10 +429,10 @@ impl Replica {
         };
         let certificate = crate::message::PreparedCertificate {
             view,
-            block,
+            block_hash: hash,
             signatures,
         };
-        let Ok(signed) = self.safety.commit(certificate) else {
+        let Ok(signed) = self.safety.commit(certificate, &block) else {
             return false;
         };
         self.round

@@ -37,6 +37,9 @@ pub struct SafetyState {
     view_change: Option<View>,
     /// The highest-view prepared certificate this replica holds at `height`.
     prepared: Option<PreparedCertificate>,
+    /// The block of `prepared` (its hash is the certificate's).
+    #[serde(default)]
+    prepared_block: Option<Block>,
 }
 
 impl SafetyState {
@@ -61,15 +64,13 @@ impl SafetyState {
     /// part of the state, which a runtime may store apart (and write only
     /// when it changes).
     pub fn prepared_block(&self) -> Option<&Block> {
-        self.prepared.as_ref().map(|certificate| &certificate.block)
+        self.prepared_block.as_ref()
     }
 
     /// The same, to take its transactions out before storing the rest and
     /// to put them back when loading.
     pub fn prepared_block_mut(&mut self) -> Option<&mut Block> {
-        self.prepared
-            .as_mut()
-            .map(|certificate| &mut certificate.block)
+        self.prepared_block.as_mut()
     }
 
     /// The last commit vote at [`Self::height`].
@@ -210,14 +211,16 @@ impl SafetyRules {
         }))
     }
 
-    /// Signs a commit vote for the block of `certificate`, which the caller
-    /// verified, and keeps the certificate for view changes.
+    /// Signs a commit vote for `block`, prepared by `certificate`, which
+    /// the caller verified, and keeps both for view changes.
     pub(crate) fn commit(
         &mut self,
         certificate: PreparedCertificate,
+        block: &Block,
     ) -> Result<SignedMessage, SafetyError> {
-        let (view, hash) = (certificate.view, certificate.block.hash());
-        let height = certificate.block.header.height;
+        let (view, hash) = (certificate.view, certificate.block_hash);
+        let height = block.header.height;
+        assert_eq!(block.hash(), hash, "the certificate is for this block");
         check_height(&self.state, height)?;
         check_current_view(&self.state, view)?;
         check_prepared(&self.state, &certificate, self.validators_count)?;
@@ -226,6 +229,7 @@ impl SafetyRules {
             s.commit_vote = Some((view, hash));
             if s.prepared.as_ref().is_none_or(|p| p.view < view) {
                 s.prepared = Some(certificate);
+                s.prepared_block = Some(block.clone());
             }
         });
         Ok(self.sign(Message::Commit {
@@ -252,6 +256,7 @@ impl SafetyRules {
             new_view,
             height,
             prepared: self.state.prepared.clone(),
+            prepared_block: self.state.prepared_block.clone(),
         }))
     }
 
@@ -335,7 +340,7 @@ fn check_prepared(
     certificate: &PreparedCertificate,
     validators_count: usize,
 ) -> Result<(), SafetyError> {
-    let own = Some((certificate.view, certificate.block.hash()));
+    let own = Some((certificate.view, certificate.block_hash));
     let enough = certificate.signatures.len() >= quorum(validators_count);
     (state.prepare_vote == own && enough)
         .then_some(())
@@ -391,7 +396,7 @@ mod tests {
         }
     }
 
-    fn certificate(view: View, block: Block, signers: u16) -> PreparedCertificate {
+    fn certificate(view: View, block: &Block, signers: u16) -> PreparedCertificate {
         let signatures = (0..signers)
             .map(|i| CommitSignature {
                 validator: ValidatorIndex(i),
@@ -400,7 +405,7 @@ mod tests {
             .collect();
         PreparedCertificate {
             view,
-            block,
+            block_hash: block.hash(),
             signatures,
         }
     }
@@ -470,19 +475,24 @@ mod tests {
         let mut r = rules();
         let b = block(1);
         assert_eq!(
-            r.commit(certificate(View(0), b.clone(), 3)),
+            r.commit(certificate(View(0), &b, 3), &b),
             Err(SafetyError::NotPrepared)
         );
         r.prepare(Height(1), View(0), b.hash(), PLAIN).unwrap();
         assert_eq!(
-            r.commit(certificate(View(0), b.clone(), 2)),
+            r.commit(certificate(View(0), &b, 2), &b),
             Err(SafetyError::NotPrepared)
         );
-        assert!(r.commit(certificate(View(0), b.clone(), 3)).is_ok());
+        assert!(r.commit(certificate(View(0), &b, 3), &b).is_ok());
         let vc = r.view_change(Height(1), View(1)).unwrap();
         match vc.message {
-            Message::ViewChange { prepared, .. } => {
-                assert_eq!(prepared.map(|p| p.block), Some(b));
+            Message::ViewChange {
+                prepared,
+                prepared_block,
+                ..
+            } => {
+                assert_eq!(prepared.map(|p| p.block_hash), Some(b.hash()));
+                assert_eq!(prepared_block, Some(b));
             }
             other => panic!("not a view change: {other:?}"),
         }

@@ -2,9 +2,13 @@
 //! committed blocks, and applying the certified blocks of the reply. Also
 //! the buffer of messages for heights just above the next one.
 
-use cairn_core::{Block, Certificate, Hash, Height, ValidatorIndex, View};
+use std::collections::BTreeMap;
 
-use crate::limits::{FUTURE_MESSAGES_PER_SENDER_MAX, HEIGHTS_AHEAD_MAX, SYNC_BLOCKS_MAX};
+use cairn_core::{codec, Block, Certificate, Hash, Height, ValidatorIndex, View};
+
+use crate::limits::{
+    FUTURE_BYTES_PER_SENDER_MAX, FUTURE_MESSAGES_PER_SENDER_MAX, HEIGHTS_AHEAD_MAX, SYNC_BLOCKS_MAX,
+};
 use crate::log::{Kind, Round, Seen};
 use crate::message::{signatures_valid, SignedMessage};
 use crate::replica::Replica;
@@ -73,21 +77,88 @@ impl SyncState {
     }
 }
 
+/// Verified messages for heights just above the next one, bounded per
+/// sender in count ([`FUTURE_MESSAGES_PER_SENDER_MAX`]) and in encoded
+/// bytes ([`FUTURE_BYTES_PER_SENDER_MAX`]).
+pub(crate) struct FutureBuffer {
+    by_height: BTreeMap<Height, Vec<(SignedMessage, usize)>>,
+    /// Messages and encoded bytes held per sender.
+    held: Vec<(usize, usize)>,
+}
+
+impl FutureBuffer {
+    pub(crate) fn new(n: usize) -> FutureBuffer {
+        FutureBuffer {
+            by_height: BTreeMap::new(),
+            held: vec![(0, 0); n],
+        }
+    }
+
+    /// Whether a message of `bytes` from its sender would be kept: within
+    /// the sender's bounds and not held already.
+    fn has_room(&self, message: &SignedMessage, bytes: usize) -> bool {
+        let (count, held_bytes) = self.held[message.from.get()];
+        count < FUTURE_MESSAGES_PER_SENDER_MAX
+            && held_bytes.saturating_add(bytes) <= FUTURE_BYTES_PER_SENDER_MAX
+            && !self
+                .by_height
+                .get(&message.message.height())
+                .is_some_and(|ms| ms.iter().any(|(m, _)| m == message))
+    }
+
+    fn insert(&mut self, message: SignedMessage, bytes: usize) {
+        let held = &mut self.held[message.from.get()];
+        held.0 += 1;
+        held.1 += bytes;
+        let height = message.message.height();
+        self.by_height
+            .entry(height)
+            .or_default()
+            .push((message, bytes));
+    }
+
+    /// Takes the messages of `height` and drops those of lower heights.
+    fn take(&mut self, height: Height) -> Vec<SignedMessage> {
+        let later = self.by_height.split_off(&height.next());
+        let now = std::mem::replace(&mut self.by_height, later);
+        let mut taken = vec![];
+        for (h, messages) in now {
+            for (message, bytes) in messages {
+                let held = &mut self.held[message.from.get()];
+                held.0 -= 1;
+                held.1 -= bytes;
+                if h == height {
+                    taken.push(message);
+                }
+            }
+        }
+        taken
+    }
+
+    pub(crate) fn message_count(&self) -> usize {
+        self.held.iter().map(|(count, _)| count).sum()
+    }
+
+    /// Encoded bytes held for `sender`.
+    pub(crate) fn bytes_of(&self, sender: ValidatorIndex) -> usize {
+        self.held.get(sender.get()).map_or(0, |(_, bytes)| *bytes)
+    }
+}
+
 impl Replica {
     /// A signed message for a height above the next one: evidence that its
     /// sender is ahead, and buffered when the height is near.
     pub(crate) fn on_future(&mut self, message: SignedMessage, verified: bool) {
         let from = message.from.get();
         let height = message.message.height();
-        let near = height.0 <= self.round.height.0 + HEIGHTS_AHEAD_MAX;
+        let near = height.0 <= self.round.height.0.saturating_add(HEIGHTS_AHEAD_MAX);
+        let bytes = if near {
+            codec::encoded_len(&message)
+        } else {
+            0
+        };
         if near {
-            let held: Vec<&SignedMessage> = self
-                .future
-                .values()
-                .flatten()
-                .filter(|m| m.from == message.from)
-                .collect();
-            if held.len() >= FUTURE_MESSAGES_PER_SENDER_MAX || held.contains(&&message) {
+            if !self.future.has_room(&message, bytes) {
                 return;
             }
         } else if self.sync.claims[from] > self.round.height {
@@ -99,20 +170,21 @@ impl Replica {
         let claim = &mut self.sync.claims[from];
         *claim = (*claim).max(height);
         if near {
-            self.future.entry(height).or_default().push(message);
+            self.future.insert(message, bytes);
         }
     }
 
     /// Files the buffered messages of the new next height, drops older ones.
     pub(crate) fn replay_future(&mut self) {
-        let next = self.round.height;
-        let later = self.future.split_off(&next.next());
-        let now = std::mem::replace(&mut self.future, later);
-        for message in now.into_values().flatten() {
-            if message.message.height() == next {
-                self.on_message(message, true);
-            }
+        for message in self.future.take(self.round.height) {
+            self.on_message(message, true);
         }
+    }
+
+    /// Encoded bytes of the future-height messages held for `sender`; never
+    /// above [`FUTURE_BYTES_PER_SENDER_MAX`].
+    pub fn future_bytes_of(&self, sender: ValidatorIndex) -> usize {
+        self.future.bytes_of(sender)
     }
 
     /// A peer's certificate: for the next height its signatures count as

@@ -73,14 +73,7 @@ impl Replica {
         self.failed_views += 1;
         self.view_deadline_ms = None;
         self.round.prune(new_view);
-        let Message::ViewChange { prepared, .. } = &signed.message else {
-            unreachable!("the safety rules sign a view change");
-        };
-        let entry = ViewChangeEntry {
-            new_view,
-            prepared: prepared.clone(),
-            message: signed.clone(),
-        };
+        let entry = ViewChangeEntry::new(&signed).expect("the safety rules sign a view change");
         self.round.view_changes.insert(self.me, entry);
         self.round.own.view_change = Some(signed.clone());
         self.broadcast(signed);
@@ -104,10 +97,14 @@ impl Replica {
     }
 
     /// Files the latest view change of a sender, with its prepared
-    /// certificate checked.
+    /// certificate checked and its block (which a view change sent on its
+    /// own must carry with a certificate) matching it.
     pub(crate) fn on_view_change(&mut self, message: SignedMessage, verified: bool) {
         let Message::ViewChange {
-            new_view, prepared, ..
+            new_view,
+            prepared,
+            prepared_block,
+            ..
         } = &message.message
         else {
             return;
@@ -118,27 +115,49 @@ impl Replica {
             .view_changes
             .get(&from)
             .is_some_and(|e| e.new_view >= new_view);
-        if stale || !(verified || self.verify(&message)) || !self.certificate_ok(prepared, new_view)
+        if stale
+            || !self.prepared_block_ok(prepared, prepared_block)
+            || !(verified || self.verify(&message))
+            || !self.certificate_ok(prepared, new_view)
+            || !prepared_block.as_ref().is_none_or(body_matches_header)
         {
             return;
         }
-        let entry = ViewChangeEntry {
-            new_view,
-            prepared: prepared.clone(),
-            message: message.clone(),
+        let Some(entry) = ViewChangeEntry::new(&message) else {
+            return;
         };
         self.round.view_changes.insert(from, entry);
         self.join_higher_view();
     }
 
+    /// A view change sent on its own carries the block of its certificate
+    /// (so the next primary can propose it again), and no block without
+    /// one: the block is the certificate's, at this height, on our tip.
+    fn prepared_block_ok(
+        &self,
+        prepared: &Option<PreparedCertificate>,
+        block: &Option<Block>,
+    ) -> bool {
+        match (prepared, block) {
+            (None, None) => true,
+            (Some(p), Some(b)) => {
+                b.header.height == self.round.height
+                    && b.header.parent_hash == self.tip_hash
+                    && b.hash() == p.block_hash
+            }
+            _ => false,
+        }
+    }
+
     /// A prepared certificate carried by a view change to `new_view`: from a
-    /// lower view, for a block on our tip, with 2f+1 valid prepares.
+    /// lower view, with 2f+1 valid prepares at this height. (Honest replicas
+    /// prepare only blocks on the tip, so the prepares vouch for the parent
+    /// of a block carried by hash alone.)
     fn certificate_ok(&self, prepared: &Option<PreparedCertificate>, new_view: View) -> bool {
         let Some(p) = prepared else {
             return true;
         };
         p.view < new_view
-            && p.block.header.parent_hash == self.tip_hash
             && p.verify(
                 &self.config.chain_id,
                 &self.config.validators,
@@ -161,7 +180,16 @@ impl Replica {
         let highest = highest_prepared(entries.iter().map(|e| &e.prepared));
         let view_changes: Vec<SignedMessage> = entries.iter().map(|e| e.message.clone()).collect();
         let proposal = match highest {
-            Some(p) => p.block.clone(),
+            Some(p) => {
+                let carried = entries
+                    .iter()
+                    .filter_map(|e| e.prepared_block.as_ref())
+                    .find(|b| b.hash() == p.block_hash);
+                match carried.or_else(|| self.round.block(p.block_hash)) {
+                    Some(block) => block.clone(),
+                    None => return false,
+                }
+            }
             None => match ledger.propose(view, self.public, self.now_ms) {
                 Some(block) => block,
                 None => return false,
@@ -237,6 +265,7 @@ impl Replica {
                 new_view,
                 height,
                 prepared,
+                prepared_block: None,
             } = &vc.message
             else {
                 return false;
@@ -260,7 +289,7 @@ impl Replica {
             return false;
         }
         match highest_prepared(certificates.into_iter()) {
-            Some(p) => p.block.hash() == proposal.hash(),
+            Some(p) => p.block_hash == proposal.hash(),
             None => {
                 header.view == view
                     && header.proposer == self.config.validators[view.primary(n).get()]
@@ -268,12 +297,24 @@ impl Replica {
         }
     }
 
-    /// Enters `view` and files its justified proposal.
+    /// Enters `view` and files its justified proposal, unless this replica
+    /// already prepared another block in `view` (it started the height in
+    /// that view and prepared the primary's plain pre-prepare): it can
+    /// never prepare a second block there, and must keep the one it
+    /// prepared to commit-vote it once a quorum prepares it too.
     fn accept_new_view(&mut self, view: View, proposal: Block) {
         if self.safety.enter_view(self.round.height, view).is_err() {
             return;
         }
         let hash = proposal.hash();
+        let prepared_other = self
+            .safety
+            .state()
+            .prepare_vote()
+            .is_some_and(|(v, h)| v == view && h != hash);
+        if prepared_other {
+            return;
+        }
         let entry = Proposal {
             block: proposal,
             hash,
@@ -284,6 +325,14 @@ impl Replica {
         self.view_deadline_ms = None;
         debug_assert!(Round::view_in_window(view, self.view()));
     }
+}
+
+/// Whether a block's transactions are the ones its header commits to (its
+/// hash covers the header only): a block carried by a view change is
+/// proposed again as it is, so a Byzantine sender must not swap its body.
+fn body_matches_header(block: &Block) -> bool {
+    let hashes: Vec<_> = block.transactions.iter().map(|tx| tx.hash()).collect();
+    cairn_core::tx_root(&hashes) == block.header.tx_root
 }
 
 /// The prepared certificate of the highest view among `certificates`.

@@ -296,6 +296,7 @@ fn far_future_messages_are_bounded_and_f_plus_1_of_them_start_a_sync() {
         new_view: View(0),
         height: Height(500),
         prepared: None,
+        prepared_block: None,
     };
     replica.handle(&mut ledger, net.signed(3, far));
     assert!(replica.is_syncing(), "f+1 validators are ahead");
@@ -323,16 +324,18 @@ fn view_changes(net: &Net, from: &[usize], prepared: Option<&Block>) -> Vec<Sign
                 .filter(|_| i == 0)
                 .map(|block| PreparedCertificate {
                     view: View(0),
-                    block: block.clone(),
+                    block_hash: block.hash(),
                     signatures: [0, 2, 3]
                         .iter()
                         .map(|s| net.vote(VoteKind::Prepare, 0, block, *s))
                         .collect(),
                 });
+            // As a new view carries them: without the block.
             let message = Message::ViewChange {
                 new_view: View(1),
                 height: Height(1),
                 prepared,
+                prepared_block: None,
             };
             SignedMessage::sign(CHAIN, ValidatorIndex(*f as u16), &net.keys[*f], message)
         })
@@ -423,6 +426,7 @@ fn the_view_timer_asks_for_the_next_view_and_doubles() {
                     new_view: View(1),
                     height: Height(1),
                     prepared: None,
+                    prepared_block: None,
                 };
                 replica.handle(&mut ledger, net.signed(from, ask));
             }
@@ -587,6 +591,7 @@ fn a_claim_to_be_ahead_goes_down_when_the_peer_has_nothing_to_give() {
         new_view: View(0),
         height: Height(1_000),
         prepared: None,
+        prepared_block: None,
     };
     replica.handle(&mut ledger, net.signed(1, far));
     let requests_to_1 = |replica: &mut Replica, ledger: &mut SimLedger, from_ms: u64| {
@@ -614,4 +619,187 @@ fn a_claim_to_be_ahead_goes_down_when_the_peer_has_nothing_to_give() {
     );
     let after = requests_to_1(&mut replica, &mut ledger, 5_000);
     assert_eq!(after, 0, "asked {after} more times after an empty answer");
+}
+
+/// A new-view message for the view a replica is in must not replace the
+/// proposal it already prepared there (issue 10): replicas can start a
+/// height in different views, so a Byzantine primary can send a plain
+/// pre-prepare to a replica that started in its view, and then a new view
+/// for the same view, justified by the others, with another block. The
+/// replica cannot prepare twice in one view; if the new view replaced its
+/// proposal, it would lose the block it prepared and never commit-vote it.
+#[test]
+fn a_new_view_does_not_replace_a_prepared_proposal_of_its_view() {
+    let net = Net::new(4);
+    let mut ledger = SimLedger::new(CHAIN);
+    // Height 1 decided in view 1: this replica starts height 2 in view 1.
+    let first = net.block(&ledger, 0, 0);
+    let certificate = net.certificate(1, &first, &[0, 1, 3]);
+    let mut replica = net.replica(2, SafetyState::default());
+    replica.handle(
+        &mut ledger,
+        Input::SyncResponse {
+            from: ValidatorIndex(0),
+            blocks: vec![(first, certificate)],
+        },
+    );
+    assert_eq!((replica.height(), replica.view()), (Height(2), View(1)));
+
+    let prepared = net.block(&ledger, 1, 0);
+    let actions = replica.handle(&mut ledger, net.signed(1, pre_prepare(1, &prepared)));
+    assert_eq!(shape(&actions), ["persist", "prepare"]);
+
+    // The others started height 2 in view 0 and asked for view 1; its
+    // primary answers them with a new view and another block.
+    let other = net.block(&ledger, 1, 3);
+    assert_ne!(other.hash(), prepared.hash());
+    let view_changes = [0usize, 1, 3]
+        .iter()
+        .map(|from| {
+            let message = Message::ViewChange {
+                new_view: View(1),
+                height: Height(2),
+                prepared: None,
+                prepared_block: None,
+            };
+            SignedMessage::sign(
+                CHAIN,
+                ValidatorIndex(*from as u16),
+                &net.keys[*from],
+                message,
+            )
+        })
+        .collect();
+    let message = Message::NewView {
+        view: View(1),
+        height: Height(2),
+        view_changes,
+        proposal: other,
+    };
+    let actions = replica.handle(&mut ledger, net.signed(1, message));
+    assert!(actions.is_empty(), "{:?}", shape(&actions));
+
+    // A quorum prepares the block this replica prepared: it commit-votes.
+    let mut seen = vec![];
+    for from in [0, 3] {
+        let input = net.signed(from, vote_message(VoteKind::Prepare, 1, &prepared));
+        seen.extend(shape(&replica.handle(&mut ledger, input)));
+    }
+    assert_eq!(
+        seen,
+        ["persist", "commit"],
+        "the prepared block was lost to the new view"
+    );
+}
+
+/// A block of `count` copies of one signed transfer on the ledger's tip:
+/// the size of a full block, without the cost of signing each.
+fn large_block(net: &Net, ledger: &SimLedger, view: u64, count: usize) -> Block {
+    let key = Keypair::from_seed([200; 32]);
+    let transfer = cairn_core::Transfer {
+        chain_id: CHAIN.into(),
+        from: key.public(),
+        to: net.validators[0],
+        amount: 1,
+        nonce: 0,
+    };
+    let tx = cairn_core::SignedTransaction::sign(transfer, &key);
+    let mut block = net.block(ledger, view, 0);
+    let hashes = vec![tx.hash(); count];
+    block.header.tx_root = cairn_core::tx_root(&hashes);
+    block.transactions = vec![tx; count];
+    block
+}
+
+/// A new-view message for n = 31 whose view changes all carry a prepared
+/// certificate of a 10,000-transaction block fits in one p2p frame (issue
+/// 10: each view change carried the block, and the new view a quorum of
+/// them plus the block again, about 22 blocks: past the 32 MiB frame
+/// limit every receiver closed the connection, and the new primary sent
+/// it again forever).
+#[test]
+fn a_new_view_of_31_validators_with_full_blocks_fits_in_a_frame() {
+    let net = Net::new(31);
+    let mut ledger = SimLedger::new(CHAIN);
+    let block = large_block(&net, &ledger, 0, 10_000);
+    let signers: Vec<usize> = (0..21).collect();
+    let mut replica = net.replica(1, SafetyState::default());
+    replica.handle(&mut ledger, Input::Tick { now_ms: 0 });
+    let mut new_view = None;
+    for from in (0..31).filter(|i| *i != 1).take(20) {
+        let prepared = PreparedCertificate {
+            view: View(0),
+            block_hash: block.hash(),
+            signatures: signers
+                .iter()
+                .map(|s| net.vote(VoteKind::Prepare, 0, &block, *s))
+                .collect(),
+        };
+        let message = Message::ViewChange {
+            new_view: View(1),
+            height: Height(1),
+            prepared: Some(prepared),
+            prepared_block: Some(block.clone()),
+        };
+        for action in replica.handle(&mut ledger, net.signed(from, message)) {
+            if let Action::Broadcast(m) = action {
+                if matches!(m.message, Message::NewView { .. }) {
+                    new_view = Some(m);
+                }
+            }
+        }
+    }
+    let new_view = new_view.expect("the new primary sends a new view");
+    let bytes = cairn_core::codec::encode(&new_view).len();
+    let frame = cairn_core::limits::P2P_FRAME_BYTES_MAX;
+    println!("new view, n = 31, 10,000-tx blocks: {bytes} bytes (frame limit {frame})");
+    assert!(
+        bytes + 1_024 <= frame,
+        "a new view of {bytes} bytes does not fit in a frame of {frame}"
+    );
+    let Message::NewView { view_changes, .. } = &new_view.message else {
+        unreachable!()
+    };
+    assert_eq!(view_changes.len(), 21);
+    for vc in view_changes {
+        let vc_bytes = cairn_core::codec::encode(vc).len();
+        assert!(vc_bytes <= cairn_consensus::limits::view_change_bytes_max(31));
+    }
+    let block_bytes = cairn_core::codec::encode(&block).len();
+    assert!(block_bytes <= 10_000 * cairn_core::limits::TX_BYTES_MAX + 1_024);
+    assert!(bytes <= cairn_consensus::limits::message_bytes_max(31));
+}
+
+/// The future-height buffer is bounded per sender in bytes, not only in
+/// messages (issue 10: 16 messages of up to 32 MiB each per sender): a
+/// validator sending large proposals for the height above fills only its
+/// own share, and another sender's messages are still kept.
+#[test]
+fn the_future_buffer_is_bounded_in_bytes_per_sender() {
+    let net = Net::new(4);
+    let mut ledger = SimLedger::new(CHAIN);
+    let mut replica = net.replica(1, SafetyState::default());
+    let block = large_block(&net, &ledger, 0, 12_500);
+    let block_bytes = cairn_core::codec::encode(&block).len();
+    for view in 0..16 {
+        let message = Message::PrePrepare {
+            view: View(view),
+            height: Height(2),
+            block: block.clone(),
+        };
+        replica.handle(&mut ledger, net.signed(2, message));
+    }
+    let held = replica.future_bytes_of(ValidatorIndex(2));
+    let bound = cairn_consensus::limits::FUTURE_BYTES_PER_SENDER_MAX;
+    println!("16 future proposals of {block_bytes} bytes: {held} bytes held (bound {bound})");
+    assert!(held <= bound, "{held} bytes held from one sender");
+    assert!(held >= block_bytes, "a proposal still fits");
+    let vote = Message::Prepare {
+        view: View(0),
+        height: Height(2),
+        block_hash: block.hash(),
+    };
+    let before = replica.buffered_message_count();
+    replica.handle(&mut ledger, net.signed(3, vote));
+    assert_eq!(replica.buffered_message_count(), before + 1);
 }

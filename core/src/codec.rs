@@ -40,6 +40,25 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
         .expect("encoding an in-memory value cannot fail");
 }
 
+/// The length of a value's encoding, without encoding it into memory;
+/// `usize::MAX` for a value past the codec's limit.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    let mut counter = LenWriter(0);
+    match bincode::serde::encode_into_writer(value, &mut counter, config()) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+struct LenWriter(usize);
+
+impl bincode::enc::write::Writer for &mut LenWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0 += bytes.len();
+        Ok(())
+    }
+}
+
 struct VecWriter<'a>(&'a mut Vec<u8>);
 
 impl bincode::enc::write::Writer for &mut VecWriter<'_> {

@@ -4,6 +4,9 @@
 /// Largest encoded value the codec will decode (a block with its certificate,
 /// or one p2p frame).
 pub const CODEC_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest p2p frame (one encoded wire message between validators); a
+/// larger one closes the connection.
+pub const P2P_FRAME_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Largest number of transactions a block may hold, whatever genesis asks for.
 pub const BLOCK_TXS_MAX: usize = 50_000;
 /// Longest chain id, in bytes.
@@ -18,4 +21,5 @@ pub const HTTP_BODY_BYTES_MAX: u64 = 4 * 1024 * 1024;
 pub const HTTP_BATCH_TXS_MAX: usize = 10_000;
 
 const _: () = assert!(BLOCK_TXS_MAX * TX_BYTES_MAX + 1024 * 1024 <= CODEC_BYTES_MAX);
+const _: () = assert!(P2P_FRAME_BYTES_MAX <= CODEC_BYTES_MAX);
 const _: () = assert!(VALIDATORS_MAX <= u16::MAX as usize);

@@ -383,6 +383,17 @@ pub struct NodeLimits {
     pub api_connections_max: usize,
     /// Open `GET /v1/events` streams in all.
     pub api_sse_subscribers_max: usize,
+    /// Consensus frames (messages, sync replies) from one peer waiting for
+    /// the consensus thread; more are dropped.
+    pub consensus_queue_frames_per_peer: usize,
+    /// Bytes of those frames from one peer (at least one largest p2p
+    /// frame, 32 MiB).
+    pub consensus_queue_bytes_per_peer: usize,
+    /// p2p handshakes in progress at once, from anyone; a connection over
+    /// the cap is closed at once, before anything is allocated or signed.
+    pub p2p_handshakes_max: usize,
+    /// Time a p2p connection has to complete its handshake.
+    pub p2p_handshake_timeout_ms: u64,
 }
 
 impl Default for NodeLimits {
@@ -399,6 +410,10 @@ impl Default for NodeLimits {
             api_connections_per_ip_max: 256,
             api_connections_max: 4_096,
             api_sse_subscribers_max: 256,
+            consensus_queue_frames_per_peer: 4_096,
+            consensus_queue_bytes_per_peer: 64 * 1024 * 1024,
+            p2p_handshakes_max: 64,
+            p2p_handshake_timeout_ms: 5_000,
         }
     }
 }
@@ -427,6 +442,12 @@ impl NodeLimits {
                 "api_sse_subscribers_max",
                 self.api_sse_subscribers_max as u64,
             ),
+            (
+                "consensus_queue_frames_per_peer",
+                self.consensus_queue_frames_per_peer as u64,
+            ),
+            ("p2p_handshakes_max", self.p2p_handshakes_max as u64),
+            ("p2p_handshake_timeout_ms", self.p2p_handshake_timeout_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("limits.{name} must be greater than zero"));
@@ -435,6 +456,12 @@ impl NodeLimits {
             return Err(
                 "limits.mempool_sender_parked_max must be at most mempool_sender_txs_max".into(),
             );
+        }
+        let frame = cairn_core::limits::P2P_FRAME_BYTES_MAX;
+        if self.consensus_queue_bytes_per_peer < frame {
+            return Err(format!(
+                "limits.consensus_queue_bytes_per_peer must be at least {frame} (one p2p frame)"
+            ));
         }
         if self.api_connections_per_ip_max > self.api_connections_max {
             return Err(

@@ -1,9 +1,9 @@
 //! The consensus thread: owns the replica and the ledger, feeds them events
 //! and ticks, and carries out their actions in order.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::safety_record::SafetyRecord;
@@ -22,9 +22,119 @@ const TICK: Duration = Duration::from_millis(10);
 /// learns that it is behind; the reply is empty when it is not.
 const IDLE_SYNC_POLL: Duration = Duration::from_millis(1_000);
 
+/// The consensus thread's inbox. Peers' messages and sync replies wait in
+/// one FIFO, bounded per peer in frames and in bytes, so one peer (however
+/// much it sends) fills only its own share and never crowds out the
+/// others' votes. API nudges do not queue: they set one flag, taken at
+/// most every other event, so a flood of clients cannot crowd out votes
+/// either.
+pub struct EventQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    frames_per_peer_max: usize,
+    bytes_per_peer_max: usize,
+}
+
+struct QueueState {
+    events: VecDeque<(usize, Event, usize)>,
+    /// Frames and bytes waiting per peer.
+    held: Vec<(usize, usize)>,
+    nudged: bool,
+    /// The last event taken was a nudge (the next one goes to peers).
+    nudge_taken: bool,
+    shutdown: bool,
+}
+
+impl EventQueue {
+    pub fn new(peers: usize, frames_per_peer_max: usize, bytes_per_peer_max: usize) -> EventQueue {
+        EventQueue {
+            state: Mutex::new(QueueState {
+                events: VecDeque::new(),
+                held: vec![(0, 0); peers],
+                nudged: false,
+                nudge_taken: false,
+                shutdown: false,
+            }),
+            ready: Condvar::new(),
+            frames_per_peer_max,
+            bytes_per_peer_max,
+        }
+    }
+
+    /// Queues an event from `peer` that arrived as `bytes` bytes; false
+    /// (and dropped) when the peer's share is full.
+    pub fn push(&self, peer: ValidatorIndex, event: Event, bytes: usize) -> bool {
+        let mut state = self.state.lock().expect("event queue lock");
+        let Some(held) = state.held.get_mut(peer.get()) else {
+            return false;
+        };
+        if held.0 >= self.frames_per_peer_max
+            || held.1.saturating_add(bytes) > self.bytes_per_peer_max
+        {
+            return false;
+        }
+        held.0 += 1;
+        held.1 += bytes;
+        state.events.push_back((peer.get(), event, bytes));
+        self.ready.notify_one();
+        true
+    }
+
+    /// New transactions arrived: tick soon. Nudges coalesce into one.
+    pub fn nudge(&self) {
+        self.state.lock().expect("event queue lock").nudged = true;
+        self.ready.notify_one();
+    }
+
+    pub fn shutdown(&self) {
+        self.state.lock().expect("event queue lock").shutdown = true;
+        self.ready.notify_one();
+    }
+
+    /// Frames and bytes waiting from `peer`.
+    #[cfg(test)]
+    fn held_by(&self, peer: ValidatorIndex) -> (usize, usize) {
+        let state = self.state.lock().expect("event queue lock");
+        state.held.get(peer.get()).copied().unwrap_or((0, 0))
+    }
+
+    /// The next event, waiting at most `timeout`; `None` when none came.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().expect("event queue lock");
+        loop {
+            if state.shutdown {
+                return Some(Event::Shutdown);
+            }
+            let nudge_turn = state.nudged && (!state.nudge_taken || state.events.is_empty());
+            if nudge_turn {
+                state.nudged = false;
+                state.nudge_taken = true;
+                return Some(Event::Nudge);
+            }
+            if let Some((peer, event, bytes)) = state.events.pop_front() {
+                let held = &mut state.held[peer];
+                held.0 -= 1;
+                held.1 -= bytes;
+                state.nudge_taken = false;
+                return Some(event);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .ready
+                .wait_timeout(state, left)
+                .expect("event queue lock")
+                .0;
+        }
+    }
+}
+
 pub fn start(
     node: Arc<Node>,
-    inbox: Receiver<Event>,
+    inbox: Arc<EventQueue>,
     record: SafetyRecord,
     safety: SafetyState,
 ) -> Result<std::thread::JoinHandle<()>, String> {
@@ -48,7 +158,7 @@ fn run(
     node: Arc<Node>,
     mut replica: Replica,
     mut ledger: NodeLedger,
-    inbox: Receiver<Event>,
+    inbox: Arc<EventQueue>,
     record: SafetyRecord,
 ) {
     let mut next_tick = Instant::now();
@@ -57,11 +167,13 @@ fn run(
         poll.maybe_ask(&node, &ledger);
         let timeout = next_tick.saturating_duration_since(Instant::now());
         let input = match inbox.recv_timeout(timeout) {
-            Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Event::Message(message)) => Some(Input::Message(*message)),
-            Ok(Event::SyncResponse { from, blocks }) => Some(Input::SyncResponse { from, blocks }),
-            Ok(Event::Nudge) => Some(Input::Tick { now_ms: now_ms() }),
-            Err(RecvTimeoutError::Timeout) => None,
+            Some(Event::Shutdown) => return,
+            Some(Event::Message(message)) => Some(Input::Message(*message)),
+            Some(Event::SyncResponse { from, blocks }) => {
+                Some(Input::SyncResponse { from, blocks })
+            }
+            Some(Event::Nudge) => Some(Input::Tick { now_ms: now_ms() }),
+            None => None,
         };
         if let Some(input) = input {
             step(&node, &record, &mut replica, &mut ledger, input);
@@ -194,5 +306,58 @@ impl IdlePoll {
                 max_blocks: SYNC_BLOCKS_MAX,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Event {
+        Event::Nudge
+    }
+
+    /// One peer flooding fills only its own share, in frames and in bytes;
+    /// another peer's frame still gets in; nudges coalesce and take at
+    /// most every other turn (issue 10: one queue of 16,384 events shared
+    /// by every peer and the API).
+    #[test]
+    fn the_event_queue_is_bounded_per_peer_and_nudges_coalesce() {
+        let frame = 8 * 1024 * 1024;
+        let queue = EventQueue::new(3, 100, 4 * frame);
+        let flooded = (0..10)
+            .filter(|_| queue.push(ValidatorIndex(1), message(), frame))
+            .count();
+        assert_eq!(flooded, 4, "bytes bound the flooding peer");
+        assert_eq!(queue.held_by(ValidatorIndex(1)), (4, 4 * frame));
+        let small = (0..1_000)
+            .filter(|_| queue.push(ValidatorIndex(2), message(), 10))
+            .count();
+        assert_eq!(small, 100, "frames bound it too");
+        assert!(!queue.push(ValidatorIndex(9), message(), 1), "no such peer");
+        for _ in 0..10_000 {
+            queue.nudge();
+        }
+        let mut nudges = 0;
+        let mut taken = 0;
+        while let Some(event) = queue.recv_timeout(Duration::ZERO) {
+            taken += 1;
+            if matches!(event, Event::Nudge) {
+                nudges += 1;
+            }
+        }
+        // The test's peer events are nudges too: 104 of them, plus one
+        // coalesced API nudge.
+        assert_eq!((taken, nudges), (105, 105));
+        assert_eq!(queue.held_by(ValidatorIndex(1)), (0, 0));
+        assert!(
+            queue.push(ValidatorIndex(1), message(), frame),
+            "room again"
+        );
+        queue.shutdown();
+        assert!(matches!(
+            queue.recv_timeout(Duration::ZERO),
+            Some(Event::Shutdown)
+        ));
     }
 }

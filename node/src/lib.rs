@@ -23,7 +23,6 @@ pub mod safety_record;
 pub mod storage;
 
 use std::path::Path;
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::broadcast;
@@ -38,8 +37,6 @@ use crate::metrics::Metrics;
 use crate::p2p::Network;
 use crate::storage::Storage;
 
-/// Events waiting for the consensus thread.
-pub const CONSENSUS_EVENTS_MAX: usize = 16_384;
 /// Block events buffered for slow SSE subscribers (they skip on overflow).
 pub const SSE_EVENTS_MAX: usize = 1_024;
 /// Worker threads of the API's own tokio runtime.
@@ -84,20 +81,26 @@ pub struct Node {
     pub stopping: tokio::sync::watch::Sender<bool>,
     pub status: RwLock<ConsensusStatus>,
     pub network: Network,
-    consensus_events: SyncSender<Event>,
+    consensus_events: Arc<consensus_loop::EventQueue>,
 }
 
 impl Node {
-    /// Hands an event to the consensus thread; drops it if the queue is full
-    /// (the protocol tolerates lost messages).
-    pub fn deliver(&self, event: Event) {
-        if let Err(TrySendError::Full(_)) = self.consensus_events.try_send(event) {
-            tracing::debug!("consensus queue full; event dropped");
+    /// Hands an event from `peer` (a frame of `bytes`) to the consensus
+    /// thread; drops it if that peer's share of the queue is full (the
+    /// protocol tolerates lost messages).
+    pub fn deliver(&self, peer: ValidatorIndex, event: Event, bytes: usize) {
+        if !self.consensus_events.push(peer, event, bytes) {
+            self.metrics
+                .consensus_events_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!("consensus queue full for validator {peer}; event dropped");
         }
     }
 
+    /// New transactions: the consensus thread ticks soon (nudges coalesce,
+    /// so clients cannot crowd out peers' messages).
     pub fn nudge_consensus(&self) {
-        self.deliver(Event::Nudge);
+        self.consensus_events.nudge();
     }
 }
 
@@ -136,7 +139,11 @@ pub async fn run(home: &Path) -> Result<(), String> {
 
     let metrics = Arc::new(Metrics::default());
     let (network, queues) = Network::new(genesis.validators.len(), me, metrics.clone());
-    let (consensus_events, consensus_inbox) = std::sync::mpsc::sync_channel(CONSENSUS_EVENTS_MAX);
+    let consensus_events = Arc::new(consensus_loop::EventQueue::new(
+        genesis.validators.len(),
+        config.limits.consensus_queue_frames_per_peer,
+        config.limits.consensus_queue_bytes_per_peer,
+    ));
     let mempool = Mempool::new(
         genesis.chain_id().to_string(),
         MempoolLimits::new(
@@ -169,6 +176,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
         node.genesis.chain_id()
     );
 
+    let consensus_inbox = node.consensus_events.clone();
     let consensus = consensus_loop::start(node.clone(), consensus_inbox, safety_record, safety)?;
     tokio::spawn(expire_mempool(node.clone()));
     p2p::start(node.clone(), queues, p2p_listen, dial_addresses)
@@ -215,7 +223,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
     api_runtime.shutdown_background();
 
     tracing::info!("shutting down");
-    let _ = node.consensus_events.send(Event::Shutdown);
+    node.consensus_events.shutdown();
     let result = tokio::task::spawn_blocking(move || consensus.join())
         .await
         .map_err(|e| e.to_string())?;

@@ -23,6 +23,11 @@ pub struct Metrics {
     pub admitted_transactions: AtomicU64,
     pub rejected_transactions: AtomicU64,
     pub p2p_frames_dropped: AtomicU64,
+    /// Peers' consensus frames dropped because the sender's share of the
+    /// consensus thread's queue was full.
+    pub consensus_events_dropped: AtomicU64,
+    /// Inbound p2p connections closed at once: handshakes at their cap.
+    pub p2p_handshakes_refused: AtomicU64,
     /// Gossip frames received while the admission task was behind.
     pub p2p_gossip_dropped: AtomicU64,
     /// Safety record writes (`safety.json`, fsynced before a vote leaves)
@@ -163,6 +168,18 @@ impl Metrics {
             "counter",
             "Outbound p2p frames dropped because a peer queue was full.",
             get(&self.p2p_frames_dropped),
+        );
+        metric(
+            "cairn_consensus_events_dropped_total",
+            "counter",
+            "Peers' consensus frames dropped because the sender's share of the consensus queue was full.",
+            get(&self.consensus_events_dropped),
+        );
+        metric(
+            "cairn_p2p_handshakes_refused_total",
+            "counter",
+            "Inbound p2p connections closed at once because handshakes were at their cap.",
+            get(&self.p2p_handshakes_refused),
         );
         metric(
             "cairn_p2p_gossip_dropped_total",

@@ -44,7 +44,7 @@ const NOISE_MESSAGE_BYTES_MAX: usize = 65_535;
 const NOISE_TAG_BYTES: usize = 16;
 const CHUNK_PLAINTEXT_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX - NOISE_TAG_BYTES;
 /// Largest logical frame (a sync response or a full block).
-pub const FRAME_BYTES_MAX: usize = 32 * 1024 * 1024;
+pub const FRAME_BYTES_MAX: usize = cairn_core::limits::P2P_FRAME_BYTES_MAX;
 /// Frames queued for one peer before new ones are dropped.
 pub const PEER_QUEUE_FRAMES_MAX: usize = 8_192;
 /// Bytes queued for one peer before new frames are dropped: the frame count
@@ -286,8 +286,27 @@ pub async fn start(
             inbound_rx,
         ));
     }
-    tokio::spawn(accept_loop(identity, noise_key, listener, inbound_senders));
+    let handshakes = HandshakeLimits {
+        slots: Arc::new(tokio::sync::Semaphore::new(node.limits.p2p_handshakes_max)),
+        timeout: Duration::from_millis(node.limits.p2p_handshake_timeout_ms),
+        refused: node.metrics.clone(),
+    };
+    tokio::spawn(accept_loop(
+        identity,
+        noise_key,
+        listener,
+        inbound_senders,
+        handshakes,
+    ));
     Ok(())
+}
+
+/// Bounds on inbound handshakes, from anyone: how many run at once and for
+/// how long.
+struct HandshakeLimits {
+    slots: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+    refused: Arc<crate::metrics::Metrics>,
 }
 
 /// Admits what peers gossip, one frame at a time (signature checks on the
@@ -304,6 +323,7 @@ async fn accept_loop(
     noise_key: Arc<snow::Keypair>,
     listener: TcpListener,
     inbound: Vec<Option<mpsc::Sender<Connection>>>,
+    limits: HandshakeLimits,
 ) {
     let inbound = Arc::new(inbound);
     loop {
@@ -315,14 +335,25 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Over the cap: closed at once, before a task, a buffer or a
+        // signature is spent on it.
+        let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
+            limits
+                .refused
+                .p2p_handshakes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("p2p handshakes at their cap; closed connection from {address}");
+            drop(stream);
+            continue;
+        };
         let (identity, noise_key, inbound) = (identity.clone(), noise_key.clone(), inbound.clone());
+        let timeout = limits.timeout;
         tokio::spawn(async move {
-            let result = tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                handshake(&identity, &noise_key, stream, false),
-            )
-            .await
-            .unwrap_or_else(|_| Err("handshake timed out".into()));
+            let result =
+                tokio::time::timeout(timeout, handshake(&identity, &noise_key, stream, false))
+                    .await
+                    .unwrap_or_else(|_| Err("handshake timed out".into()));
+            drop(slot);
             match result {
                 Ok(connection) => match inbound.get(connection.peer) {
                     Some(Some(sender)) => {
@@ -627,18 +658,20 @@ async fn read_loop(
             let wire: Wire = codec::decode(&pending[start + 4..start + 4 + frame_length])
                 .map_err(|e| format!("undecodable frame: {e}"))?;
             start += 4 + frame_length;
-            dispatch(&node, peer, wire).await;
+            dispatch(&node, peer, wire, frame_length).await;
         }
         pending.drain(..start);
     }
 }
 
 /// Hands one frame from `peer` to the part of the node that handles it.
-async fn dispatch(node: &Arc<Node>, peer: usize, wire: Wire) {
+async fn dispatch(node: &Arc<Node>, peer: usize, wire: Wire, bytes: usize) {
     let from = ValidatorIndex(peer as u16);
     match wire {
-        Wire::Consensus(message) => node.deliver(Event::Message(message)),
-        Wire::SyncResponse(blocks) => node.deliver(Event::SyncResponse { from, blocks }),
+        Wire::Consensus(message) => node.deliver(from, Event::Message(message), bytes),
+        Wire::SyncResponse(blocks) => {
+            node.deliver(from, Event::SyncResponse { from, blocks }, bytes)
+        }
         Wire::SyncRequest {
             from_height,
             max_blocks,
@@ -835,6 +868,64 @@ pub mod probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Handshakes in progress are capped: connections over the cap are
+    /// closed at once (issue 10: every TCP connection, from anyone, got a
+    /// handshake task that allocated and signed), and a slot frees when a
+    /// handshake times out.
+    #[tokio::test]
+    async fn handshakes_are_capped_and_time_out() {
+        let key = cairn_core::Keypair::from_seed([3; 32]);
+        let identity = Arc::new(Identity {
+            validators: vec![key.public()],
+            key,
+            genesis_hash: Hash::ZERO,
+        });
+        let builder = snow::Builder::new(NOISE_PARAMS.parse().expect("valid noise params"));
+        let noise_key = Arc::new(builder.generate_keypair().unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let limits = HandshakeLimits {
+            slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            timeout: Duration::from_millis(1_500),
+            refused: metrics.clone(),
+        };
+        tokio::spawn(accept_loop(
+            identity,
+            noise_key,
+            listener,
+            vec![None],
+            limits,
+        ));
+        let closed_within = |mut stream: TcpStream, ms: u64| async move {
+            let mut byte = [0u8; 1];
+            let read = stream.read(&mut byte);
+            matches!(
+                tokio::time::timeout(Duration::from_millis(ms), read).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            )
+        };
+        // Two silent connections hold both slots.
+        let held = [
+            TcpStream::connect(address).await.unwrap(),
+            TcpStream::connect(address).await.unwrap(),
+        ];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let third = TcpStream::connect(address).await.unwrap();
+        assert!(
+            closed_within(third, 300).await,
+            "over the cap: closed at once"
+        );
+        assert_eq!(metrics.p2p_handshakes_refused.load(Ordering::Relaxed), 1);
+        // The held ones time out, which frees their slots.
+        for stream in held {
+            assert!(closed_within(stream, 3_000).await, "handshake timed out");
+        }
+        let later = TcpStream::connect(address).await.unwrap();
+        assert!(!closed_within(later, 300).await, "a slot is free again");
+        assert_eq!(metrics.p2p_handshakes_refused.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn a_peer_queue_is_bounded_in_bytes() {

@@ -269,7 +269,7 @@ pub(crate) mod tests {
         serde_json::from_value(serde_json::json!({
             "height": height, "view": 2, "start_view": 0, "proposal": null,
             "prepare_vote": null, "commit_vote": null, "view_change": null,
-            "prepared": null,
+            "prepared": null, "prepared_block": null,
         }))
         .unwrap()
     }
@@ -292,17 +292,21 @@ pub(crate) mod tests {
     }
 
     /// A state at `height` holding a prepared certificate for `block`:
-    /// `prepared` is the state's last field, so its encoding is that of
-    /// [`state_at`] with the final `None` (a 0 byte) made `Some`.
+    /// `prepared` and `prepared_block` are the state's last fields, so its
+    /// encoding is that of [`state_at`] with the final two `None`s (0
+    /// bytes) made `Some`.
     pub(super) fn prepared_at(height: u64, block: &cairn_core::Block) -> SafetyState {
         let mut bytes = codec::encode(&state_at(height));
-        assert_eq!(bytes.pop(), Some(0), "prepared is None and last");
+        assert_eq!(bytes.pop(), Some(0), "prepared_block is None and last");
+        assert_eq!(bytes.pop(), Some(0), "prepared is None");
         bytes.push(1);
         bytes.extend(codec::encode(&cairn_consensus::PreparedCertificate {
             view: cairn_core::View(2),
-            block: block.clone(),
+            block_hash: block.hash(),
             signatures: vec![],
         }));
+        bytes.push(1);
+        bytes.extend(codec::encode(block));
         let state: SafetyState = codec::decode(&bytes).unwrap();
         assert_eq!(state.prepared_block(), Some(block));
         state

@@ -184,6 +184,7 @@ pub fn rewrite(
                     new_view: *new_view,
                     height: *height,
                     prepared: None,
+                    prepared_block: None,
                 },
             );
             let ahead = sign(
@@ -192,6 +193,7 @@ pub fn rewrite(
                     new_view: View(new_view.0 + rng.gen_range(1..3)),
                     height: *height,
                     prepared: None,
+                    prepared_block: None,
                 },
             );
             let mut out = vec![];
@@ -390,6 +392,7 @@ pub fn flood(
                     new_view: far_view,
                     height: next,
                     prepared: None,
+                    prepared_block: None,
                 },
             ),
             3 => {
