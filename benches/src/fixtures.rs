@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_core::executor::{build_block, execute_block, BlockRules, Parent, Proposer};
+use cairn_core::executor::{build_block, execute_block, with_hashes, BlockRules, Parent, Proposer};
 use cairn_core::state::{genesis_state_root, Account, MemoryState};
 use cairn_core::{
     tx_root, Block, BlockHeader, Certificate, CommitSignature, Hash, Height, Keypair, PublicKey,
@@ -107,13 +107,7 @@ pub fn block_on(
     txs: Vec<SignedTransaction>,
     signers: usize,
 ) -> (Block, Certificate, BTreeMap<PublicKey, Account>) {
-    let candidates = txs
-        .into_iter()
-        .map(|t| {
-            let hash = t.hash();
-            (t, hash)
-        })
-        .collect();
+    let candidates = with_hashes(txs);
     let proposer = Proposer {
         view: View(0),
         key: PublicKey([1; 32]),

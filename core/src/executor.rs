@@ -169,6 +169,19 @@ pub struct Built {
     pub left_out: Vec<(Hash, TxError)>,
 }
 
+/// Candidates for [`build_block`]: each transaction with its hash.
+pub fn with_hashes(
+    transactions: impl IntoIterator<Item = SignedTransaction>,
+) -> Vec<(SignedTransaction, Hash)> {
+    transactions
+        .into_iter()
+        .map(|t| {
+            let hash = t.hash();
+            (t, hash)
+        })
+        .collect()
+}
+
 /// Builds the block `proposer` proposes on `parent` from `candidates`
 /// (transactions with their hashes, signatures checked by the caller), in
 /// order, leaving out each one that fails on the state before it, and at

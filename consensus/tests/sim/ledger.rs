@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use cairn_consensus::Ledger;
 use cairn_core::executor::{
-    build_block, execute_block, first_bad_signature, BlockRules, Executed, Parent, Proposer,
+    build_block, execute_block, first_bad_signature, with_hashes, BlockRules, Executed, Parent,
+    Proposer,
 };
 use cairn_core::state::{next_state_root, Account, MemoryState, StateView};
 use cairn_core::{
@@ -159,13 +160,7 @@ impl SimLedger {
         if let Some(client) = self.client_pending().filter(|_| with_client) {
             transactions.push(client.tx.clone());
         }
-        let candidates: Vec<(SignedTransaction, Hash)> = transactions
-            .into_iter()
-            .map(|t| {
-                let hash = t.hash();
-                (t, hash)
-            })
-            .collect();
+        let candidates = with_hashes(transactions);
         let proposer = Proposer {
             view,
             key: proposer,
