@@ -21,9 +21,7 @@ fn transaction(c: &mut Criterion) {
 fn block(c: &mut Criterion) {
     let keys = keys(1000);
     let accounts = funded(&keys);
-    let state = MemoryState {
-        accounts: accounts.clone(),
-    };
+    let state = MemoryState::from_accounts(accounts.clone());
     let genesis = genesis_block(&accounts);
     let (block, _, _) = block_on(&genesis, &state, transfers(&keys, 1000), 3);
     let bytes = codec::encode(&block);

@@ -10,9 +10,7 @@ use cairn_core::state::MemoryState;
 fn block_validation(c: &mut Criterion) {
     let keys = keys(1000);
     let accounts = funded(&keys);
-    let state = MemoryState {
-        accounts: accounts.clone(),
-    };
+    let state = MemoryState::from_accounts(accounts.clone());
     let genesis = genesis_block(&accounts);
     let (block, _, changes) = block_on(&genesis, &state, transfers(&keys, 1000), 3);
     let mut group = c.benchmark_group("block of 1000 transfers");

@@ -15,9 +15,7 @@ use cairn_node::storage::Storage;
 fn commit_block(c: &mut Criterion) {
     let keys = keys(1000);
     let accounts = funded(&keys);
-    let state = MemoryState {
-        accounts: accounts.clone(),
-    };
+    let state = MemoryState::from_accounts(accounts.clone());
     let genesis = genesis_block(&accounts);
     let (block, certificate, changes) = block_on(&genesis, &state, transfers(&keys, 1000), 3);
     let changes: Vec<_> = changes.into_iter().collect();
@@ -42,7 +40,7 @@ fn commit_block(c: &mut Criterion) {
                 cert.block_hash = next.hash();
                 let start = Instant::now();
                 storage
-                    .commit_block(&next, &cert, &tx_hashes, &changes)
+                    .commit_block(&next, &cert, &tx_hashes, &changes, &[])
                     .expect("commit");
                 spent += start.elapsed();
             }

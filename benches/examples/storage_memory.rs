@@ -92,8 +92,12 @@ fn storage(dir: &std::path::Path, blocks: u64) {
                 nonce: h * TXS_PER_BLOCK,
             },
         )];
+        let tree = cairn_core::merkle::update_tree(
+            &cairn_core::state::ViewTree(&storage),
+            &change.iter().copied().collect(),
+        );
         storage
-            .commit_block(&block, &certificate, &hashes, &change)
+            .commit_block(&block, &certificate, &hashes, &change, &tree.writes)
             .expect("commit");
         report("storage", h);
         if h % 20 == 0 {

@@ -144,9 +144,7 @@ mod tests {
     fn fixture_block_validates() {
         let keys = keys(10);
         let accounts = funded(&keys);
-        let state = MemoryState {
-            accounts: accounts.clone(),
-        };
+        let state = MemoryState::from_accounts(accounts.clone());
         let genesis = genesis_block(&accounts);
         let (block, certificate, changes) = block_on(&genesis, &state, transfers(&keys, 50), 3);
         assert_eq!(certificate.block_hash, block.hash());

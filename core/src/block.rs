@@ -13,8 +13,6 @@ use crate::types::{Hash, Height, PublicKey, Signature, ValidatorIndex, View};
 pub const BLOCK_DOMAIN: &[u8] = b"cairn/block/v1\0";
 /// Domain tag of consensus votes (prepare and commit).
 pub const VOTE_DOMAIN: &[u8] = b"cairn/vote/v1\0";
-/// Domain tag of the transaction root.
-pub const TX_ROOT_DOMAIN: &[u8] = b"cairn/txroot/v1\0";
 
 /// What a block commits to. The block hash is the hash of the header alone;
 /// the header commits to the transactions through `tx_root`.
@@ -50,18 +48,6 @@ impl Block {
     pub fn height(&self) -> Height {
         self.header.height
     }
-}
-
-/// The transaction root: SHA-256 over the domain tag and the transaction
-/// hashes in block order.
-pub fn tx_root<'a>(tx_hashes: impl IntoIterator<Item = &'a Hash>) -> Hash {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(TX_ROOT_DOMAIN);
-    for hash in tx_hashes {
-        hasher.update(hash.0);
-    }
-    Hash(hasher.finalize().into())
 }
 
 /// The two vote kinds of the normal case.
@@ -198,7 +184,7 @@ mod tests {
             view: View(1),
             proposer: PublicKey([9; 32]),
             timestamp_ms: 1_700_000_000_000,
-            tx_root: tx_root([]),
+            tx_root: crate::merkle::tx_root([]),
             state_root: Hash::digest(&[b"state"]),
         }
     }

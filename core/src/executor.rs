@@ -16,8 +16,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::block::{tx_root, Block, BlockHeader};
-use crate::state::{next_state_root, Account, Overlay, StateView};
+use crate::block::{Block, BlockHeader};
+use crate::merkle::{tx_root, update_tree, NodeKey, TreeNode};
+use crate::state::{Account, Overlay, StateView, ViewTree};
 use crate::tx::{SignedTransaction, TxError};
 use crate::types::{Hash, Height, PublicKey, View};
 
@@ -59,6 +60,8 @@ pub struct Executed {
     /// Every account the block changed, with its new value.
     pub changes: BTreeMap<PublicKey, Account>,
     pub state_root: Hash,
+    /// The state tree nodes the changes write (see [`crate::merkle`]).
+    pub tree_writes: Vec<(NodeKey, TreeNode)>,
 }
 
 /// Why a block is invalid on its parent.
@@ -131,15 +134,16 @@ pub fn execute_block<S: StateView + ?Sized>(
             })?;
     }
     let changes = overlay.into_changes();
-    let state_root = next_state_root(&parent.state_root, &changes);
-    if header.state_root != state_root {
+    let update = update_tree(&ViewTree(state), &changes);
+    if header.state_root != update.root {
         return Err(BlockError::StateRoot);
     }
     Ok(Executed {
         block_hash: block.hash(),
         tx_hashes,
         changes,
-        state_root,
+        state_root: update.root,
+        tree_writes: update.writes,
     })
 }
 
@@ -211,7 +215,8 @@ pub fn build_block<S: StateView + ?Sized>(
         }
     }
     let changes = overlay.into_changes();
-    let state_root = next_state_root(&parent.state_root, &changes);
+    let update = update_tree(&ViewTree(state), &changes);
+    let state_root = update.root;
     let header = BlockHeader {
         height: parent.height.next(),
         parent_hash: parent.hash,
@@ -230,6 +235,7 @@ pub fn build_block<S: StateView + ?Sized>(
         tx_hashes,
         changes,
         state_root,
+        tree_writes: update.writes,
     };
     Built {
         block,
@@ -256,17 +262,20 @@ mod tests {
     }
 
     fn state() -> MemoryState {
-        let mut s = MemoryState::default();
-        for k in keys() {
-            s.accounts.insert(
-                k.public(),
-                Account {
-                    balance: 100,
-                    nonce: 0,
-                },
-            );
-        }
-        s
+        MemoryState::from_accounts(
+            keys()
+                .iter()
+                .map(|k| {
+                    (
+                        k.public(),
+                        Account {
+                            balance: 100,
+                            nonce: 0,
+                        },
+                    )
+                })
+                .collect(),
+        )
     }
 
     fn parent() -> Parent {

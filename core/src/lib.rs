@@ -20,14 +20,16 @@ pub mod codec;
 mod crypto;
 pub mod executor;
 pub mod limits;
+pub mod merkle;
 pub mod state;
 mod tx;
 mod types;
 
 pub use block::{
-    tx_root, Block, BlockHeader, Certificate, CertificateError, CommitSignature, Vote, VoteKind,
+    Block, BlockHeader, Certificate, CertificateError, CommitSignature, Vote, VoteKind,
 };
 pub use crypto::{verify, verify_batch, Keypair, SignatureError};
+pub use merkle::tx_root;
 pub use tx::{SignedTransaction, Transfer, TxError};
 pub use types::{Hash, Height, ParseHexError, PublicKey, Signature, ValidatorIndex, View};
 

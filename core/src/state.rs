@@ -2,19 +2,17 @@
 //!
 //! State is a map from address to [`Account`]. A block's transactions are
 //! applied to an [`Overlay`] over the committed state; the overlay's changes
-//! are what storage writes in one batch. The state root chains: it hashes the
-//! parent root with every account the block touched, so it is a commitment to
-//! the whole state (given genesis) that costs O(touched accounts) per block.
+//! are what storage writes in one batch. The state root is the root of a
+//! sparse Merkle tree over every account ([`crate::merkle`]), so a client can
+//! check one account against a block header with a short proof.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::merkle::{update_tree, EmptyTree, NodeKey, TreeNode, TreeStore};
 use crate::tx::{SignedTransaction, TxError};
 use crate::types::{Hash, PublicKey};
-
-/// Domain tag of state roots.
-pub const STATE_DOMAIN: &[u8] = b"cairn/state/v1\0";
 
 /// An account: its balance and the nonce its next transaction must carry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,27 +21,90 @@ pub struct Account {
     pub nonce: u64,
 }
 
-/// Read access to committed state. An address never seen is the zero account.
+/// Read access to committed state: the accounts, and the nodes of the state
+/// tree over them. An address never seen is the zero account.
 pub trait StateView {
     fn account(&self, address: &PublicKey) -> Account;
+    /// A stored node of the committed state tree ([`crate::merkle`]).
+    fn tree_node(&self, key: &NodeKey) -> Option<TreeNode>;
 }
 
-/// A plain in-memory state, for tests and the simulator.
+/// The state tree of a [`StateView`].
+pub struct ViewTree<'a, S: StateView + ?Sized>(pub &'a S);
+
+impl<S: StateView + ?Sized> TreeStore for ViewTree<'_, S> {
+    fn tree_node(&self, key: &NodeKey) -> Option<TreeNode> {
+        self.0.tree_node(key)
+    }
+}
+
+/// A plain in-memory state with its tree, for tests and the simulator.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryState {
-    pub accounts: BTreeMap<PublicKey, Account>,
+    accounts: BTreeMap<PublicKey, Account>,
+    tree: BTreeMap<NodeKey, TreeNode>,
+    root: Hash,
 }
 
 impl StateView for MemoryState {
     fn account(&self, address: &PublicKey) -> Account {
         self.accounts.get(address).copied().unwrap_or_default()
     }
+
+    fn tree_node(&self, key: &NodeKey) -> Option<TreeNode> {
+        self.tree.get(key).copied()
+    }
 }
 
 impl MemoryState {
+    /// The state holding exactly `accounts` (a genesis).
+    pub fn from_accounts(accounts: BTreeMap<PublicKey, Account>) -> MemoryState {
+        let mut state = MemoryState::default();
+        state.apply_changes(&accounts);
+        state
+    }
+
+    pub fn accounts(&self) -> &BTreeMap<PublicKey, Account> {
+        &self.accounts
+    }
+
+    /// The state root.
+    pub fn root(&self) -> Hash {
+        self.root
+    }
+
+    /// The tree nodes, for proofs.
+    pub fn tree(&self) -> &BTreeMap<NodeKey, TreeNode> {
+        &self.tree
+    }
+
     pub fn apply_changes(&mut self, changes: &BTreeMap<PublicKey, Account>) {
+        let update = update_tree(&self.tree, changes);
+        self.apply_tree_writes(update.writes);
+        self.root = update.root;
         for (address, account) in changes {
             self.accounts.insert(*address, *account);
+        }
+    }
+
+    /// Applies changes whose tree writes were already computed (by
+    /// [`crate::executor::execute_block`]) on this state.
+    pub fn apply_executed(
+        &mut self,
+        changes: &BTreeMap<PublicKey, Account>,
+        writes: &[(NodeKey, TreeNode)],
+        root: Hash,
+    ) {
+        self.apply_tree_writes(writes.iter().copied());
+        self.root = root;
+        for (address, account) in changes {
+            self.accounts.insert(*address, *account);
+        }
+    }
+
+    fn apply_tree_writes(&mut self, writes: impl IntoIterator<Item = (NodeKey, TreeNode)>) {
+        for (key, node) in writes {
+            self.tree.insert(key, node);
         }
     }
 
@@ -126,25 +187,10 @@ impl<'a, S: StateView + ?Sized> Overlay<'a, S> {
     }
 }
 
-/// The state root of genesis: a hash over every funded account in address
-/// order.
+/// The state root of genesis: the root of the state tree holding every
+/// funded account.
 pub fn genesis_state_root(accounts: &BTreeMap<PublicKey, Account>) -> Hash {
-    next_state_root(&Hash::ZERO, accounts)
-}
-
-/// The state root after a block that changed `changes` (in address order, as
-/// a BTreeMap iterates) on top of `parent_root`.
-pub fn next_state_root(parent_root: &Hash, changes: &BTreeMap<PublicKey, Account>) -> Hash {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(STATE_DOMAIN);
-    hasher.update(parent_root.0);
-    for (address, account) in changes {
-        hasher.update(address.0);
-        hasher.update(account.balance.to_le_bytes());
-        hasher.update(account.nonce.to_le_bytes());
-    }
-    Hash(hasher.finalize().into())
+    update_tree(&EmptyTree, accounts).root
 }
 
 #[cfg(test)]
@@ -161,17 +207,21 @@ mod tests {
     }
 
     fn state(balances: &[u64]) -> MemoryState {
-        let mut s = MemoryState::default();
-        for (k, b) in keys().iter().zip(balances) {
-            s.accounts.insert(
-                k.public(),
-                Account {
-                    balance: *b,
-                    nonce: 0,
-                },
-            );
-        }
-        s
+        MemoryState::from_accounts(
+            keys()
+                .iter()
+                .zip(balances)
+                .map(|(k, b)| {
+                    (
+                        k.public(),
+                        Account {
+                            balance: *b,
+                            nonce: 0,
+                        },
+                    )
+                })
+                .collect(),
+        )
     }
 
     #[test]
@@ -259,25 +309,27 @@ mod tests {
 
     #[test]
     fn state_root_depends_on_every_change() {
-        let mut changes = BTreeMap::new();
-        changes.insert(
-            PublicKey([1; 32]),
-            Account {
-                balance: 5,
-                nonce: 1,
-            },
+        let one = |balance, nonce| {
+            MemoryState::from_accounts([(PublicKey([1; 32]), Account { balance, nonce })].into())
+                .root()
+        };
+        let a = one(5, 1);
+        assert_ne!(a, one(5, 2));
+        assert_ne!(a, one(6, 1));
+        assert_ne!(a, MemoryState::default().root());
+        assert_eq!(
+            a,
+            genesis_state_root(
+                &[(
+                    PublicKey([1; 32]),
+                    Account {
+                        balance: 5,
+                        nonce: 1
+                    }
+                )]
+                .into()
+            )
         );
-        let a = next_state_root(&Hash::ZERO, &changes);
-        changes.insert(
-            PublicKey([1; 32]),
-            Account {
-                balance: 5,
-                nonce: 2,
-            },
-        );
-        let b = next_state_root(&Hash::ZERO, &changes);
-        assert_ne!(a, b);
-        assert_ne!(a, next_state_root(&Hash([1; 32]), &BTreeMap::new()));
     }
 
     /// The theft issue 8 describes: the all-zero key is a small-order point,
@@ -291,12 +343,15 @@ mod tests {
         let thief = Keypair::from_seed([66; 32]).public();
         let ks = keys();
         let mut base = state(&[10]);
-        base.accounts.insert(
-            zero,
-            Account {
-                balance: 500,
-                nonce: 0,
-            },
+        base.apply_changes(
+            &[(
+                zero,
+                Account {
+                    balance: 500,
+                    nonce: 0,
+                },
+            )]
+            .into(),
         );
         let mut crafted = [0u8; 64];
         crafted[0] = 1; // R = identity, s = 0

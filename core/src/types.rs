@@ -115,6 +115,12 @@ byte_array_newtype!(
     64
 );
 
+impl Default for Hash {
+    fn default() -> Hash {
+        Hash::ZERO
+    }
+}
+
 impl Hash {
     pub const ZERO: Hash = Hash([0; 32]);
 

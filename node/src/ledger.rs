@@ -225,6 +225,7 @@ impl Ledger for NodeLedger {
             certificate,
             &executed.tx_hashes,
             &executed.changes.into_iter().collect::<Vec<_>>(),
+            &executed.tree_writes,
         );
         if let Err(e) = stored {
             // The block is decided; a validator that cannot record it must

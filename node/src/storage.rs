@@ -8,8 +8,12 @@
 //! - `block_heights`: block hash -> height
 //! - `tx_runs`: the transaction index, hash -> height, as sorted runs
 //!   merged in the background ([`tx_index`] says how and why)
-//! - `state`: address -> encoded [`Account`], and the tip (height and hash
-//!   of the last committed block) under [`TIP_KEY`]
+//! - `state`: address -> encoded [`Account`]; the nodes of the state tree
+//!   (`cairn_core::merkle`), [`NodeKey::to_bytes`] (34 bytes) -> encoded
+//!   [`TreeNode`]; and the tip (height and hash of the last committed block)
+//!   under [`TIP_KEY`]. Keys of the three kinds differ in length. Only the
+//!   tree of the tip is kept (nodes are overwritten in place), so proofs are
+//!   served for the last committed height only.
 //! - `meta`: genesis hash, storage format, the transaction index's list of
 //!   runs (the consensus safety state was here before it moved to the
 //!   safety record, `crate::safety_record`)
@@ -35,6 +39,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cairn_core::codec;
+use cairn_core::merkle::{self, NodeKey, StateProof, TreeNode};
 use cairn_core::state::{Account, StateView};
 use cairn_core::{Block, Certificate, Hash, Height, PublicKey};
 
@@ -54,11 +59,11 @@ const META_GENESIS: &[u8] = b"genesis_hash";
 /// Layout version of the trees above, written when a data folder is
 /// created; a folder of another layout is refused, never misread.
 const META_FORMAT: &[u8] = b"format";
-const FORMAT: &[u8] = b"cairn-storage-3";
-/// The previous layout, which differs only in its transaction index (a
-/// `tx_heights` tree: first 20 bytes of the hash -> big-endian height and
-/// the hash's last 12 bytes); it is converted on open.
-const FORMAT_2: &[u8] = b"cairn-storage-2";
+const FORMAT: &[u8] = b"cairn-storage-4";
+/// Earlier layouts, whose chains hashed state and transactions without
+/// Merkle trees: their blocks can never be part of a chain of this version,
+/// so they are refused with a word on what to do.
+const FORMATS_BEFORE_MERKLE: [&[u8]; 2] = [b"cairn-storage-2", b"cairn-storage-3"];
 /// Size of one stored piece of an encoded block (see the module doc).
 pub const BLOCK_CHUNK_BYTES: usize = 4096;
 const META_SAFETY: &[u8] = b"safety";
@@ -76,6 +81,8 @@ pub enum StorageError {
     Corrupt(String),
     #[error("data folder belongs to another chain (genesis {found}, expected {expected})")]
     WrongGenesis { expected: Hash, found: Hash },
+    #[error("blocks commit too fast to read a consistent proof; try again")]
+    Busy,
 }
 
 fn corrupt(message: impl Into<String>) -> StorageError {
@@ -177,8 +184,16 @@ impl Storage {
         match storage.meta.get(META_GENESIS)? {
             None => storage.init_genesis(genesis_block, genesis_accounts)?,
             Some(found) => {
-                if storage.meta.get(META_FORMAT)?.as_deref() == Some(FORMAT_2) {
-                    storage.convert_from_format_2()?;
+                let format = storage.meta.get(META_FORMAT)?;
+                if format
+                    .as_deref()
+                    .is_some_and(|f| FORMATS_BEFORE_MERKLE.contains(&f))
+                {
+                    return Err(corrupt(
+                        "the data folder holds a chain made by a cairn-node before Merkle \
+                         state roots (storage format 2 or 3); its blocks cannot join a chain \
+                         of this version: start a new network from a new genesis",
+                    ));
                 }
                 if storage.meta.get(META_FORMAT)?.as_deref() != Some(FORMAT) {
                     return Err(corrupt(
@@ -206,47 +221,19 @@ impl Storage {
         Ok(storage)
     }
 
-    /// Moves a format-2 transaction index into one run. Its tree iterates
-    /// in hash order (the key is the hash's first 20 bytes, unique in
-    /// practice), which is the order a run needs; the run is installed at a
-    /// high level so that merges leave it alone. The run and its manifest
-    /// are flushed before the old tree is dropped and the format changed,
-    /// so a crash meanwhile converts again from the start (a half-written
-    /// run has no manifest entry and is removed at open).
-    fn convert_from_format_2(&self) -> Result<(), StorageError> {
-        let old = self.db.open_tree("tx_heights")?;
-        tracing::info!(
-            "converting the transaction index of {} transactions to storage format 3",
-            old.len()
-        );
-        let entries = old.iter().map(|entry| {
-            let (key, value) = entry?;
-            if key.len() != 20 || value.len() != 20 {
-                return Err(corrupt(
-                    "format-2 transaction index entry has the wrong length",
-                ));
-            }
-            let mut hash = [0u8; 32];
-            hash[..20].copy_from_slice(&key);
-            hash[20..].copy_from_slice(&value[8..]);
-            Ok((hash, decode_height(&value[..8])?.0))
-        });
-        self.tx_index
-            .add_sorted(tx_index::CONVERTED_LEVEL, entries)?;
-        self.db.flush()?;
-        self.db.drop_tree("tx_heights")?;
-        self.meta.insert(META_FORMAT, FORMAT)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
     fn init_genesis(
         &self,
         genesis_block: &Block,
         accounts: &BTreeMap<PublicKey, Account>,
     ) -> Result<(), StorageError> {
         let changes: Vec<_> = accounts.iter().map(|(k, a)| (*k, *a)).collect();
-        self.write_block(genesis_block, None, &[], &changes)?;
+        let tree = merkle::update_tree(&merkle::EmptyTree, accounts);
+        if tree.root != genesis_block.header.state_root {
+            return Err(corrupt(
+                "the genesis block's state root is not its accounts'",
+            ));
+        }
+        self.write_block(genesis_block, None, &[], &changes, &tree.writes)?;
         self.meta.insert(META_FORMAT, FORMAT)?;
         self.meta
             .insert(META_GENESIS, &genesis_block.header.parent_hash.0[..])?;
@@ -351,20 +338,22 @@ impl Storage {
     }
 
     /// Writes a committed block with its certificate, transaction hashes
-    /// (one per transaction, in order) and account changes, then flushes.
+    /// (one per transaction, in order), account changes and the state tree
+    /// nodes they write, then flushes.
     pub fn commit_block(
         &self,
         block: &Block,
         certificate: &Certificate,
         tx_hashes: &[Hash],
         changes: &[(PublicKey, Account)],
+        tree_writes: &[(NodeKey, TreeNode)],
     ) -> Result<(), StorageError> {
         assert_eq!(
             tx_hashes.len(),
             block.transactions.len(),
             "one hash per transaction"
         );
-        self.write_block(block, Some(certificate), tx_hashes, changes)?;
+        self.write_block(block, Some(certificate), tx_hashes, changes, tree_writes)?;
         self.db.flush()?;
         self.write_marker(block.height());
         Ok(())
@@ -378,6 +367,7 @@ impl Storage {
         certificate: Option<&Certificate>,
         tx_hashes: &[Hash],
         changes: &[(PublicKey, Account)],
+        tree_writes: &[(NodeKey, TreeNode)],
     ) -> Result<(), StorageError> {
         let height = block.height();
         let key = height_key(height);
@@ -395,6 +385,9 @@ impl Storage {
         let mut state = sled::Batch::default();
         for (address, account) in changes {
             state.insert(&address.0[..], codec::encode(account));
+        }
+        for (key, node) in tree_writes {
+            state.insert(&key.to_bytes()[..], codec::encode(node));
         }
         state.insert(TIP_KEY, &tip_value(height, &hash)[..]);
         self.state.apply_batch(state)?;
@@ -504,6 +497,37 @@ impl Storage {
             .unwrap_or_default())
     }
 
+    /// A stored node of the state tree.
+    pub fn tree_node(&self, key: &NodeKey) -> Result<Option<TreeNode>, StorageError> {
+        self.decode_from(&self.state, &key.to_bytes(), "state tree node")
+    }
+
+    /// The account of `address` at the tip with the proof of it under the
+    /// tip's `state_root`, and the tip's height. The tip and the tree
+    /// change together in one batch; a proof read while a block commits is
+    /// read again, so it never mixes two heights.
+    pub fn account_with_proof(
+        &self,
+        address: &PublicKey,
+    ) -> Result<(Height, Account, StateProof), StorageError> {
+        for _ in 0..16 {
+            let (height, _) = self.tip()?;
+            let reader = TreeReader {
+                storage: self,
+                error: Default::default(),
+            };
+            let proof = merkle::prove_account(&reader, address);
+            if let Some(e) = reader.error.into_inner() {
+                return Err(e);
+            }
+            let account = self.account(address)?;
+            if self.tip()?.0 == height {
+                return Ok((height, account, proof));
+            }
+        }
+        Err(StorageError::Busy)
+    }
+
     /// Sum of all balances (walks every account: for tests and checks).
     pub fn total_supply(&self) -> Result<u128, StorageError> {
         let mut total = 0u128;
@@ -543,6 +567,31 @@ impl StateView for Storage {
             tracing::error!("cannot read account state: {e}");
             std::process::exit(70)
         })
+    }
+
+    fn tree_node(&self, key: &NodeKey) -> Option<TreeNode> {
+        Storage::tree_node(self, key).unwrap_or_else(|e| {
+            tracing::error!("cannot read the state tree: {e}");
+            std::process::exit(70)
+        })
+    }
+}
+
+/// The state tree as proofs read it: errors are kept, not fatal.
+struct TreeReader<'a> {
+    storage: &'a Storage,
+    error: std::cell::RefCell<Option<StorageError>>,
+}
+
+impl merkle::TreeStore for TreeReader<'_> {
+    fn tree_node(&self, key: &NodeKey) -> Option<TreeNode> {
+        match self.storage.tree_node(key) {
+            Ok(node) => node,
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                None
+            }
+        }
     }
 }
 
@@ -664,7 +713,7 @@ pub(crate) mod tests {
                 },
             )];
             storage
-                .commit_block(&block, &certificate, &hashes, &change)
+                .commit_block(&block, &certificate, &hashes, &change, &[])
                 .unwrap();
         }
         let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
@@ -701,53 +750,69 @@ pub(crate) mod tests {
             ..block
         };
         storage
-            .write_block(&block, Some(&certificate), &[committed], &[])
+            .write_block(&block, Some(&certificate), &[committed], &[], &[])
             .unwrap();
         assert_eq!(storage.tx_height(&committed).unwrap(), Some(Height(1)));
         assert_eq!(storage.tx_height(&lookalike).unwrap(), None);
     }
 
-    /// A format-2 folder (transaction index in a `tx_heights` tree) is
-    /// converted on open: every committed transaction is still found, and
-    /// the folder is format 3 afterwards.
+    /// The state tree is stored with each block: every account's proof
+    /// read back verifies against the tip's state root (the root the
+    /// executor put in the header), across a reopen; absent accounts prove
+    /// absent.
     #[test]
-    fn converts_a_format_2_folder() {
+    fn account_proofs_verify_against_the_tip_state_root() {
         let dir = tempfile::tempdir().unwrap();
         let (genesis, accounts) = genesis();
-        let (block, certificate) = child_with_transfers(&genesis, 300);
-        let hashes = tx_hashes(&block);
+        let mut state = cairn_core::state::MemoryState::from_accounts(accounts.clone());
+        let mut parent = genesis.clone();
         {
             let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
-            storage
-                .commit_block(&block, &certificate, &hashes, &[])
-                .unwrap();
-            // Rewrite the index as format 2 laid it out.
-            let old = storage.db.open_tree("tx_heights").unwrap();
-            for hash in &hashes {
-                let mut value = height_key(Height(1)).to_vec();
-                value.extend_from_slice(&hash.0[20..]);
-                old.insert(&hash.0[..20], value).unwrap();
+            for h in 1..=3u8 {
+                let (mut block, mut certificate) = child(&parent);
+                let changes: BTreeMap<PublicKey, Account> = (0..5u8)
+                    .map(|i| {
+                        let account = Account {
+                            balance: u64::from(h) * 10 + u64::from(i),
+                            nonce: u64::from(h),
+                        };
+                        (PublicKey([10 * h + i; 32]), account)
+                    })
+                    .collect();
+                let tree = merkle::update_tree(&cairn_core::state::ViewTree(&storage), &changes);
+                block.header.state_root = tree.root;
+                certificate.block_hash = block.hash();
+                let changes_list: Vec<_> = changes.iter().map(|(k, a)| (*k, *a)).collect();
+                storage
+                    .commit_block(&block, &certificate, &[], &changes_list, &tree.writes)
+                    .unwrap();
+                state.apply_changes(&changes);
+                assert_eq!(state.root(), tree.root);
+                parent = block;
             }
-            storage.db.drop_tree("tx_runs").unwrap();
-            storage.meta.remove(tx_index::META_MANIFEST).unwrap();
-            storage.meta.insert(META_FORMAT, FORMAT_2).unwrap();
-            storage.db.flush().unwrap();
         }
         let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
-        assert_eq!(
-            storage.meta.get(META_FORMAT).unwrap().as_deref(),
-            Some(FORMAT)
-        );
-        assert_eq!(storage.tx_index_runs(), 1);
-        for hash in &hashes {
-            assert_eq!(storage.tx_height(hash).unwrap(), Some(Height(1)));
+        let root = parent.header.state_root;
+        for (address, account) in state.accounts() {
+            let (height, read, proof) = storage.account_with_proof(address).unwrap();
+            assert_eq!((height, read), (Height(3), *account));
+            assert_eq!(
+                merkle::verify_account(&root, address, account, &proof),
+                Ok(())
+            );
         }
-        assert_eq!(storage.tx_height(&Hash([9; 32])).unwrap(), None);
-        assert!(!storage
-            .db
-            .tree_names()
-            .iter()
-            .any(|name| &name[..] == b"tx_heights"));
+        let absent = PublicKey([99; 32]);
+        let (_, read, proof) = storage.account_with_proof(&absent).unwrap();
+        assert_eq!(read, Account::default());
+        assert_eq!(
+            merkle::verify_account(&root, &absent, &read, &proof),
+            Ok(())
+        );
+        let wrong = Account {
+            balance: 1,
+            nonce: 0,
+        };
+        assert!(merkle::verify_account(&root, &absent, &wrong, &proof).is_err());
     }
 
     /// A folder written by another storage layout is refused by name, not
@@ -788,7 +853,7 @@ pub(crate) mod tests {
         {
             let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
             storage
-                .commit_block(&block, &certificate, &[], &[])
+                .commit_block(&block, &certificate, &[], &[], &[])
                 .unwrap();
             storage.blocks.remove(chunk_key(Height(1), 0)).unwrap();
             storage.db.flush().unwrap();
@@ -808,7 +873,7 @@ pub(crate) mod tests {
         let (block, certificate) = child_with_transfers(&genesis, 200);
         let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
         storage
-            .commit_block(&block, &certificate, &tx_hashes(&block), &[])
+            .commit_block(&block, &certificate, &tx_hashes(&block), &[], &[])
             .unwrap();
         let second = storage.blocks.remove(chunk_key(Height(1), 1)).unwrap();
         let error = storage.block(Height(1)).expect_err("missing chunk");
@@ -842,7 +907,7 @@ pub(crate) mod tests {
         {
             let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
             storage
-                .commit_block(&block, &certificate, &[], &[])
+                .commit_block(&block, &certificate, &[], &[], &[])
                 .unwrap();
         }
         assert_eq!(

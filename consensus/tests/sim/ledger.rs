@@ -10,7 +10,7 @@ use cairn_core::executor::{
     build_block, execute_block, first_bad_signature, with_hashes, BlockRules, Executed, Parent,
     Proposer,
 };
-use cairn_core::state::{next_state_root, Account, MemoryState, StateView};
+use cairn_core::state::{Account, MemoryState, StateView};
 use cairn_core::{
     tx_root, Block, BlockHeader, Certificate, Hash, Height, Keypair, PublicKey, Signature,
     SignedTransaction, Transfer, View,
@@ -60,22 +60,18 @@ impl SimLedger {
         let accounts: Vec<Keypair> = (0..ACCOUNTS)
             .map(|i| Keypair::from_seed([100 + i; 32]))
             .collect();
-        let mut state = MemoryState::default();
-        for key in &accounts {
-            let account = Account {
-                balance: BALANCE,
-                nonce: 0,
-            };
-            state.accounts.insert(key.public(), account);
-        }
-        state.accounts.insert(
-            client_key().public(),
-            Account {
-                balance: BALANCE,
-                nonce: 0,
-            },
+        let funded = Account {
+            balance: BALANCE,
+            nonce: 0,
+        };
+        let state = MemoryState::from_accounts(
+            accounts
+                .iter()
+                .map(|key| (key.public(), funded))
+                .chain([(client_key().public(), funded)])
+                .collect(),
         );
-        let root = cairn_core::state::genesis_state_root(&state.accounts);
+        let root = cairn_core::state::genesis_state_root(state.accounts());
         SimLedger {
             chain_id: chain_id.to_string(),
             accounts,
@@ -258,7 +254,7 @@ impl SimLedger {
             (weak, weak_account),
             (thief, thief_account),
         ]);
-        let state_root = next_state_root(self.root(), &changes);
+        let state_root = cairn_core::merkle::update_tree(self.state.tree(), &changes).root;
         self.block_on_tip(view, proposer, now_ms, transactions, state_root)
     }
 
@@ -340,7 +336,11 @@ impl Ledger for SimLedger {
             "certificate of the block"
         );
         let executed = self.apply(block)?;
-        self.state.apply_changes(&executed.changes);
+        self.state.apply_executed(
+            &executed.changes,
+            &executed.tree_writes,
+            executed.state_root,
+        );
         self.roots.push(block.header.state_root);
         self.blocks.push((block.clone(), certificate.clone()));
         let height = self.height();

@@ -48,9 +48,6 @@ pub const PAGE_ENTRIES: usize = 102;
 pub const FANOUT: usize = 8;
 const ENTRY_BYTES: usize = 32 + 8;
 const KEY_BYTES: usize = 8 + 32;
-/// Level of the run a format-2 index is converted into: above any level
-/// merges reach (`FANOUT^32` blocks), so it is never merged.
-pub const CONVERTED_LEVEL: u8 = 32;
 /// Key of the manifest in the `meta` tree.
 pub const META_MANIFEST: &[u8] = b"tx_runs";
 
@@ -115,7 +112,7 @@ impl TxIndex {
         named.sort_unstable();
         let mut from = 0u64;
         for &id in named.iter().chain(std::iter::once(&u64::MAX)) {
-            remove_range(&pages, from, id)?;
+            remove_range(&pages, from, id, true)?;
             from = id.saturating_add(1);
         }
         let next_id = named.last().map_or(0, |id| id + 1);
@@ -164,24 +161,6 @@ impl TxIndex {
         Ok(())
     }
 
-    /// A run built elsewhere (the format-2 migration), installed at `level`.
-    pub fn add_sorted(
-        &self,
-        level: u8,
-        sorted: impl Iterator<Item = Result<([u8; 32], u64), StorageError>>,
-    ) -> Result<(), StorageError> {
-        let id = self.allocate_id()?;
-        let mut writer = RunWriter::new(&self.inner.pages, id);
-        for entry in sorted {
-            let (hash, height) = entry?;
-            writer.push(&hash, height)?;
-        }
-        let entries = writer.finish()?;
-        self.inner.install(&[], Run { id, level, entries })?;
-        self.nudge();
-        Ok(())
-    }
-
     fn allocate_id(&self) -> Result<u64, StorageError> {
         let mut manifest = self.inner.runs.write().map_err(poisoned)?;
         let id = manifest.next_id;
@@ -222,8 +201,15 @@ impl TxIndex {
     }
 }
 
-/// Removes the pages of runs with ids in `from..to`.
-fn remove_range(pages: &sled::Tree, from: u64, to: u64) -> Result<(), StorageError> {
+/// Removes the pages of runs with ids in `from..to`: at open, those of
+/// unfinished runs (`unfinished`, said in the log), and after a merge, those
+/// of its inputs (routine, not logged).
+fn remove_range(
+    pages: &sled::Tree,
+    from: u64,
+    to: u64,
+    unfinished: bool,
+) -> Result<(), StorageError> {
     if from >= to {
         return Ok(());
     }
@@ -231,7 +217,7 @@ fn remove_range(pages: &sled::Tree, from: u64, to: u64) -> Result<(), StorageErr
         .range(from.to_be_bytes()..to.to_be_bytes())
         .keys()
         .collect::<Result<_, _>>()?;
-    if !keys.is_empty() {
+    if unfinished && !keys.is_empty() {
         tracing::info!(
             "removing {} pages of unfinished transaction index runs",
             keys.len()
@@ -327,7 +313,7 @@ impl Inner {
         // The write lock above waited for every lookup that started before
         // the swap; later ones do not read the inputs.
         for run in &inputs {
-            remove_range(&self.pages, run.id, run.id + 1)?;
+            remove_range(&self.pages, run.id, run.id + 1, false)?;
         }
         Ok(true)
     }
