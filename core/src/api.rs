@@ -124,6 +124,74 @@ pub struct AccountJson {
     /// node; optional only so older answers still parse.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub pending_nonce: Option<u64>,
+    /// With `?proof=true`: the proof of `balance` and `nonce`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub proof: Option<AccountProofJson>,
+}
+
+/// A block header: the fields of a block without `transactions` and
+/// `commit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderJson {
+    pub height: u64,
+    pub hash: String,
+    pub parent_hash: String,
+    pub view: u64,
+    pub proposer: String,
+    pub timestamp_ms: u64,
+    pub tx_root: String,
+    pub state_root: String,
+}
+
+/// A commit certificate: a quorum of commit votes for (height, view,
+/// block hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateJson {
+    pub height: u64,
+    pub view: u64,
+    pub block_hash: String,
+    pub signatures: Vec<CommitSignatureJson>,
+}
+
+/// The path of an account's key in the state tree: siblings from the
+/// root's children down, and what sits where the path ends (`null`: an
+/// empty subtree).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateProofJson {
+    pub siblings: Vec<String>,
+    pub leaf: Option<ProofLeafJson>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofLeafJson {
+    pub key: String,
+    pub value: String,
+}
+
+/// `proof` of `GET /v1/accounts/{address}?proof=true`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountProofJson {
+    /// The committed height the answer is for.
+    pub height: u64,
+    pub header: HeaderJson,
+    pub commit: CertificateJson,
+    pub merkle_proof: StateProofJson,
+}
+
+/// An RFC 6962 audit path (leaf side first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxMerkleProofJson {
+    pub index: u64,
+    pub size: u64,
+    pub path: Vec<String>,
+}
+
+/// `proof` of `GET /v1/transactions/{hash}?proof=true`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxProofJson {
+    pub header: HeaderJson,
+    pub commit: CertificateJson,
+    pub merkle_proof: TxMerkleProofJson,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +223,9 @@ pub struct TxStatusJson {
     /// The error code that applies to a rejected or expired transaction.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
+    /// With `?proof=true`, for a committed transaction.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub proof: Option<TxProofJson>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

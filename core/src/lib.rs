@@ -24,6 +24,7 @@ pub mod merkle;
 pub mod state;
 mod tx;
 mod types;
+pub mod verify;
 
 pub use block::{
     Block, BlockHeader, Certificate, CertificateError, CommitSignature, Vote, VoteKind,

@@ -313,7 +313,7 @@ pub fn update_tree<T: TreeStore + ?Sized>(
         .iter()
         .map(|(address, account)| (state_key(address), state_value(address, account)))
         .collect();
-    updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    updates.sort_unstable_by_key(|u| u.0);
     let mut writes = Vec::new();
     let root = if updates.is_empty() {
         stored_root(store)

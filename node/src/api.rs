@@ -16,10 +16,11 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use cairn_core::api::{
-    AccountJson, BatchEntryJson, BlockJson, BlockTxJson, CommitSignatureJson, ErrorJson,
-    StatusJson, SubmitJson, TxJson, TxStatusJson,
+    AccountJson, AccountProofJson, BatchEntryJson, BlockJson, BlockTxJson, ErrorJson, StatusJson,
+    SubmitJson, TxJson, TxProofJson, TxStatusJson,
 };
 use cairn_core::limits::{HTTP_BATCH_TXS_MAX, HTTP_BODY_BYTES_MAX};
+use cairn_core::verify::{certificate_json, header_json, state_proof_json, tx_proof_json};
 use cairn_core::{Block, Certificate, Hash, Height, PublicKey, SignedTransaction};
 
 use crate::admission::Refusal;
@@ -39,6 +40,23 @@ fn error_response(status: StatusCode, code: &str, message: impl Into<String>) ->
             code: code.into(),
         },
     )
+}
+
+/// The query of a route that can prove its answer: `proof=true` asks for
+/// the proof (`false`, or no `proof`, for none); other parameters are
+/// ignored.
+type Query = std::collections::HashMap<String, String>;
+
+fn wants_proof(query: &Query) -> Result<bool, Box<Response>> {
+    match query.get("proof").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("proof must be true or false, not {other:?}"),
+        ))),
+    }
 }
 
 fn refusal_response(refusal: &Refusal) -> Response {
@@ -83,8 +101,9 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .map(|node: Arc<Node>| status(&node));
     let account = warp::path!("v1" / "accounts" / String)
         .and(warp::get())
+        .and(warp::query::<Query>())
         .and(with_node.clone())
-        .map(|address: String, node: Arc<Node>| account(&node, &address));
+        .map(|address: String, query: Query, node: Arc<Node>| account(&node, &address, &query));
     let submit = warp::path!("v1" / "transactions")
         .and(warp::post())
         .and(with_node.clone())
@@ -97,8 +116,9 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .then(submit_batch);
     let transaction = warp::path!("v1" / "transactions" / String)
         .and(warp::get())
+        .and(warp::query::<Query>())
         .and(with_node.clone())
-        .map(|hash: String, node: Arc<Node>| transaction(&node, &hash));
+        .map(|hash: String, query: Query, node: Arc<Node>| transaction(&node, &hash, &query));
     let block = warp::path!("v1" / "blocks" / String)
         .and(warp::get())
         .and(with_node.clone())
@@ -271,7 +291,11 @@ fn status(node: &Node) -> Response {
     )
 }
 
-fn account(node: &Node, address: &str) -> Response {
+fn account(node: &Node, address: &str, query: &Query) -> Response {
+    let proof = match wants_proof(query) {
+        Ok(proof) => proof,
+        Err(response) => return *response,
+    };
     let key: PublicKey = match address.parse() {
         Ok(key) => key,
         Err(e) => {
@@ -286,8 +310,13 @@ fn account(node: &Node, address: &str) -> Response {
         let message = format!("address {key} is a weak key (a small-order ed25519 point)");
         return error_response(StatusCode::BAD_REQUEST, "invalid_address", message);
     }
-    match node.storage.account(&key) {
-        Ok(account) => {
+    let read = if proof {
+        account_proof(node, &key).map(|(account, proof)| (account, Some(proof)))
+    } else {
+        node.storage.account(&key).map(|account| (account, None))
+    };
+    match read {
+        Ok((account, proof)) => {
             let pending_nonce = node
                 .mempool
                 .lock()
@@ -300,10 +329,56 @@ fn account(node: &Node, address: &str) -> Response {
                     balance: account.balance,
                     nonce: account.nonce,
                     pending_nonce: Some(pending_nonce),
+                    proof,
                 },
             )
         }
         Err(e) => storage_failure(e),
+    }
+}
+
+/// The account at the tip, with the proof of it under the tip's certified
+/// header.
+fn account_proof(
+    node: &Node,
+    key: &PublicKey,
+) -> Result<(cairn_core::state::Account, AccountProofJson), crate::storage::StorageError> {
+    use crate::storage::StorageError;
+    let (height, account, merkle_proof) = node.storage.account_with_proof(key)?;
+    let header = node
+        .storage
+        .header(height)?
+        .ok_or_else(|| StorageError::Corrupt(format!("no header at the tip {height}")))?;
+    let commit = certified(node, height)?;
+    Ok((
+        account,
+        AccountProofJson {
+            height: height.0,
+            header: header_json(&header),
+            commit,
+            merkle_proof: state_proof_json(&merkle_proof),
+        },
+    ))
+}
+
+/// The certificate of a committed height, as JSON. Genesis has none: its
+/// proof is the genesis file, so its commit is empty (view 0).
+fn certified(
+    node: &Node,
+    height: Height,
+) -> Result<cairn_core::api::CertificateJson, crate::storage::StorageError> {
+    let validators = &node.genesis.validators;
+    match node.storage.certificate(height)? {
+        Some(certificate) => Ok(certificate_json(&certificate, validators)),
+        None if height == Height(0) => Ok(cairn_core::api::CertificateJson {
+            height: 0,
+            view: 0,
+            block_hash: node.genesis.block().hash().to_hex(),
+            signatures: vec![],
+        }),
+        None => Err(crate::storage::StorageError::Corrupt(format!(
+            "no certificate at committed height {height}"
+        ))),
     }
 }
 
@@ -466,7 +541,11 @@ async fn submit_batch(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> 
     json_response(StatusCode::OK, &entries)
 }
 
-fn transaction(node: &Node, hash: &str) -> Response {
+fn transaction(node: &Node, hash: &str, query: &Query) -> Response {
+    let proof = match wants_proof(query) {
+        Ok(proof) => proof,
+        Err(response) => return *response,
+    };
     let hash: Hash = match hash.parse() {
         Ok(hash) => hash,
         Err(e) => {
@@ -483,9 +562,22 @@ fn transaction(node: &Node, hash: &str) -> Response {
         height,
         error: None,
         reason: None,
+        proof: None,
     };
     match node.storage.tx_height(&hash) {
         Err(e) => return storage_failure(e),
+        Ok(Some(height)) if proof => {
+            return match tx_proof(node, &hash, height) {
+                Ok(proof) => json_response(
+                    StatusCode::OK,
+                    &TxStatusJson {
+                        proof: Some(proof),
+                        ..status("committed", Some(height.0))
+                    },
+                ),
+                Err(e) => storage_failure(e),
+            }
+        }
         Ok(Some(height)) => {
             return json_response(StatusCode::OK, &status("committed", Some(height.0)))
         }
@@ -515,6 +607,31 @@ fn transaction(node: &Node, hash: &str) -> Response {
             format!("transaction {hash} is unknown"),
         ),
     }
+}
+
+/// The proof of a committed transaction under its block's `tx_root`.
+fn tx_proof(
+    node: &Node,
+    hash: &Hash,
+    height: Height,
+) -> Result<TxProofJson, crate::storage::StorageError> {
+    use crate::storage::StorageError;
+    let block = node
+        .storage
+        .block(height)?
+        .ok_or_else(|| StorageError::Corrupt(format!("no block at committed height {height}")))?;
+    let hashes: Vec<Hash> = block.transactions.iter().map(|t| t.hash()).collect();
+    let index = hashes
+        .iter()
+        .position(|h| h == hash)
+        .ok_or_else(|| StorageError::Corrupt(format!("{hash} is not in block {height}")))?;
+    let merkle_proof = cairn_core::merkle::tx_proof(&hashes, index)
+        .ok_or_else(|| StorageError::Corrupt("transaction index out of range".into()))?;
+    Ok(TxProofJson {
+        header: header_json(&block.header),
+        commit: certified(node, height)?,
+        merkle_proof: tx_proof_json(&merkle_proof),
+    })
 }
 
 fn block(node: &Node, which: &str) -> Response {
@@ -575,17 +692,7 @@ pub fn block_json(node: &Node, block: &Block, certificate: Option<&Certificate>)
             })
             .collect(),
         commit: certificate
-            .map(|c| {
-                c.signatures
-                    .iter()
-                    .filter_map(|s| {
-                        Some(CommitSignatureJson {
-                            validator: validators.get(s.validator.get())?.to_hex(),
-                            signature: s.signature.to_hex(),
-                        })
-                    })
-                    .collect()
-            })
+            .map(|c| cairn_core::verify::commit_signatures_json(c, validators))
             .unwrap_or_default(),
         commit_view: certificate.map(|c| c.view.0),
     }

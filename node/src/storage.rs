@@ -41,7 +41,7 @@ use std::path::Path;
 use cairn_core::codec;
 use cairn_core::merkle::{self, NodeKey, StateProof, TreeNode};
 use cairn_core::state::{Account, StateView};
-use cairn_core::{Block, Certificate, Hash, Height, PublicKey};
+use cairn_core::{Block, BlockHeader, Certificate, Hash, Height, PublicKey};
 
 mod tx_index;
 use tx_index::TxIndex;
@@ -71,6 +71,23 @@ const META_SAFETY: &[u8] = b"safety";
 /// cannot afford; sled still keeps recently written data beyond it, see
 /// docs/BENCHMARKS.md).
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The length of every header's encoding (all its fields have fixed
+/// widths; a unit test checks).
+fn header_len() -> usize {
+    static LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LEN.get_or_init(|| {
+        codec::encoded_len(&BlockHeader {
+            height: Height(0),
+            parent_hash: Hash::ZERO,
+            view: cairn_core::View(0),
+            proposer: PublicKey([0; 32]),
+            timestamp_ms: 0,
+            tx_root: Hash::ZERO,
+            state_root: Hash::ZERO,
+        })
+    })
+}
 
 /// What went wrong with the data folder.
 #[derive(Debug, thiserror::Error)]
@@ -461,6 +478,24 @@ impl Storage {
             .map_err(|e| corrupt(format!("block {height}: {e}")))
     }
 
+    /// The header of a committed block, read from the block's first chunk
+    /// alone (a header's encoding has a fixed length, well under a chunk).
+    pub fn header(&self, height: Height) -> Result<Option<BlockHeader>, StorageError> {
+        if !self.committed(height)? {
+            return Ok(None);
+        }
+        let Some(chunk) = self.blocks.get(chunk_key(height, 0))? else {
+            return Ok(None);
+        };
+        let len = header_len();
+        if chunk.len() < len {
+            return Err(corrupt(format!("block {height}: first chunk too short")));
+        }
+        codec::decode(&chunk[..len])
+            .map(Some)
+            .map_err(|e| corrupt(format!("block {height} header: {e}")))
+    }
+
     pub fn certificate(&self, height: Height) -> Result<Option<Certificate>, StorageError> {
         if !self.committed(height)? {
             return Ok(None);
@@ -793,6 +828,15 @@ pub(crate) mod tests {
         }
         let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
         let root = parent.header.state_root;
+        assert_eq!(
+            storage.header(Height(3)).unwrap(),
+            Some(parent.header.clone())
+        );
+        assert_eq!(
+            storage.header(Height(0)).unwrap(),
+            Some(genesis.header.clone())
+        );
+        assert_eq!(storage.header(Height(4)).unwrap(), None);
         for (address, account) in state.accounts() {
             let (height, read, proof) = storage.account_with_proof(address).unwrap();
             assert_eq!((height, read), (Height(3), *account));

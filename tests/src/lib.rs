@@ -6,6 +6,7 @@
 //! kills every process it started when dropped, even when a test fails. On a
 //! failing test it prints the tail of each validator's log.
 
+pub mod lying;
 pub mod proxy;
 
 use std::net::TcpListener;

@@ -87,6 +87,10 @@ pub enum WalletError {
     /// chain id, key file, URL.
     #[error("{0}")]
     Invalid(String),
+    /// An answer failed a check against the trusted genesis file (or the
+    /// node reported a hash other than the one the wallet computed).
+    #[error("verification failed: {0}")]
+    Verification(String),
 }
 
 impl WalletError {
@@ -190,6 +194,89 @@ pub fn error_from_answer(status: u16, body: &str) -> WalletError {
             }
             WalletError::Http { status, body }
         }
+    }
+}
+
+/// What the wallet trusts, from a genesis file (`--genesis`): it checks
+/// every answer it uses against it ([`cairn_core::verify`]).
+#[derive(Clone, Debug)]
+pub struct Verifier {
+    pub chain_id: String,
+    pub validators: Vec<PublicKey>,
+    pub genesis_hash: Hash,
+}
+
+impl Verifier {
+    /// Reads and checks a genesis file.
+    pub fn from_genesis_file(path: &std::path::Path) -> Result<Verifier, WalletError> {
+        let genesis = cairn_genesis::Genesis::load(path)
+            .map_err(|e| WalletError::Invalid(format!("genesis file {}: {e}", path.display())))?;
+        Ok(Verifier {
+            chain_id: genesis.chain_id().to_string(),
+            validators: genesis.validators.clone(),
+            genesis_hash: genesis.block().hash(),
+        })
+    }
+
+    pub fn trust(&self) -> cairn_core::verify::Trust<'_> {
+        cairn_core::verify::Trust {
+            chain_id: &self.chain_id,
+            validators: &self.validators,
+            genesis_hash: self.genesis_hash,
+        }
+    }
+
+    /// A status answer: the chain id and validators must be the genesis
+    /// file's (the rest is the node's word and cannot be checked).
+    pub fn status(&self, answer: &StatusJson) -> Result<(), WalletError> {
+        if answer.chain_id != self.chain_id {
+            return Err(WalletError::Verification(format!(
+                "the node reports chain id {:?}, the genesis file says {:?}",
+                answer.chain_id, self.chain_id
+            )));
+        }
+        let validators: Vec<String> = self.validators.iter().map(PublicKey::to_hex).collect();
+        if answer.validators != validators {
+            return Err(WalletError::Verification(
+                "the node reports validators other than the genesis file's".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An account answer (asked with `?proof=true`) for `address`.
+    pub fn account(&self, address: &PublicKey, answer: &AccountJson) -> Result<(), WalletError> {
+        if answer.address != address.to_hex() {
+            return Err(WalletError::Verification(format!(
+                "asked about {address}, the answer is about {}",
+                answer.address
+            )));
+        }
+        cairn_core::verify::verify_account(self.trust(), answer)
+            .map(|_| ())
+            .map_err(|e| WalletError::Verification(format!("account {address}: {e}")))
+    }
+
+    /// A committed transaction's answer (asked with `?proof=true`).
+    pub fn transaction(&self, hash: &Hash, answer: &TxStatusJson) -> Result<(), WalletError> {
+        cairn_core::verify::verify_transaction(self.trust(), hash, answer)
+            .map(|_| ())
+            .map_err(|e| WalletError::Verification(format!("transaction {hash}: {e}")))
+    }
+
+    /// A block answer, for the block asked for.
+    pub fn block(&self, asked: BlockId, answer: &BlockJson) -> Result<(), WalletError> {
+        if let BlockId::Height(height) = asked {
+            if answer.height != height {
+                return Err(WalletError::Verification(format!(
+                    "asked for block {height}, the answer is block {}",
+                    answer.height
+                )));
+            }
+        }
+        cairn_core::verify::verify_block(self.trust(), answer)
+            .map(|_| ())
+            .map_err(|e| WalletError::Verification(format!("block {}: {e}", answer.height)))
     }
 }
 
@@ -318,12 +405,30 @@ impl Client {
         amount: u64,
         nonce: Option<u64>,
     ) -> Result<Submitted, WalletError> {
+        self.transfer_on(None, key, to, amount, nonce)
+    }
+
+    /// Like [`Client::transfer`], signing for `chain_id` when given (the
+    /// trusted genesis file's) instead of the chain id the node reports: a
+    /// lying node cannot get a signature valid on another chain. The hash
+    /// the node reports must be the one the wallet computed.
+    pub fn transfer_on(
+        &self,
+        chain_id: Option<&str>,
+        key: &Keypair,
+        to: PublicKey,
+        amount: u64,
+        nonce: Option<u64>,
+    ) -> Result<Submitted, WalletError> {
         if amount == 0 {
             return Err(WalletError::Invalid(
                 "amount must be greater than zero".into(),
             ));
         }
-        let chain_id = self.status()?.chain_id;
+        let chain_id = match chain_id {
+            Some(chain_id) => chain_id.to_string(),
+            None => self.status()?.chain_id,
+        };
         let nonce = match nonce {
             Some(nonce) => nonce,
             // The node's pending nonce counts what it already holds from
@@ -333,12 +438,19 @@ impl Client {
                 account.pending_nonce.unwrap_or(account.nonce)
             }
         };
-        let tx = TxJson::from(&sign_transfer(key, &chain_id, to, amount, nonce)?);
+        let signed = sign_transfer(key, &chain_id, to, amount, nonce)?;
+        let tx = TxJson::from(&signed);
         let answer = self.submit(&tx)?;
-        let hash = answer.hash.parse().map_err(|e| WalletError::BadResponse {
+        let hash: Hash = answer.hash.parse().map_err(|e| WalletError::BadResponse {
             url: self.url("/v1/transactions"),
             reason: format!("hash {:?}: {e}", answer.hash),
         })?;
+        if hash != signed.hash() {
+            return Err(WalletError::Verification(format!(
+                "the node reported hash {hash} for the transfer whose hash is {}",
+                signed.hash()
+            )));
+        }
         Ok(Submitted { hash, tx })
     }
 

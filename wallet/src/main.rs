@@ -14,7 +14,8 @@ use cairn_core::api::{AccountJson, BlockJson, StatusJson, TxJson, TxStatusJson};
 use cairn_core::Keypair;
 use cairn_genesis::keyfile;
 use cairn_wallet::{
-    parse_address, parse_hash, parse_recipient, sign_transfer, BlockId, Client, WalletError,
+    parse_address, parse_hash, parse_recipient, sign_transfer, BlockId, Client, Verifier,
+    WalletError,
 };
 
 /// Cairn wallet: keys, signing, sending transactions, queries.
@@ -33,6 +34,10 @@ struct Cli {
     /// Machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Trust this genesis file, not the node: take the chain id and the
+    /// validator set from it and check every answer (`verified: yes`).
+    #[arg(long, global = true, env = "CAIRN_GENESIS", value_name = "FILE")]
+    genesis: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,6 +126,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), WalletError> {
     let node = cli.node;
     let client = || Client::new(&node);
+    let verifier = match &cli.genesis {
+        Some(path) => Some(Verifier::from_genesis_file(path)?),
+        None => None,
+    };
     match cli.command {
         Command::Keygen { out } => keygen(&out, cli.json),
         Command::Address { key } => {
@@ -134,12 +143,21 @@ fn run(cli: Cli) -> Result<(), WalletError> {
         }
         Command::Balance { address } => {
             let address = parse_address(&address)?;
-            show(
-                &client()?,
-                &format!("/v1/accounts/{address}"),
-                cli.json,
-                print_account,
-            )
+            match &verifier {
+                None => show(
+                    &client()?,
+                    &format!("/v1/accounts/{address}"),
+                    cli.json,
+                    print_account,
+                ),
+                Some(verifier) => show_verified(
+                    &client()?,
+                    &format!("/v1/accounts/{address}?proof=true"),
+                    cli.json,
+                    |answer| verifier.account(&address, answer),
+                    print_account,
+                ),
+            }
         }
         Command::Transfer {
             key,
@@ -153,7 +171,16 @@ fn run(cli: Cli) -> Result<(), WalletError> {
             let to = parse_recipient(&to)?;
             check_amount(amount)?;
             let wait = wait.then(|| Duration::from_secs(timeout));
-            transfer(&client()?, &key, to, amount, nonce, wait, cli.json)
+            transfer(
+                &client()?,
+                verifier.as_ref(),
+                &key,
+                to,
+                amount,
+                nonce,
+                wait,
+                cli.json,
+            )
         }
         Command::SignTransfer {
             key,
@@ -171,18 +198,57 @@ fn run(cli: Cli) -> Result<(), WalletError> {
         }
         Command::Tx { hash } => {
             let hash = parse_hash(&hash)?;
-            show(
-                &client()?,
-                &format!("/v1/transactions/{hash}"),
-                cli.json,
-                print_tx_status,
-            )
+            match &verifier {
+                None => show(
+                    &client()?,
+                    &format!("/v1/transactions/{hash}"),
+                    cli.json,
+                    print_tx_status,
+                ),
+                Some(verifier) => show_verified(
+                    &client()?,
+                    &format!("/v1/transactions/{hash}?proof=true"),
+                    cli.json,
+                    |answer| verifier.transaction(&hash, answer),
+                    print_tx_status,
+                ),
+            }
         }
         Command::Block { block } => {
             let id: BlockId = block.parse()?;
-            show(&client()?, &id.path(), cli.json, print_block)
+            match &verifier {
+                None => show(&client()?, &id.path(), cli.json, print_block),
+                Some(verifier) => show_verified(
+                    &client()?,
+                    &id.path(),
+                    cli.json,
+                    |answer| verifier.block(id, answer),
+                    print_block,
+                ),
+            }
         }
-        Command::Status => show(&client()?, "/v1/status", cli.json, print_status),
+        Command::Status => match &verifier {
+            None => show(&client()?, "/v1/status", cli.json, print_status),
+            // The status is the node's word and is shown as such (no
+            // `verified`); what the genesis file fixes (chain id,
+            // validators) is checked.
+            Some(verifier) => {
+                let client = client()?;
+                let raw: serde_json::Value = client.get("/v1/status")?;
+                let status: StatusJson =
+                    serde_json::from_value(raw.clone()).map_err(|e| WalletError::BadResponse {
+                        url: format!("{}/v1/status", client.base_url()),
+                        reason: e.to_string(),
+                    })?;
+                verifier.status(&status)?;
+                if cli.json {
+                    print_json(&raw);
+                } else {
+                    print_status(&status);
+                }
+                Ok(())
+            }
+        },
     }
 }
 
@@ -211,8 +277,10 @@ fn keygen(out: &Path, json: bool) -> Result<(), WalletError> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn transfer(
     client: &Client,
+    verifier: Option<&Verifier>,
     key: &Keypair,
     to: cairn_core::PublicKey,
     amount: u64,
@@ -220,7 +288,13 @@ fn transfer(
     wait: Option<Duration>,
     json: bool,
 ) -> Result<(), WalletError> {
-    let sent = client.transfer(key, to, amount, nonce)?;
+    let chain_id = verifier.map(|v| v.chain_id.as_str());
+    if let Some(verifier) = verifier {
+        // Signing uses the genesis file's chain id whatever the node says;
+        // a node that says otherwise is not one of this chain's.
+        verifier.status(&client.status()?)?;
+    }
+    let sent = client.transfer_on(chain_id, key, to, amount, nonce)?;
     let Some(timeout) = wait else {
         if json {
             print_json(&json!({ "hash": sent.hash.to_hex(), "status": "pending" }));
@@ -232,19 +306,59 @@ fn transfer(
     if !json {
         println!("{}", sent.hash);
     }
-    let committed = client.wait_for_commit(&sent.hash, timeout)?;
+    let mut committed = client.wait_for_commit(&sent.hash, timeout)?;
+    if let Some(verifier) = verifier {
+        // `committed` is the node's word; the proof is the validators'.
+        committed = client.get(&format!("/v1/transactions/{}?proof=true", sent.hash))?;
+        verifier.transaction(&sent.hash, &committed)?;
+    }
     let height = committed.height.ok_or_else(|| WalletError::BadResponse {
         url: client.base_url().to_string(),
         reason: "committed transaction without a height".into(),
     })?;
     if json {
-        print_json(&json!({
+        let mut answer = json!({
             "hash": sent.hash.to_hex(),
             "status": "committed",
             "height": height,
-        }));
+        });
+        if verifier.is_some() {
+            answer["verified"] = json!(true);
+        }
+        print_json(&answer);
     } else {
         println!("committed at height {height}");
+        if verifier.is_some() {
+            println!("verified: yes");
+        }
+    }
+    Ok(())
+}
+
+/// `GET path`, checked by `check` before anything is printed: with
+/// `--json` the node's JSON with `"verified": true` added, else `human` of
+/// the answer and `verified: yes`.
+fn show_verified<T: DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    json: bool,
+    check: impl FnOnce(&T) -> Result<(), WalletError>,
+    human: fn(&T),
+) -> Result<(), WalletError> {
+    let mut raw: serde_json::Value = client.get(path)?;
+    let answer: T = serde_json::from_value(raw.clone()).map_err(|e| WalletError::BadResponse {
+        url: format!("{}{path}", client.base_url()),
+        reason: e.to_string(),
+    })?;
+    check(&answer)?;
+    if json {
+        if let Some(object) = raw.as_object_mut() {
+            object.insert("verified".into(), json!(true));
+        }
+        print_json(&raw);
+    } else {
+        human(&answer);
+        println!("verified: yes");
     }
     Ok(())
 }
