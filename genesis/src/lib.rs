@@ -6,6 +6,7 @@
 //! ready-to-run network of node home folders ([`NodeConfig`]) and funded
 //! account key files ([`keyfile`]).
 
+pub mod assemble;
 pub mod cli;
 pub mod keyfile;
 mod testnet;

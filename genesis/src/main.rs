@@ -45,6 +45,25 @@ enum Command {
         #[arg(long, value_name = "H", default_value = "127.0.0.1")]
         host: String,
     },
+    /// Assemble a genesis file from validator entries (`cairn-node init`
+    /// prints one on each validator's host) and funded accounts.
+    Assemble {
+        /// Chain id (letters, digits, '-', '_', '.').
+        #[arg(long, value_name = "ID")]
+        chain_id: String,
+        /// A validator entry file, once per validator, in validator order.
+        #[arg(long = "validator", value_name = "ENTRY_FILE", required = true)]
+        validators: Vec<PathBuf>,
+        /// A funded account, once per account.
+        #[arg(long = "account", value_name = "ADDRESS=BALANCE", required = true)]
+        accounts: Vec<String>,
+        /// Genesis time in ms since the Unix epoch (default: now).
+        #[arg(long, value_name = "MS")]
+        genesis_time_ms: Option<u64>,
+        /// Where to write the genesis file; never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Check a genesis file; print its chain id, hash and validators.
     Validate {
         /// The genesis file.
@@ -80,6 +99,13 @@ fn main() -> ExitCode {
             };
             testnet(&out, &options)
         }
+        Command::Assemble {
+            chain_id,
+            validators,
+            accounts,
+            genesis_time_ms,
+            out,
+        } => assemble(&chain_id, &validators, &accounts, genesis_time_ms, &out),
         Command::Validate { file } => validate(&file),
     };
     match result {
@@ -107,6 +133,42 @@ fn testnet(out: &Path, options: &TestnetOptions) -> Result<(), String> {
         "start a validator with: cairn-node run --home {}",
         cairn_genesis::node_home(out, 0).display()
     );
+    Ok(())
+}
+
+fn assemble(
+    chain_id: &str,
+    validators: &[PathBuf],
+    accounts: &[String],
+    genesis_time_ms: Option<u64>,
+    out: &Path,
+) -> Result<(), String> {
+    use cairn_genesis::assemble;
+    let validators = validators
+        .iter()
+        .map(|path| assemble::read_entry(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let accounts = accounts
+        .iter()
+        .map(|text| assemble::parse_account(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let genesis_time_ms = match genesis_time_ms {
+        Some(ms) => ms,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| "the system clock is before 1970".to_string())?
+            .as_millis() as u64,
+    };
+    let (genesis, valid) = assemble::assemble(chain_id, genesis_time_ms, validators, accounts)?;
+    assemble::write_new_json(out, &genesis)?;
+    println!("wrote {}", out.display());
+    print_summary(&valid);
+    println!(
+        "accounts: {} (total supply {})",
+        valid.accounts.len(),
+        valid.total_supply()
+    );
+    println!("each operator copies it to HOME/genesis.json and runs: cairn-node run --home HOME");
     Ok(())
 }
 

@@ -518,3 +518,93 @@ fn peer_addresses_override_where_peers_are_dialed() {
     let error = NodeConfig::load(home).unwrap_err();
     assert!(error.contains("not a valid node config"), "{error}");
 }
+
+/// `init` makes a home with a key and a node config and returns the entry
+/// naming that key; it never overwrites a home; bad names and addresses
+/// are refused before anything is written.
+#[test]
+fn init_makes_a_home_and_its_entry_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("org-a");
+    let entry = assemble::init_home(&home, "org-a", "10.0.0.1:26600", "10.0.0.1:8080").unwrap();
+    let key = keyfile::read(&home.join(VALIDATOR_KEY_FILE)).unwrap();
+    assert_eq!(entry.public_key, key.public().to_hex());
+    assert_eq!(
+        (entry.name.as_str(), entry.p2p_address.as_str()),
+        ("org-a", "10.0.0.1:26600")
+    );
+    let config = NodeConfig::load(&home).unwrap();
+    assert_eq!(config.key, home.join(VALIDATOR_KEY_FILE));
+    assert_eq!(config.genesis, home.join(GENESIS_FILE));
+    let again = assemble::init_home(&home, "org-a", "10.0.0.1:26600", "10.0.0.1:8080");
+    assert!(again.unwrap_err().contains("refusing to overwrite"));
+    assert_eq!(
+        keyfile::read(&home.join(VALIDATOR_KEY_FILE))
+            .unwrap()
+            .public(),
+        key.public()
+    );
+    for (name, p2p, api, expected) in [
+        ("", "10.0.0.1:1", "10.0.0.1:2", "--name"),
+        ("a b", "10.0.0.1:1", "10.0.0.1:2", "--name"),
+        ("b", "nowhere", "10.0.0.1:2", "--p2p"),
+        ("b", "0.0.0.0:1", "10.0.0.1:2", "--p2p"),
+        ("b", "10.0.0.1:1", "10.0.0.1:0", "--api"),
+        ("b", "10.0.0.1:1", "10.0.0.1:1", "must differ"),
+    ] {
+        let other = dir.path().join("other");
+        let error = assemble::init_home(&other, name, p2p, api).unwrap_err();
+        assert!(error.contains(expected), "{error}");
+        assert!(!other.exists(), "nothing is written for a refused init");
+    }
+}
+
+/// Entries assembled into a genesis file give the same validation as any
+/// genesis: duplicates and bad accounts are refused, a good one validates.
+#[test]
+fn assemble_checks_the_file_as_validate_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<ValidatorInfo> = (0..4)
+        .map(|i| {
+            assemble::init_home(
+                &dir.path().join(format!("v{i}")),
+                &format!("org-{i}"),
+                &format!("10.0.0.{}:26600", i + 1),
+                &format!("10.0.0.{}:8080", i + 1),
+            )
+            .unwrap()
+        })
+        .collect();
+    let alice = key(10).public().to_hex();
+    let account = assemble::parse_account(&format!("{alice}=500")).unwrap();
+    let (genesis, valid) = assemble::assemble(
+        "orgs-net",
+        1_700_000_000_000,
+        entries.clone(),
+        vec![account.clone()],
+    )
+    .unwrap();
+    assert_eq!(valid.validators.len(), 4);
+    assert_eq!(valid.total_supply(), 500);
+    let out = dir.path().join("genesis.json");
+    assemble::write_new_json(&out, &genesis).unwrap();
+    assert_eq!(Genesis::load(&out).unwrap().hash, valid.hash);
+    assert!(assemble::write_new_json(&out, &genesis)
+        .unwrap_err()
+        .contains("refusing to overwrite"));
+    let mut twice = entries.clone();
+    twice[1] = twice[0].clone();
+    assert!(assemble::assemble("orgs-net", 1, twice, vec![account.clone()]).is_err());
+    assert!(assemble::assemble("bad id!", 1, entries.clone(), vec![account]).is_err());
+    for bad in [
+        "nothing",
+        "abc=1",
+        &format!("{alice}=-1"),
+        &format!("{alice}=x"),
+    ] {
+        let parsed = assemble::parse_account(bad);
+        let refused = parsed.is_err()
+            || assemble::assemble("orgs-net", 1, entries.clone(), vec![parsed.unwrap()]).is_err();
+        assert!(refused, "{bad} accepted");
+    }
+}

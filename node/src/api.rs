@@ -127,6 +127,13 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .and(warp::get())
         .and(with_node.clone())
         .map(move |node: Arc<Node>| events(&node, &subscribers));
+    let health = warp::path!("health")
+        .and(warp::get())
+        .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })));
+    let ready = warp::path!("ready")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Arc<Node>| ready(&node));
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_node)
@@ -153,6 +160,10 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .or(events)
         .unify()
         .or(metrics)
+        .unify()
+        .or(health)
+        .unify()
+        .or(ready)
         .unify()
         .recover(|rejection| async move { Ok::<_, Infallible>(rejection_response(rejection)) })
         .unify()
@@ -288,6 +299,40 @@ fn status(node: &Node) -> Response {
             mempool_size: node.mempool.lock().expect("mempool lock").len(),
             syncing: consensus.syncing,
         },
+    )
+}
+
+/// `GET /ready`: 200 when this validator can do its work (not catching up,
+/// and connected to enough validators that, counting itself, they make a
+/// quorum), else 503 saying which.
+fn ready(node: &Node) -> Response {
+    let consensus = node.status.read().expect("status lock").clone();
+    let n = node.genesis.validators.len();
+    let peers = node
+        .metrics
+        .peers_connected
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let quorum = cairn_core::quorum(n);
+    if consensus.syncing {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "syncing",
+            "this validator is catching up with its peers",
+        );
+    }
+    if peers + 1 < quorum {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_quorum",
+            format!(
+                "this validator sees {} of {n} validators (itself included); a quorum is {quorum}",
+                peers + 1
+            ),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ready", "validators_seen": peers + 1, "quorum": quorum }),
     )
 }
 

@@ -199,6 +199,7 @@ fn step(
     input: Input,
 ) {
     let view_before = replica.view();
+    let syncing_before = replica.is_syncing();
     let actions = replica.handle(ledger, input);
     if let Some(error) = ledger.take_fatal() {
         // Nothing of this input may leave the node (it may assume the
@@ -213,12 +214,33 @@ fn step(
     if replica.view() != view_before {
         node.metrics.view_changes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
+            event = "view_change",
+            from_view = view_before.0,
+            to_view = replica.view().0,
+            height = ledger.tip().0.next().0,
+            primary = replica.primary().0,
             "view {} -> {} at height {} (primary now validator {})",
             view_before.0,
             replica.view().0,
             ledger.tip().0.next(),
             replica.primary().0
         );
+    }
+    if replica.is_syncing() != syncing_before {
+        let tip = ledger.tip().0 .0;
+        if replica.is_syncing() {
+            tracing::info!(
+                event = "sync_start",
+                height = tip,
+                "catching up from height {tip}"
+            );
+        } else {
+            tracing::info!(
+                event = "sync_end",
+                height = tip,
+                "caught up at height {tip}"
+            );
+        }
     }
     let status = ConsensusStatus {
         view: replica.view(),
@@ -261,7 +283,12 @@ fn execute(node: &Node, record: &SafetyRecord, action: Action) {
             },
         ),
         Action::Committed { height, hash } => {
-            tracing::info!("committed block {height} {hash}");
+            tracing::info!(
+                event = "commit",
+                height = height.0,
+                hash = %hash,
+                "committed block {height} {hash}"
+            );
         }
     }
 }

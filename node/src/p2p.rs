@@ -363,11 +363,20 @@ async fn accept_loop(
                         }
                     }
                     _ => tracing::warn!(
+                        event = "peer_refused",
+                        peer = connection.peer,
+                        address = %address,
+                        reason = "the lower index dials",
                         "refused connection from validator {} at {address}: the lower index dials",
                         connection.peer
                     ),
                 },
-                Err(e) => tracing::warn!("refused p2p connection from {address}: {e}"),
+                Err(e) => tracing::warn!(
+                    event = "peer_refused",
+                    address = %address,
+                    reason = %e,
+                    "refused p2p connection from {address}: {e}"
+                ),
             }
         });
     }
@@ -412,11 +421,19 @@ async fn manage_peer(
             },
         };
         backoff = DIAL_BACKOFF_MIN;
-        tracing::info!("connected to validator {peer}");
+        tracing::info!(
+            event = "peer_connected",
+            peer,
+            "connected to validator {peer}"
+        );
         node.metrics.peers_connected.fetch_add(1, Ordering::Relaxed);
         next = serve(&node, connection, &mut queue, &mut inbound, dialer).await;
         node.metrics.peers_connected.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!("disconnected from validator {peer}");
+        tracing::info!(
+            event = "peer_disconnected",
+            peer,
+            "disconnected from validator {peer}"
+        );
     }
 }
 

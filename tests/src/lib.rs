@@ -380,7 +380,7 @@ impl Testnet {
         format!("http://{}", self.genesis.api_addresses[i])
     }
 
-    fn log_path(&self, i: usize) -> PathBuf {
+    pub fn log_path(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("node{i}.log"))
     }
 
@@ -390,6 +390,11 @@ impl Testnet {
 
     /// Starts validator `i` (appending to its log).
     pub fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    /// Starts validator `i` with more `cairn-node run` arguments.
+    pub fn start_with(&mut self, i: usize, extra: &[&str]) {
         assert!(self.nodes[i].is_none(), "validator {i} is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -398,6 +403,7 @@ impl Testnet {
             .expect("log file");
         let child = Command::new(bin("cairn-node"))
             .args(["run", "--home", self.home(i).to_str().unwrap()])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
