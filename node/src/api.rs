@@ -47,6 +47,11 @@ fn error_response(status: StatusCode, code: &str, message: impl Into<String>) ->
 /// ignored.
 type Query = std::collections::HashMap<String, String>;
 
+/// The block explorer at `GET /`: one page of plain HTML, CSS and a little
+/// JavaScript, built into the binary, reading the JSON API and the SSE
+/// stream of the node that serves it.
+const EXPLORER_HTML: &str = include_str!("explorer/index.html");
+
 fn wants_proof(query: &Query) -> Result<bool, Box<Response>> {
     match query.get("proof").map(String::as_str) {
         None | Some("false") => Ok(false),
@@ -127,6 +132,16 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .and(warp::get())
         .and(with_node.clone())
         .map(move |node: Arc<Node>| events(&node, &subscribers));
+    let explorer = warp::path::end().and(warp::get()).map(|| {
+        let reply = warp::reply::html(EXPLORER_HTML);
+        let reply = warp::reply::with_header(
+            reply,
+            "content-security-policy",
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; \
+             script-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+        );
+        warp::reply::with_header(reply, "x-content-type-options", "nosniff").into_response()
+    });
     let health = warp::path!("health")
         .and(warp::get())
         .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })));
@@ -162,6 +177,8 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .or(metrics)
         .unify()
         .or(health)
+        .unify()
+        .or(explorer)
         .unify()
         .or(ready)
         .unify()
