@@ -52,6 +52,11 @@ type Query = std::collections::HashMap<String, String>;
 /// stream of the node that serves it.
 const EXPLORER_HTML: &str = include_str!("explorer/index.html");
 
+/// `GET /v1/openapi.json`: the OpenAPI 3 document of every route. The
+/// end-to-end test `tests/openapi.rs` checks the server's real answers
+/// against it, and CI runs Schemathesis on it against a live validator.
+pub const OPENAPI_JSON: &str = include_str!("openapi/openapi.json");
+
 fn wants_proof(query: &Query) -> Result<bool, Box<Response>> {
     match query.get("proof").map(String::as_str) {
         None | Some("false") => Ok(false),
@@ -90,8 +95,35 @@ pub fn serve(
     let listener = http_server::bind(listen).map_err(|e| e.to_string())?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let limits = ServerLimits::from(&node.limits);
-    let server = http_server::serve(listener, warp::service(routes(node)), limits, shutdown);
+    let routes = warp::service(routes(node));
+    // A 405 names the methods the resource has (RFC 9110 `Allow`); warp's
+    // rejection does not know the path, the service around it does.
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::Body>| {
+        let allow = allowed_methods(request.uri().path());
+        let mut routes = routes.clone();
+        async move {
+            use hyper::service::Service;
+            let mut response = routes.call(request).await?;
+            if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+                response.headers_mut().insert(
+                    warp::http::header::ALLOW,
+                    warp::http::HeaderValue::from_static(allow),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let server = http_server::serve(listener, service, limits, shutdown);
     Ok((address, server))
+}
+
+/// The methods a path's resource answers: the two submission routes take
+/// POST, every other route GET.
+fn allowed_methods(path: &str) -> &'static str {
+    match path.trim_end_matches('/') {
+        "/v1/transactions" | "/v1/transactions/batch" => "POST",
+        _ => "GET",
+    }
 }
 
 /// Every route of the API.
@@ -142,6 +174,9 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         );
         warp::reply::with_header(reply, "x-content-type-options", "nosniff").into_response()
     });
+    let openapi = warp::path!("v1" / "openapi.json").and(warp::get()).map(|| {
+        warp::reply::with_header(OPENAPI_JSON, "content-type", "application/json").into_response()
+    });
     let health = warp::path!("health")
         .and(warp::get())
         .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })));
@@ -179,6 +214,8 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .or(health)
         .unify()
         .or(explorer)
+        .unify()
+        .or(openapi)
         .unify()
         .or(ready)
         .unify()
@@ -604,6 +641,15 @@ async fn submit_batch(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> 
 }
 
 fn transaction(node: &Node, hash: &str, query: &Query) -> Response {
+    if hash == "batch" {
+        // `/v1/transactions/batch` is the batch submission resource, which
+        // takes POST only (not a transaction named "batch").
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        );
+    }
     let proof = match wants_proof(query) {
         Ok(proof) => proof,
         Err(response) => return *response,

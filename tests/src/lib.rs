@@ -1030,3 +1030,28 @@ pub struct ExclusiveSlot(#[allow(dead_code)] Exclusive);
 pub fn exclusive_slot() -> ExclusiveSlot {
     ExclusiveSlot(exclusive())
 }
+
+/// Whether a test that needs something of the machine (a browser, root for
+/// network namespaces, Schemathesis) can run. Present: true. Missing: in CI
+/// (`CAIRN_CI=1`, set by `.ci/run`, which installs them) the test fails;
+/// elsewhere it says loudly that it is skipped and why, and returns false.
+pub fn machine_has(test: &str, present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var("CAIRN_CI").is_ok_and(|v| v == "1") {
+        panic!("{test} needs {what}; CI must provide it (.ci/run installs it)");
+    }
+    eprintln!("SKIPPED {test}: needs {what} (`.ci/run` installs it; CI never skips)");
+    false
+}
+
+/// Whether `program` runs (`program --version` exits 0).
+pub fn program_runs(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
