@@ -178,7 +178,8 @@ pub async fn run(home: &Path) -> Result<(), String> {
     );
 
     let consensus_inbox = node.consensus_events.clone();
-    let consensus = consensus_loop::start(node.clone(), consensus_inbox, safety_record, safety, origin)?;
+    let consensus =
+        consensus_loop::start(node.clone(), consensus_inbox, safety_record, safety, origin)?;
     tokio::spawn(expire_mempool(node.clone()));
     p2p::start(node.clone(), queues, p2p_listen, dial_addresses)
         .await
