@@ -99,6 +99,7 @@
 //! assert_eq!(committed, [1, 2, 3]);
 //! ```
 
+mod abstain;
 pub mod limits;
 mod log;
 mod message;

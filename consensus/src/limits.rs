@@ -29,6 +29,11 @@ pub const VIEW_TIMEOUT_DOUBLINGS_MAX: u32 = 6;
 pub const RETRANSMIT_DIVISOR: u64 = 4;
 /// Least retransmission interval, whatever the view timeout.
 pub const RETRANSMIT_INTERVAL_MIN_MS: u64 = 10;
+/// Sync requests in a row a validator may leave unanswered before a height
+/// it claimed stops keeping a replica without a safety record abstaining
+/// (`abstain.rs`): a silent liar delays its first vote by at most this many
+/// retransmission intervals.
+pub const ABSTAIN_UNANSWERED_MAX: u32 = 16;
 /// Steps (commits, votes, proposals) taken for one input at most.
 pub const ADVANCE_STEPS_MAX: usize = 64;
 

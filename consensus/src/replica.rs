@@ -85,6 +85,16 @@ impl Replica {
         }
     }
 
+    /// A replica for a validator without a safety record (new, or its home
+    /// wiped), restored from `safety` (the default, or the state it
+    /// persisted while abstaining): it signs nothing until it has committed
+    /// past the heights its peers report (see [`Replica::is_abstaining`]).
+    pub fn new_fresh(config: Config, key: Keypair, safety: SafetyState) -> Replica {
+        let mut replica = Replica::new(config, key, safety);
+        replica.safety.start_abstaining();
+        replica
+    }
+
     /// The one entry point.
     pub fn handle(&mut self, ledger: &mut impl Ledger, input: Input) -> Vec<Action> {
         self.align(ledger);
@@ -228,6 +238,7 @@ impl Replica {
         if message.from.get() >= self.n() || message.from == self.me {
             return;
         }
+        self.abstain_hear(&message, verified);
         if let Message::Decided { certificate } = &message.message {
             let certificate = certificate.clone();
             return self.on_decided(message, certificate, verified);

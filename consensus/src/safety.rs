@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use cairn_core::{quorum, Block, Certificate, Hash, Height, Keypair, ValidatorIndex, View};
 
+use crate::abstain::Abstain;
 use crate::message::{Message, PreparedCertificate, SignedMessage};
 
 /// What the replica persisted about its own votes. Opaque to the runtime:
@@ -109,6 +110,8 @@ pub(crate) enum SafetyError {
     NotPrepared,
     #[error("the view is not above the current one")]
     ViewNotHigher,
+    #[error("the validator lost its record and abstains at this height")]
+    Abstaining,
 }
 
 /// The keeper of the signing key and of the safety state.
@@ -119,6 +122,8 @@ pub(crate) struct SafetyRules {
     me: ValidatorIndex,
     validators_count: usize,
     dirty: bool,
+    /// Set while the validator, started without a record, abstains.
+    abstain: Option<Abstain>,
 }
 
 impl SafetyRules {
@@ -136,7 +141,27 @@ impl SafetyRules {
             me,
             validators_count,
             dirty: false,
+            abstain: None,
         }
+    }
+
+    /// Makes the rules abstain (a validator without a record): see
+    /// `abstain.rs`.
+    pub(crate) fn start_abstaining(&mut self) {
+        self.abstain = Abstain::new(self.validators_count, self.me);
+    }
+
+    pub(crate) fn abstain(&self) -> Option<&Abstain> {
+        self.abstain.as_ref()
+    }
+
+    pub(crate) fn abstain_mut(&mut self) -> Option<&mut Abstain> {
+        self.abstain.as_mut()
+    }
+
+    /// Whether the abstain rule forbids signing at `height`.
+    pub(crate) fn abstains_at(&self, height: Height) -> bool {
+        check_not_abstaining(&self.abstain, height).is_err()
     }
 
     pub(crate) fn state(&self) -> &SafetyState {
@@ -183,6 +208,7 @@ impl SafetyRules {
         justification: Justification,
     ) -> Result<SignedMessage, SafetyError> {
         let hash = block.hash();
+        check_not_abstaining(&self.abstain, block.header.height)?;
         check_height(&self.state, block.header.height)?;
         check_current_view(&self.state, view)?;
         check_justified(&self.state, view, justification)?;
@@ -199,6 +225,7 @@ impl SafetyRules {
         hash: Hash,
         justification: Justification,
     ) -> Result<SignedMessage, SafetyError> {
+        check_not_abstaining(&self.abstain, height)?;
         check_height(&self.state, height)?;
         check_current_view(&self.state, view)?;
         check_justified(&self.state, view, justification)?;
@@ -221,6 +248,7 @@ impl SafetyRules {
         let (view, hash) = (certificate.view, certificate.block_hash);
         let height = block.header.height;
         assert_eq!(block.hash(), hash, "the certificate is for this block");
+        check_not_abstaining(&self.abstain, height)?;
         check_height(&self.state, height)?;
         check_current_view(&self.state, view)?;
         check_prepared(&self.state, &certificate, self.validators_count)?;
@@ -246,6 +274,7 @@ impl SafetyRules {
         height: Height,
         new_view: View,
     ) -> Result<SignedMessage, SafetyError> {
+        check_not_abstaining(&self.abstain, height)?;
         check_height(&self.state, height)?;
         check_view_change(&self.state, new_view)?;
         self.record(|s| {
@@ -274,6 +303,17 @@ impl SafetyRules {
 
     fn sign(&self, message: Message) -> SignedMessage {
         SignedMessage::sign(&self.chain_id, self.me, &self.key, message)
+    }
+}
+
+/// A validator that lost its record (or never had one) signs nothing —
+/// no proposal, vote, view change or new view — at a height it may have
+/// voted at before: up to one past the highest height its peers reported
+/// (see `abstain.rs`).
+fn check_not_abstaining(abstain: &Option<Abstain>, height: Height) -> Result<(), SafetyError> {
+    match abstain {
+        Some(abstain) if abstain.forbids(height) => Err(SafetyError::Abstaining),
+        _ => Ok(()),
     }
 }
 

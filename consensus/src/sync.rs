@@ -302,6 +302,7 @@ impl Replica {
 
     fn request_sync(&mut self, to: ValidatorIndex) {
         self.sync.requested_at_ms = Some(self.now_ms);
+        self.abstain_requested(to);
         let from_height = self.round.height;
         self.push(Action::RequestSync { to, from_height });
     }
@@ -340,6 +341,7 @@ impl Replica {
         if from.get() >= self.n() || from == self.me {
             return;
         }
+        self.abstain_answered(from, progressed);
         if progressed {
             self.request_sync(from);
         } else {

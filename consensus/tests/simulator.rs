@@ -10,7 +10,7 @@ mod sim;
 
 use sim::byzantine::Behaviour;
 use sim::network::Partition;
-use sim::{run, run_or_panic, Crash, Scenario};
+use sim::{run, run_or_panic, Crash, DiskFault, DiskLoss, Scenario};
 
 /// Random seeds per CI run, over all validator counts.
 const SEEDS_DEFAULT: u64 = 2_000;
@@ -119,8 +119,53 @@ fn named(name: &str, seed: u64) -> Option<Scenario> {
         "twins" => twins(seed),
         "view_change_lies" => with_byzantine("view_change_lies", seed, Behaviour::ViewChangeLies),
         "decided_flood" => with_byzantine("decided_flood", seed, Behaviour::DecidedFlood),
+        "wiped_disk" => wiped_disk(seed),
+        "wiped_disk_without_abstaining" => wiped_disk_without_abstaining(seed),
+        "rolled_back_data" => rolled_back_data(seed),
         _ => return None,
     })
+}
+
+/// Issue 10, defect 4: validator 0, the primary of view 0, equivocates
+/// (each retransmission of its pre-prepare is a new block, to a random half
+/// of the peers); validator 2 loses its whole home (blocks and safety
+/// record, key kept) in the middle of a height, a moment after it voted,
+/// and restarts as a new validator: it resyncs and, without the abstain
+/// rule, prepares whatever block of the same (height, view) reaches it next.
+fn wiped_disk(seed: u64) -> Scenario {
+    let mut s = Scenario::calm("wiped_disk", seed, 4);
+    s.byzantine = vec![(0, Behaviour::Equivocate)];
+    s.heal_ms = 2_000;
+    let at_ms = 60 + seed * 37 % 600;
+    s.disk_faults = vec![DiskFault {
+        node: 2,
+        at_ms,
+        restart_ms: at_ms + 20 + seed % 60,
+        loss: DiskLoss::Wipe,
+    }];
+    s
+}
+
+/// [`wiped_disk`] with the abstain rule off: the wiped validator starts
+/// voting at once.
+fn wiped_disk_without_abstaining(seed: u64) -> Scenario {
+    let mut s = wiped_disk(seed);
+    s.name = "wiped_disk_without_abstaining".into();
+    s.abstain = false;
+    s
+}
+
+/// The same equivocating primary; validator 2's data folder goes back one
+/// to three heights in a crash (sled after a power loss) while its safety
+/// record stays: it never signs at or below the record, so it resyncs
+/// without a vote that conflicts with one it gave before.
+fn rolled_back_data(seed: u64) -> Scenario {
+    let mut s = wiped_disk(seed);
+    s.name = "rolled_back_data".into();
+    s.disk_faults[0].loss = DiskLoss::RollBack {
+        heights: 1 + seed as usize % 3,
+    };
+    s
 }
 
 fn single_validator(seed: u64) -> Scenario {
@@ -356,6 +401,41 @@ fn twins_enumerated_n4_twin_is_second_primary() {
     twins_enumerated(1);
 }
 
+/// Without the abstain rule a wiped validator signs a second, different
+/// vote for a (height, view) it voted in before its disk was lost.
+#[test]
+fn a_wiped_validator_votes_twice_without_abstaining() {
+    let failures: Vec<String> = (0..40)
+        .filter_map(|seed| run(wiped_disk_without_abstaining(seed)).err())
+        .collect();
+    assert!(
+        failures.iter().any(|e| e.contains("double vote")),
+        "no seed double-voted: {failures:#?}"
+    );
+}
+
+/// With it, it signs nothing until it has committed past what its peers
+/// reported, then votes again, and every honest node makes progress.
+#[test]
+fn a_wiped_validator_abstains_then_votes() {
+    for seed in 0..40 {
+        let report = run_or_panic(wiped_disk(seed));
+        assert_eq!(report.disk_faults, 1, "seed {seed}");
+        assert!(report.abstained, "seed {seed}: nobody abstained");
+        assert!(report.heights.iter().all(|h| h.0 >= 5), "seed {seed}");
+    }
+}
+
+/// A data folder rolled back under an intact record: no double vote.
+#[test]
+fn a_rolled_back_data_folder_keeps_to_its_record() {
+    for seed in 0..40 {
+        let report = run_or_panic(rolled_back_data(seed));
+        assert_eq!(report.disk_faults, 1, "seed {seed}");
+        assert!(!report.abstained, "seed {seed}: the record was intact");
+    }
+}
+
 #[test]
 fn single_validator_commits_alone() {
     let report = run_or_panic(single_validator(1));
@@ -587,6 +667,29 @@ fn a_seed_replays_exactly() {
         assert_eq!(
             run(Scenario::random(seed * 101)),
             run(Scenario::random(seed * 101))
+        );
+    }
+}
+
+/// The random runs lose disks in a meaningful share: wiped homes (beside
+/// faulty validators that still vote) and rolled-back data folders, at
+/// every validator count.
+#[test]
+fn random_runs_lose_disks_in_a_meaningful_share() {
+    for n in [4, 5, 6, 7] {
+        let (mut wipes, mut rollbacks) = (0, 0);
+        for seed in 0..500 {
+            for fault in Scenario::random_n(seed, n).disk_faults {
+                match fault.loss {
+                    DiskLoss::Wipe => wipes += 1,
+                    DiskLoss::RollBack { .. } => rollbacks += 1,
+                }
+            }
+        }
+        println!("n = {n}: {wipes} wiped homes, {rollbacks} rolled-back data folders in 500 runs");
+        assert!(
+            wipes >= 15 && rollbacks >= 40,
+            "n = {n}: {wipes} wipes, {rollbacks} rollbacks"
         );
     }
 }

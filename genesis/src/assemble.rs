@@ -13,7 +13,8 @@ use crate::{
 };
 
 /// Makes a validator home on this host: `home/validator.key` (a new key,
-/// mode 0600) and `home/node.json`, and returns this validator's genesis
+/// mode 0600), `home/node.json` and the initial safety record
+/// (`home/safety.json`, no votes yet), and returns this validator's genesis
 /// entry. Refuses a home that already holds a key or a node config (never
 /// overwrites); the genesis file comes later (`home/genesis.json`).
 pub fn init_home(

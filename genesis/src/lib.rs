@@ -21,8 +21,9 @@ use cairn_core::state::{genesis_state_root, Account};
 use cairn_core::{Block, BlockHeader, Hash, Height, PublicKey, View};
 
 pub use testnet::{
-    account_key_path, build_genesis, node_home, write_testnet, TestnetOptions, DATA_DIR,
-    GENESIS_FILE, TESTNET_ACCOUNTS_MAX, VALIDATOR_KEY_FILE,
+    account_key_path, build_genesis, node_home, write_initial_safety_record, write_testnet,
+    TestnetOptions, DATA_DIR, GENESIS_FILE, INITIAL_SAFETY_RECORD, SAFETY_FILE,
+    TESTNET_ACCOUNTS_MAX, VALIDATOR_KEY_FILE,
 };
 
 /// Domain tag of the genesis hash.

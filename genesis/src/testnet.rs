@@ -20,6 +20,35 @@ pub const GENESIS_FILE: &str = "genesis.json";
 pub const VALIDATOR_KEY_FILE: &str = "validator.key";
 /// Name of the database folder in each node home.
 pub const DATA_DIR: &str = "data";
+/// Name of the safety record in each node home (the node's
+/// `safety_record.rs` owns its format).
+pub const SAFETY_FILE: &str = "safety.json";
+/// The record of a validator that has not voted yet: height 0, view 0, no
+/// votes (the node reads it as the empty safety state).
+pub const INITIAL_SAFETY_RECORD: &str = "{\"format\":\"cairn-safety-1\",\"height\":0,\"view\":0}\n";
+
+/// Writes the initial safety record into a new validator's home, durably
+/// (file and folder fsynced). Whoever sets up a validator home for a new
+/// network calls it (`cairn-genesis testnet`; `cairn-node init` when it
+/// exists), so the validator starts as one that has not voted yet. A home
+/// without any record and without blocks is a validator that lost its
+/// record: it abstains until it has caught up with its peers (issue 10).
+/// Every validator of a new network starting that way would wait for the
+/// others forever. Refuses to overwrite a record.
+pub fn write_initial_safety_record(home: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let path = home.join(SAFETY_FILE);
+    let shown = path.display();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| format!("cannot create {shown}: {e}"))?;
+    file.write_all(INITIAL_SAFETY_RECORD.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::File::open(home)?.sync_all())
+        .map_err(|e| format!("cannot write {shown}: {e}"))
+}
 
 /// Options of `cairn-genesis testnet`.
 #[derive(Clone, Debug)]
@@ -203,6 +232,7 @@ fn write_files(
             .map_err(|e| format!("cannot encode the node config: {e}"))?
             + "\n";
         write_file(&home.join(crate::NODE_CONFIG_FILE), &config)?;
+        write_initial_safety_record(&home)?;
     }
     if !account_keys.is_empty() {
         create_dir(&out.join("accounts"))?;

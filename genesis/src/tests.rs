@@ -293,6 +293,12 @@ fn testnet_writes_a_runnable_network() {
         assert_eq!(valid.p2p_addresses[i].port(), 36600 + i as u16);
         #[cfg(unix)]
         assert_eq!(mode(&config.key), 0o600);
+        // A record of no votes yet, so a new network does not start as
+        // validators that lost theirs (they would all abstain).
+        let record = std::fs::read_to_string(home.join(SAFETY_FILE)).unwrap();
+        assert_eq!(record, INITIAL_SAFETY_RECORD);
+        let error = write_initial_safety_record(&home).unwrap_err();
+        assert!(error.contains("safety.json"), "never overwritten: {error}");
     }
     assert!(!node_home(&out, 3).exists());
     for j in 0..2 {
@@ -534,6 +540,7 @@ fn init_makes_a_home_and_its_entry_and_never_overwrites() {
         ("org-a", "10.0.0.1:26600")
     );
     let config = NodeConfig::load(&home).unwrap();
+    assert!(home.join("safety.json").exists(), "a new home has its initial record");
     assert_eq!(config.key, home.join(VALIDATOR_KEY_FILE));
     assert_eq!(config.genesis, home.join(GENESIS_FILE));
     let again = assemble::init_home(&home, "org-a", "10.0.0.1:26600", "10.0.0.1:8080");

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::safety_record::SafetyRecord;
+use crate::safety_record::{Origin, SafetyRecord};
 use cairn_consensus::{Action, Config, Input, Ledger, Replica, SafetyState};
 use cairn_core::{Height, ValidatorIndex};
 
@@ -137,6 +137,7 @@ pub fn start(
     inbox: Arc<EventQueue>,
     record: SafetyRecord,
     safety: SafetyState,
+    origin: Origin,
 ) -> Result<std::thread::JoinHandle<()>, String> {
     let params = &node.genesis.genesis.params;
     let config = Config {
@@ -146,7 +147,18 @@ pub fn start(
         view_timeout_ms: params.view_timeout_ms,
         block_txs_max: params.block_txs_max,
     };
-    let replica = Replica::new(config, node.key.clone(), safety);
+    let replica = if origin.abstains() {
+        Replica::new_fresh(config, node.key.clone(), safety)
+    } else {
+        Replica::new(config, node.key.clone(), safety)
+    };
+    if replica.is_abstaining() {
+        node.metrics.abstaining.store(1, Ordering::Relaxed);
+        tracing::warn!(
+            "abstaining: this validator has no record of the votes it may have signed, so it \
+             signs nothing until it has committed past the heights its peers report"
+        );
+    }
     let ledger = NodeLedger::new(node.clone())?;
     std::thread::Builder::new()
         .name("consensus".into())
@@ -200,12 +212,37 @@ fn step(
 ) {
     let view_before = replica.view();
     let syncing_before = replica.is_syncing();
+    let abstaining_before = replica.is_abstaining();
     let actions = replica.handle(ledger, input);
     if let Some(error) = ledger.take_fatal() {
         // Nothing of this input may leave the node (it may assume the
         // block it could not store is committed).
         tracing::error!("{error}; stopping");
         std::process::exit(70);
+    }
+    let abstaining = replica.is_abstaining();
+    record.set_abstaining(abstaining);
+    if abstaining != abstaining_before {
+        node.metrics
+            .abstaining
+            .store(abstaining as u64, Ordering::Relaxed);
+        if abstaining {
+            tracing::warn!(
+                event = "abstain_start",
+                height = replica.height().0,
+                "abstaining again at height {}",
+                replica.height()
+            );
+        } else {
+            tracing::info!(
+                event = "abstain_end",
+                height = replica.height().0,
+                "stopped abstaining at height {}: committed past height {} its peers reported; \
+                 voting again",
+                replica.height(),
+                replica.abstain_target().map_or(0, |h| h.0)
+            );
+        }
     }
     for action in actions {
         execute(node, record, action);

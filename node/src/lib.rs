@@ -129,8 +129,9 @@ pub async fn run(home: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot open data folder {}: {e}", config.data.display()))?;
     let (safety_record, safety, origin) = safety_record::SafetyRecord::load(home, &storage)?;
     if origin == safety_record::Origin::Fresh {
-        tracing::info!(
-            "no safety record ({}) and no blocks: starting as a new validator",
+        tracing::warn!(
+            "no safety record ({}) and no blocks: starting as a validator that lost its record \
+             (a new one gets an initial record from cairn-genesis testnet)",
             home.join(safety_record::SAFETY_FILE).display()
         );
     }
@@ -177,7 +178,8 @@ pub async fn run(home: &Path) -> Result<(), String> {
     );
 
     let consensus_inbox = node.consensus_events.clone();
-    let consensus = consensus_loop::start(node.clone(), consensus_inbox, safety_record, safety)?;
+    let consensus =
+        consensus_loop::start(node.clone(), consensus_inbox, safety_record, safety, origin)?;
     tokio::spawn(expire_mempool(node.clone()));
     p2p::start(node.clone(), queues, p2p_listen, dial_addresses)
         .await

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub safety_writes: AtomicU64,
     pub safety_write_us: AtomicU64,
     pub safety_write_bytes: AtomicU64,
+    /// 1 while the validator, started without a safety record, abstains
+    /// from voting (`cairn_consensus` `abstain.rs`).
+    pub abstaining: AtomicU64,
     /// When (ms since the epoch) this node last refused work for want of
     /// room: a full mempool, a client turned away as overloaded, or a
     /// gossip frame dropped. Not exported; see [`Metrics::overloaded_since`].
@@ -102,6 +105,12 @@ impl Metrics {
             "gauge",
             "Current consensus view.",
             get(&self.view),
+        );
+        metric(
+            "cairn_abstaining",
+            "gauge",
+            "1 while this validator, started without a safety record, signs no votes.",
+            get(&self.abstaining),
         );
         metric(
             "cairn_committed_transactions_total",

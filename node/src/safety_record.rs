@@ -25,7 +25,16 @@
 //!   the votes behind those blocks are unknown;
 //! - a data folder of an older version, which kept the state in its `meta`
 //!   tree, has it moved into the record;
-//! - no record and no blocks is a new (or fully wiped) validator.
+//! - no record and no blocks is a validator that lost its record (a wiped
+//!   home; `cairn-genesis testnet` writes every new validator an initial
+//!   record of no votes, so a new network does not start this way): the
+//!   replica abstains (`cairn_consensus`'s `abstain.rs`), and a record
+//!   saying so (`"abstaining": true`) is written at once, so that a restart
+//!   while it abstains, with blocks synced meanwhile, abstains again
+//!   rather than being refused. Every record written while the replica
+//!   abstains says so; the first written after says nothing.
+//! - a record without `state` is the initial one: height 0, view 0, no
+//!   votes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::storage::Storage;
 
 /// The record's file name in the validator's home folder.
-pub const SAFETY_FILE: &str = "safety.json";
+pub const SAFETY_FILE: &str = cairn_genesis::SAFETY_FILE;
 /// The prepared block's file name, beside the record.
 fn block_file(hash: &cairn_core::Hash) -> String {
     format!("safety-block-{}.bin", &hash.to_string()[..16])
@@ -61,7 +70,12 @@ struct RecordJson {
     prepare_vote: Option<VoteJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     commit_vote: Option<VoteJson>,
-    state: String,
+    /// Absent in the initial record (no votes yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+    /// The validator lost its record and abstains from voting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    abstaining: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -77,6 +91,8 @@ pub struct SafetyRecord {
     folder: PathBuf,
     /// The prepared block whose file the record on disk names.
     block_written: std::cell::Cell<Option<cairn_core::Hash>>,
+    /// Whether records written now say the replica abstains.
+    abstaining: std::cell::Cell<bool>,
 }
 
 /// How the record was found at start.
@@ -86,8 +102,18 @@ pub enum Origin {
     Read,
     /// Moved from an older data folder's `meta` tree.
     Converted,
-    /// Neither a record nor blocks: a new or fully wiped validator.
+    /// Neither a record nor blocks: a validator that lost its record (a
+    /// wiped home). It abstains; a record saying so is written at once.
     Fresh,
+    /// A record written while the replica abstained: it abstains again.
+    Abstaining,
+}
+
+impl Origin {
+    /// Whether the replica must abstain (`Replica::new_fresh`).
+    pub fn abstains(self) -> bool {
+        matches!(self, Origin::Fresh | Origin::Abstaining)
+    }
 }
 
 impl SafetyRecord {
@@ -101,11 +127,18 @@ impl SafetyRecord {
             path: home.join(SAFETY_FILE),
             folder: home.to_path_buf(),
             block_written: std::cell::Cell::new(None),
+            abstaining: std::cell::Cell::new(false),
         };
         match std::fs::read(&record.path) {
             Ok(bytes) => {
-                let state = record.parse(&bytes)?;
-                Ok((record, state, Origin::Read))
+                let (state, abstaining) = record.parse(&bytes)?;
+                record.abstaining.set(abstaining);
+                let origin = if abstaining {
+                    Origin::Abstaining
+                } else {
+                    Origin::Read
+                };
+                Ok((record, state, origin))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let shown = record.path.display();
@@ -127,13 +160,23 @@ impl SafetyRecord {
                          without it could sign a conflicting vote; restore the file"
                     ));
                 }
+                record.abstaining.set(true);
+                record
+                    .persist(SafetyState::default())
+                    .map_err(|e| format!("cannot write {shown}: {e}"))?;
                 Ok((record, SafetyState::default(), Origin::Fresh))
             }
             Err(e) => Err(format!("cannot read {}: {e}", record.path.display())),
         }
     }
 
-    fn parse(&self, bytes: &[u8]) -> Result<SafetyState, String> {
+    /// Whether the records written from now on say the replica abstains.
+    pub fn set_abstaining(&self, abstaining: bool) {
+        self.abstaining.set(abstaining);
+    }
+
+    /// The state and whether the replica abstained.
+    fn parse(&self, bytes: &[u8]) -> Result<(SafetyState, bool), String> {
         let damaged = |what: String| format!("{} is damaged: {what}", self.path.display());
         let json: RecordJson = serde_json::from_slice(bytes).map_err(|e| damaged(e.to_string()))?;
         if json.format != FORMAT {
@@ -142,7 +185,17 @@ impl SafetyRecord {
                 json.format
             )));
         }
-        let encoded = hex::decode(&json.state).map_err(|e| damaged(format!("state: {e}")))?;
+        let Some(encoded) = &json.state else {
+            let initial = json.height == 0
+                && json.view == 0
+                && json.prepare_vote.is_none()
+                && json.commit_vote.is_none();
+            if !initial {
+                return Err(damaged("votes without a state".into()));
+            }
+            return Ok((SafetyState::default(), json.abstaining));
+        };
+        let encoded = hex::decode(encoded).map_err(|e| damaged(format!("state: {e}")))?;
         let mut state: SafetyState =
             codec::decode(&encoded).map_err(|e| damaged(format!("state: {e}")))?;
         if state.height().0 != json.height || state.view().0 != json.view {
@@ -171,7 +224,7 @@ impl SafetyRecord {
             *stripped = block;
         }
         self.remove_spare_blocks();
-        Ok(state)
+        Ok((state, json.abstaining))
     }
 
     /// Writes `state` durably: returns once the files and the folder
@@ -204,7 +257,8 @@ impl SafetyRecord {
             view: state.view().0,
             prepare_vote: vote(state.prepare_vote()),
             commit_vote: vote(state.commit_vote()),
-            state: hex::encode(codec::encode(&state)),
+            state: Some(hex::encode(codec::encode(&state))),
+            abstaining: self.abstaining.get(),
         };
         let mut bytes = serde_json::to_vec(&json)?;
         bytes.push(b'\n');
@@ -277,12 +331,13 @@ pub(crate) mod tests {
     #[test]
     fn a_written_record_reads_back() {
         let (home, storage) = open_home();
+        std::fs::write(
+            home.path().join(SAFETY_FILE),
+            cairn_genesis::INITIAL_SAFETY_RECORD,
+        )
+        .unwrap();
         let (record, state, origin) = SafetyRecord::load(home.path(), &storage).unwrap();
-        assert_eq!((state, origin), (SafetyState::default(), Origin::Fresh));
-        assert!(
-            !home.path().join(SAFETY_FILE).exists(),
-            "nothing written before a vote"
-        );
+        assert_eq!((state, origin), (SafetyState::default(), Origin::Read));
         record.persist(state_at(9)).unwrap();
         let (_, state, origin) = SafetyRecord::load(home.path(), &storage).unwrap();
         assert_eq!((state, origin), (state_at(9), Origin::Read));
@@ -387,6 +442,31 @@ pub(crate) mod tests {
         assert_eq!((state, origin), (state_at(4), Origin::Read));
     }
 
+    /// No record and no blocks: a wiped home. It abstains, and says so in a
+    /// record at once, so a restart after syncing blocks abstains again
+    /// instead of being refused; the first record written after it
+    /// stopped abstaining is an ordinary one.
+    #[test]
+    fn a_home_without_a_record_abstains_until_told_otherwise() {
+        let (home, storage) = open_home();
+        let (record, state, origin) = SafetyRecord::load(home.path(), &storage).unwrap();
+        assert_eq!((state, origin), (SafetyState::default(), Origin::Fresh));
+        assert!(origin.abstains());
+        let text = std::fs::read_to_string(home.path().join(SAFETY_FILE)).unwrap();
+        assert!(text.contains("\"abstaining\":true"), "{text}");
+        let (_, _, origin) = SafetyRecord::load(home.path(), &storage).unwrap();
+        assert_eq!(origin, Origin::Abstaining);
+        record.persist(state_at(3)).unwrap();
+        let (_, _, origin) = SafetyRecord::load(home.path(), &storage).unwrap();
+        assert_eq!(origin, Origin::Abstaining, "persisted while abstaining");
+        record.set_abstaining(false);
+        record.persist(state_at(4)).unwrap();
+        let (_, state, origin) = SafetyRecord::load(home.path(), &storage).unwrap();
+        assert_eq!((state, origin), (state_at(4), Origin::Read));
+        let text = std::fs::read_to_string(home.path().join(SAFETY_FILE)).unwrap();
+        assert!(!text.contains("abstaining"), "{text}");
+    }
+
     #[test]
     fn a_damaged_record_is_refused_not_emptied() {
         let (home, storage) = open_home();
@@ -399,6 +479,7 @@ pub(crate) mod tests {
             text[..text.len() / 2].to_string(),
             text.replace("\"height\":9", "\"height\":8"),
             text.replace("cairn-safety-1", "cairn-safety-0"),
+            r#"{"format":"cairn-safety-1","height":9,"view":0}"#.into(),
         ] {
             std::fs::write(&path, &damaged).unwrap();
             let error = SafetyRecord::load(home.path(), &storage)

@@ -113,3 +113,52 @@ fn a_lost_data_folder_resyncs_and_keeps_the_record() {
         "the record went back from {before} to {after}"
     );
 }
+
+/// A validator whose whole home is wiped but its key and config (`kill -9`,
+/// then the data folder and `safety.json` deleted): it starts as one that
+/// lost its record, signs nothing while the others commit, catches up, says
+/// in its log when it stops abstaining, and then votes again (its record,
+/// which said it abstained, becomes an ordinary one above the old tip).
+#[test]
+fn a_wiped_home_abstains_then_votes_again() {
+    let mut net = Testnet::start_all(4, 2, BALANCE);
+    net.wait_peers(&ALL, 3, Duration::from_secs(30));
+    commit_transfers(&net, 3);
+    let tip = net.wait_same_height(&ALL, 3, Duration::from_secs(30));
+
+    let victim = 3;
+    net.kill9(victim);
+    std::fs::remove_dir_all(net.data_dir(victim)).unwrap();
+    for entry in std::fs::read_dir(net.home(victim)).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with("safety") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let log_before = net.log(victim).len();
+    net.start(victim);
+    net.wait_api(victim);
+    assert_eq!(record(&net, victim)["abstaining"], true, "says so at once");
+    let this_run = || net.log(victim)[log_before..].to_string();
+    assert!(this_run().contains("abstaining: this validator has no record"));
+
+    // The three others commit without it; it catches up and stops.
+    commit_transfers(&net, 4);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !this_run().contains("stopped abstaining") {
+        assert!(
+            Instant::now() < deadline,
+            "still abstaining:\n{}",
+            this_run()
+        );
+        commit_transfers(&net, 1);
+    }
+    let caught_up = net.height(0);
+    commit_transfers(&net, 2);
+    let end = net.wait_same_height(&ALL, caught_up + 1, Duration::from_secs(60));
+    net.assert_same_chain(&ALL, end);
+    let record = record(&net, victim);
+    assert!(record.get("abstaining").is_none(), "{record}");
+    assert!(record["height"].as_u64().unwrap() > tip, "{record}");
+    assert!(!this_run().contains("panicked at"));
+}

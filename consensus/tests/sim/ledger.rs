@@ -85,6 +85,23 @@ impl SimLedger {
         }
     }
 
+    /// The ledger as it was at height `keep` (a data folder rolled back, as
+    /// sled can after a power loss): the first `keep` blocks replayed on a
+    /// fresh one. The client's transfer stays submitted.
+    pub fn rolled_back(&self, keep: usize) -> SimLedger {
+        let mut ledger = SimLedger::new(&self.chain_id);
+        ledger.client = self.client.clone().map(|c| ClientTx {
+            committed_at: None,
+            ..c
+        });
+        for (block, certificate) in self.blocks.iter().take(keep) {
+            ledger
+                .commit(block, certificate, 0)
+                .expect("a committed block replays");
+        }
+        ledger
+    }
+
     /// The client's transfer reaches this validator at `now_ms`.
     pub fn submit_client_tx(&mut self, now_ms: u64) {
         let transfer = Transfer {

@@ -40,6 +40,27 @@ pub struct Crash {
     pub restart_ms: u64,
 }
 
+/// What an honest node's disk loses in a [`DiskFault`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskLoss {
+    /// Blocks and safety record both (a wiped home, key kept): it restarts
+    /// as a new validator, abstaining when `Scenario::abstain` is on.
+    Wipe,
+    /// The data folder goes back this many heights (a sled rollback after
+    /// a power loss); the safety record is intact.
+    RollBack { heights: usize },
+}
+
+/// A crash of an honest node that also loses data; it restarts at
+/// `restart_ms`.
+#[derive(Clone, Debug)]
+pub struct DiskFault {
+    pub node: usize,
+    pub at_ms: u64,
+    pub restart_ms: u64,
+    pub loss: DiskLoss,
+}
+
 /// A replica's clock: true time plus `offset_ms`, running `drift_ppm`
 /// parts per million fast (or slow, when negative).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,6 +113,12 @@ pub struct Scenario {
     /// nodes, so the two copies can sit on different sides and sign real
     /// conflicting proposals and votes. Twins count as Byzantine.
     pub twins: Vec<usize>,
+    /// Crashes that lose the disk, in whole or in part.
+    pub disk_faults: Vec<DiskFault>,
+    /// Whether a node restarted without a safety record abstains (the
+    /// rule of `cairn_consensus`'s `abstain.rs`); off only to show what
+    /// happens without it.
+    pub abstain: bool,
 }
 
 impl Scenario {
@@ -116,6 +143,8 @@ impl Scenario {
             client_tx_at_ms: None,
             clocks: vec![],
             twins: vec![],
+            disk_faults: vec![],
+            abstain: true,
         }
     }
 
@@ -204,6 +233,41 @@ impl Scenario {
             s.client_tx_at_ms = Some(rng.gen_range(0..s.heal_ms));
         }
         s.clocks = random_clocks(&mut rng, n);
+        // A fifth of the runs lose an honest node's disk: its whole home
+        // (it restarts as a new validator and abstains) or part of its
+        // data folder (its record intact).
+        if rng.gen_bool(0.2) {
+            let node = nodes[rng.gen_range(0..nodes.len())];
+            let at_ms = rng.gen_range(0..s.heal_ms);
+            let restart_ms = rng.gen_range(at_ms..=s.heal_ms);
+            // A wiped validator abstains for a few heights, so it counts
+            // as one more fault: only beside faulty validators that still
+            // vote and change views (else there is no quorum to wait for).
+            let cooperative = s.byzantine.iter().all(|(_, b)| {
+                !matches!(
+                    b,
+                    Behaviour::WithholdVotes
+                        | Behaviour::ConflictingVotes
+                        | Behaviour::TimestampGame
+                        | Behaviour::Flood
+                        | Behaviour::ViewChangeLies
+                )
+            });
+            let room = s.byzantine.len() + s.twins.len() < f || (s.twins.is_empty() && cooperative);
+            let loss = if rng.gen_bool(0.5) && room {
+                DiskLoss::Wipe
+            } else {
+                DiskLoss::RollBack {
+                    heights: rng.gen_range(1..=3),
+                }
+            };
+            s.disk_faults.push(DiskFault {
+                node,
+                at_ms,
+                restart_ms,
+                loss,
+            });
+        }
         s
     }
 
@@ -272,6 +336,10 @@ pub struct Report {
     pub twin_conflicts: u64,
     /// `Decided` messages a `DecidedFlood` node sent.
     pub decided_flood_messages: u64,
+    /// Disk faults that happened (wiped homes, rolled-back data folders).
+    pub disk_faults: u64,
+    /// Whether some replica abstained (lost its record) at some point.
+    pub abstained: bool,
 }
 
 /// How one height was decided (see [`Report::agreed_blocks`]).
@@ -298,6 +366,12 @@ struct Node {
     checked: usize,
     /// A Byzantine node's memory across messages.
     byzantine: byzantine::Memory,
+    /// Whether the record on disk says the replica abstains (a wiped home
+    /// writes that at once; every record persisted while abstaining keeps
+    /// it), so a restart abstains again.
+    persisted_abstaining: bool,
+    /// Whether the running replica abstained after its last input.
+    abstaining: bool,
 }
 
 pub struct Sim {
@@ -365,6 +439,8 @@ impl Sim {
                 behaviour,
                 checked: 0,
                 byzantine: byzantine::Memory::default(),
+                persisted_abstaining: false,
+                abstaining: false,
             });
         }
         sim
@@ -447,11 +523,14 @@ impl Sim {
             .map(|(i, n)| {
                 let r = n.replica.as_ref();
                 format!(
-                    "node {i} {:?}: height {} view {:?} syncing {:?} client tx committed at {:?}",
+                    "node {i} {:?}: height {} view {:?} syncing {:?} abstaining {:?} (target \
+                     {:?}) client tx committed at {:?}",
                     n.behaviour,
                     n.ledger.height(),
                     r.map(|r| r.view()),
                     r.map(|r| r.is_syncing()),
+                    r.map(|r| r.is_abstaining()),
+                    r.and_then(|r| r.abstain_target()),
                     n.ledger.client.as_ref().map(|c| c.committed_at)
                 )
             })
@@ -498,6 +577,17 @@ impl Sim {
                 self.crash(crash.node, crash.restart_ms);
             }
         }
+        let (due, later): (Vec<DiskFault>, Vec<DiskFault>) = self
+            .s
+            .disk_faults
+            .drain(..)
+            .partition(|c| c.at_ms <= self.now_ms);
+        self.s.disk_faults = later;
+        for fault in due {
+            if self.now_ms < self.s.heal_ms && self.nodes[fault.node].replica.is_some() {
+                self.lose_disk(fault.node, fault.loss, fault.restart_ms);
+            }
+        }
         for i in 0..self.nodes.len() {
             if self.nodes[i].restart_ms.is_some_and(|t| t <= self.now_ms) {
                 self.restart(i);
@@ -520,15 +610,40 @@ impl Sim {
         node.restart_ms = Some(restart_ms.max(self.now_ms + 1));
     }
 
+    /// Crashes node `i` and takes from its disk what `loss` says.
+    fn lose_disk(&mut self, i: usize, loss: DiskLoss, restart_ms: u64) {
+        self.crash(i, restart_ms);
+        let node = &mut self.nodes[i];
+        match loss {
+            DiskLoss::Wipe => {
+                let client = node.ledger.client.clone();
+                node.ledger = SimLedger::new(CHAIN_ID);
+                node.ledger.client = client.map(|c| ledger::ClientTx {
+                    committed_at: None,
+                    ..c
+                });
+                node.persisted = SafetyState::default();
+                node.persisted_abstaining = self.s.abstain;
+            }
+            DiskLoss::RollBack { heights } => {
+                let keep = node.ledger.blocks.len().saturating_sub(heights);
+                node.ledger = node.ledger.rolled_back(keep);
+            }
+        }
+        node.checked = 0;
+        self.report.disk_faults += 1;
+    }
+
     /// Rebuilds the replica from what it persisted and its durable ledger.
     fn restart(&mut self, i: usize) {
         let config = self.config();
         let node = &mut self.nodes[i];
-        node.replica = Some(Replica::new(
-            config,
-            node.key.clone(),
-            node.persisted.clone(),
-        ));
+        let new = if node.persisted_abstaining {
+            Replica::new_fresh
+        } else {
+            Replica::new
+        };
+        node.replica = Some(new(config, node.key.clone(), node.persisted.clone()));
         node.restart_ms = None;
         self.report.restarts += 1;
     }
@@ -575,6 +690,10 @@ impl Sim {
             return;
         };
         let actions = replica.handle(&mut node.ledger, input);
+        node.abstaining = replica.is_abstaining();
+        if node.abstaining {
+            self.report.abstained = true;
+        }
         self.report.max_view = self.report.max_view.max(replica.view().0);
         if node.behaviour.is_none() {
             let buffered = replica.buffered_message_count();
@@ -606,6 +725,7 @@ impl Sim {
                     "persisted safety state went back: {old:?} -> {state:?}"
                 );
                 self.nodes[i].persisted = state;
+                self.nodes[i].persisted_abstaining = self.nodes[i].abstaining;
             }
             Action::Broadcast(m) => {
                 self.note_vote(i, &m);
