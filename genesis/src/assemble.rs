@@ -67,6 +67,10 @@ pub fn init_home(
             home.join(NODE_CONFIG_FILE).display()
         )
     })?;
+    // A new validator has voted for nothing: its record says so, so a new
+    // network of such homes does not abstain (only a home that lost its
+    // record does, see docs/PROTOCOL.md).
+    crate::write_initial_safety_record(home)?;
     Ok(ValidatorInfo {
         name: name.to_string(),
         public_key: key.public().to_hex(),
