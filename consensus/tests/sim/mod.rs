@@ -31,6 +31,17 @@ pub const TICK_MS: u64 = 10;
 const DECIDED_FLOOD_COPIES: usize = 64;
 /// Blocks a simulated node serves per sync request.
 const SYNC_BATCH: usize = 8;
+/// A punished peer's messages are refused this long at first, doubling
+/// per offence up to [`BAN_MS_MAX`] (the node's p2p backoff, 1 s to 60 s).
+const BAN_MS_MIN: u64 = 1_000;
+const BAN_MS_MAX: u64 = 60_000;
+
+/// A punished peer, as one node sees it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ban {
+    offences: u32,
+    until_ms: u64,
+}
 
 /// A planned crash of an honest node; it restarts at `restart_ms`.
 #[derive(Clone, Debug)]
@@ -272,6 +283,10 @@ pub struct Report {
     pub twin_conflicts: u64,
     /// `Decided` messages a `DecidedFlood` node sent.
     pub decided_flood_messages: u64,
+    /// Peers punished (disconnected and refused) by a node.
+    pub punishments: u64,
+    /// Messages dropped because their sender was refused at the receiver.
+    pub refused_messages: u64,
 }
 
 /// How one height was decided (see [`Report::agreed_blocks`]).
@@ -318,6 +333,8 @@ pub struct Sim {
     twin_votes: BTreeMap<(usize, Height, u64, u8), Hash>,
     /// A broken invariant found while carrying out actions.
     violation: Option<String>,
+    /// (node, validator): the validator's messages refused at the node.
+    bans: BTreeMap<(usize, usize), Ban>,
 }
 
 impl Sim {
@@ -339,6 +356,7 @@ impl Sim {
             votes: BTreeMap::new(),
             twin_votes: BTreeMap::new(),
             violation: None,
+            bans: BTreeMap::new(),
             s,
         };
         let copies = sim.s.twins.clone();
@@ -536,7 +554,18 @@ impl Sim {
     fn deliver(&mut self, packet: Packet) {
         let Packet { from, to, payload } = packet;
         match payload {
-            Payload::Message(m) => self.input(to, Input::Message(*m)),
+            Payload::Message(m) => {
+                let peer = ValidatorIndex(self.nodes[from].validator as u16);
+                let banned = self
+                    .bans
+                    .get(&(to, peer.get()))
+                    .is_some_and(|b| b.until_ms > self.now_ms);
+                if banned {
+                    self.report.refused_messages += 1;
+                    return;
+                }
+                self.input(to, Input::PeerMessage { peer, message: *m })
+            }
             Payload::SyncResponse(blocks) => {
                 self.report.sync_responses += 1;
                 let from = ValidatorIndex(self.nodes[from].validator as u16);
@@ -641,7 +670,30 @@ impl Sim {
                 let stored = blocks.get(height.0 as usize - 1).map(|(b, _)| b.hash());
                 assert_eq!(stored, Some(hash), "Committed names a committed block");
             }
+            Action::Punish { peer, offence } => self.punish(i, peer.get(), offence),
         }
+    }
+
+    /// Node `i` found validator `peer` sending `offence`: like the node's
+    /// p2p layer, it refuses the peer's messages for a backoff that doubles
+    /// per offence ([`BAN_MS_MIN`] to [`BAN_MS_MAX`]). An honest replica
+    /// must never punish an honest validator.
+    fn punish(&mut self, i: usize, peer: usize, offence: cairn_consensus::Offence) {
+        let honest_peer =
+            !self.s.twins.contains(&peer) && !self.s.byzantine.iter().any(|(b, _)| *b == peer);
+        if self.nodes[i].behaviour.is_none() && honest_peer && self.violation.is_none() {
+            self.violation = Some(format!(
+                "honest node {i} punished honest validator {peer} for {offence}"
+            ));
+        }
+        let ban = self.bans.entry((i, peer)).or_default();
+        if ban.until_ms > self.now_ms {
+            return;
+        }
+        let ban_ms = (BAN_MS_MIN << ban.offences.min(16)).min(BAN_MS_MAX);
+        ban.offences += 1;
+        ban.until_ms = self.now_ms + ban_ms;
+        self.report.punishments += 1;
     }
 
     fn send_message(&mut self, from: usize, to: usize, message: SignedMessage) {
