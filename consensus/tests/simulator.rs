@@ -119,6 +119,7 @@ fn named(name: &str, seed: u64) -> Option<Scenario> {
         "twins" => twins(seed),
         "view_change_lies" => with_byzantine("view_change_lies", seed, Behaviour::ViewChangeLies),
         "decided_flood" => with_byzantine("decided_flood", seed, Behaviour::DecidedFlood),
+        "forged_new_views" => forged_new_views(seed),
         _ => return None,
     })
 }
@@ -241,6 +242,51 @@ fn with_byzantine(name: &str, seed: u64, behaviour: Behaviour) -> Scenario {
     }];
     s
 }
+
+/// Validator 1 (primary of views 1, 5, ...) forges new-view justifications
+/// (see `Behaviour::ForgeNewView`) and withholds its commit votes. First
+/// validator 3 is cut off (300 to 900 ms), falls behind and asks for views
+/// at decided heights; then validator 3 is down (1,000 to 6,000 ms, with
+/// 100 ms view timeouts): the two honest replicas left lock blocks they
+/// cannot commit, over the five views to the forger's next one, and every
+/// view change over a lock meets forged new views.
+fn forged_new_views(seed: u64) -> Scenario {
+    let mut s = Scenario::calm("forged_new_views", seed, 4);
+    s.byzantine = vec![(1, Behaviour::ForgeNewView)];
+    s.loss = 0.02;
+    s.view_timeout_ms = 100;
+    s.heal_ms = 6_000;
+    s.partitions = vec![Partition {
+        start_ms: 300,
+        end_ms: 900,
+        groups: vec![0, 0, 0, 1],
+    }];
+    s.crashes = vec![Crash {
+        node: 3,
+        at_ms: 1_000,
+        restart_ms: 6_000,
+    }];
+    s
+}
+
+/// Forged new views (too few or repeated view changes, a forged
+/// certificate, a view change for another view) are refused and their
+/// sender punished; the lock invariant holds (no honest replica prepares,
+/// on a new view's word, anything but the block locked below).
+#[test]
+fn forged_new_views_are_refused_and_punished() {
+    let (mut forged, mut punished) = (0, 0);
+    for seed in 0..FORGED_NEW_VIEW_SEEDS {
+        let report = run_or_panic(forged_new_views(seed));
+        forged += report.forged_new_views;
+        punished += report.punishments;
+    }
+    assert!(forged > 0, "no new view forged");
+    assert!(punished > 0, "no one punished");
+}
+
+/// Seeds of `forged_new_views` per CI run.
+const FORGED_NEW_VIEW_SEEDS: u64 = 60;
 
 /// A validator that hides its lock in view changes, sends them and its
 /// new views to some peers only, and forges view changes for views ahead

@@ -17,7 +17,7 @@ use cairn_consensus::Message;
 
 use cairn_consensus::limits::buffered_messages_max;
 use cairn_consensus::{Action, Config, Input, Replica, SafetyState, SignedMessage};
-use cairn_core::{Hash, Height, Keypair, PublicKey, ValidatorIndex};
+use cairn_core::{Hash, Height, Keypair, PublicKey, ValidatorIndex, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -283,6 +283,8 @@ pub struct Report {
     pub twin_conflicts: u64,
     /// `Decided` messages a `DecidedFlood` node sent.
     pub decided_flood_messages: u64,
+    /// New views a `ForgeNewView` node forged (rewritten or unprompted).
+    pub forged_new_views: u64,
     /// Peers punished (disconnected and refused) by a node.
     pub punishments: u64,
     /// Messages dropped because their sender was refused at the receiver.
@@ -335,6 +337,13 @@ pub struct Sim {
     violation: Option<String>,
     /// (node, validator): the validator's messages refused at the node.
     bans: BTreeMap<(usize, usize), Ban>,
+    /// Honest validators that commit-voted each (height, view, hash).
+    commit_voters: BTreeMap<(Height, View, Hash), std::collections::BTreeSet<usize>>,
+    /// Per height, the (view, hash) pairs locked: see `note_commit_vote`.
+    locks: BTreeMap<Height, Vec<(View, Hash)>>,
+    /// Per height, honest prepares made on a new view's word: (node, view,
+    /// hash).
+    justified_prepares: BTreeMap<Height, Vec<(usize, View, Hash)>>,
 }
 
 impl Sim {
@@ -357,6 +366,9 @@ impl Sim {
             twin_votes: BTreeMap::new(),
             violation: None,
             bans: BTreeMap::new(),
+            commit_voters: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            justified_prepares: BTreeMap::new(),
             s,
         };
         let copies = sim.s.twins.clone();
@@ -524,6 +536,7 @@ impl Sim {
                 match self.nodes[i].behaviour {
                     Some(Behaviour::Flood) => self.flood(i),
                     Some(Behaviour::DecidedFlood) => self.decided_flood(i),
+                    Some(Behaviour::ForgeNewView) => self.prepare_alternatives(i),
                     _ => {}
                 }
             }
@@ -564,6 +577,12 @@ impl Sim {
                     self.report.refused_messages += 1;
                     return;
                 }
+                let forger = self.nodes[to].behaviour == Some(Behaviour::ForgeNewView);
+                if forger && self.nodes[to].replica.is_some() {
+                    if let Message::ViewChange { .. } = m.message {
+                        self.answer_lagging(to, &m);
+                    }
+                }
                 self.input(to, Input::PeerMessage { peer, message: *m })
             }
             Payload::SyncResponse(blocks) => {
@@ -576,7 +595,11 @@ impl Sim {
                 // that withholds its commit votes does not serve them.
                 let withholds = matches!(
                     self.nodes[to].behaviour,
-                    Some(Behaviour::WithholdVotes | Behaviour::TimestampGame)
+                    Some(
+                        Behaviour::WithholdVotes
+                            | Behaviour::TimestampGame
+                            | Behaviour::ForgeNewView
+                    )
                 );
                 if self.nodes[to].replica.is_some() && !withholds {
                     let mut blocks = self.nodes[to].ledger.blocks_from(from_height, SYNC_BATCH);
@@ -648,7 +671,11 @@ impl Sim {
                 // node that withholds its commit votes withholds it too.
                 let withholds = matches!(
                     self.nodes[i].behaviour,
-                    Some(Behaviour::WithholdVotes | Behaviour::TimestampGame)
+                    Some(
+                        Behaviour::WithholdVotes
+                            | Behaviour::TimestampGame
+                            | Behaviour::ForgeNewView
+                    )
                 );
                 if !(withholds && matches!(message.message, Message::Decided { .. })) {
                     self.send_message(i, to.get(), message)
@@ -765,6 +792,84 @@ impl Sim {
                 "double vote: honest node {i} signed two {kind}s at height {height} view {view}: {signed} and {hash}"
             ));
         }
+        match kind {
+            1 => self.note_prepare(i, height, View(view), hash),
+            2 => self.note_commit_vote(i, height, View(view), hash),
+            _ => {}
+        }
+    }
+
+    /// The lock invariant, part one: enough honest replicas commit-voted
+    /// `hash` at (height, view) that every quorum of view changes holds one
+    /// of them (n - quorum + 1), so `hash` is locked from `view` on.
+    fn note_commit_vote(&mut self, i: usize, height: Height, view: View, hash: Hash) {
+        let voters = self.commit_voters.entry((height, view, hash)).or_default();
+        voters.insert(self.nodes[i].validator);
+        let n = self.s.n;
+        if voters.len() < n - cairn_core::quorum(n) + 1 {
+            return;
+        }
+        let locks = self.locks.entry(height).or_default();
+        if locks.contains(&(view, hash)) {
+            return;
+        }
+        locks.push((view, hash));
+        let broken = self
+            .justified_prepares
+            .get(&height)
+            .into_iter()
+            .flatten()
+            .find(|(_, v, h)| *v > view && *h != hash)
+            .copied();
+        if let Some((node, v, h)) = broken {
+            self.lock_broken(node, height, v, h, view, hash);
+        }
+    }
+
+    /// The lock invariant, part two: an honest replica prepares, on a new
+    /// view's word (a view other than the one it started the height in),
+    /// only the block locked in any lower view (PBFT's view-change safety:
+    /// every quorum of view changes holds a certificate of it, and the
+    /// highest certificate is its). Checks the honest side of every new
+    /// view, even where no fork follows.
+    fn note_prepare(&mut self, i: usize, height: Height, view: View, hash: Hash) {
+        let state = &self.nodes[i].persisted;
+        if state.height() != height || state.start_view() == view {
+            return;
+        }
+        self.justified_prepares
+            .entry(height)
+            .or_default()
+            .push((i, view, hash));
+        let broken = self
+            .locks
+            .get(&height)
+            .into_iter()
+            .flatten()
+            .find(|(v, h)| *v < view && *h != hash)
+            .copied();
+        if let Some((locked_view, locked)) = broken {
+            self.lock_broken(i, height, view, hash, locked_view, locked);
+        }
+    }
+
+    fn lock_broken(
+        &mut self,
+        node: usize,
+        height: Height,
+        view: View,
+        hash: Hash,
+        locked_view: View,
+        locked: Hash,
+    ) {
+        if self.violation.is_none() {
+            self.violation = Some(format!(
+                "lock broken: honest node {node} prepared {hash} at height {height} in view {} \
+                 on a new view's word, but {locked} was locked (commit-voted by enough honest \
+                 replicas) in view {}",
+                view.0, locked_view.0
+            ));
+        }
     }
 
     /// Honest nodes broadcast as is; Byzantine ones rewrite, and may
@@ -807,10 +912,23 @@ impl Sim {
             ledger: &node.ledger,
             now_ms: local_ms,
         };
-        byzantine::rewrite(behaviour, &faulty, &mut self.rng, message)
-            .into_iter()
-            .map(|(to, m)| (to, m, 0))
-            .collect()
+        let memory = &mut node.byzantine;
+        let out = match (behaviour, &message.message) {
+            (Behaviour::ForgeNewView, Message::ViewChange { .. }) => {
+                byzantine::forge_view_change(&faulty, &mut self.rng, memory, message)
+            }
+            (Behaviour::ForgeNewView, Message::Prepare { height, .. })
+                if !memory.holds_certificate(*height) =>
+            {
+                vec![]
+            }
+            (Behaviour::ForgeNewView, Message::NewView { .. }) => {
+                self.report.forged_new_views += 1;
+                byzantine::forge_new_view(&faulty, &mut self.rng, memory, message)
+            }
+            _ => byzantine::rewrite(behaviour, &faulty, &mut self.rng, message),
+        };
+        out.into_iter().map(|(to, m)| (to, m, 0)).collect()
     }
 
     fn flood(&mut self, i: usize) {
@@ -825,6 +943,42 @@ impl Sim {
         let out = byzantine::flood(&faulty, &mut self.rng, &self.net.recent);
         for (to, m) in out {
             self.send_message(i, to, m);
+        }
+    }
+
+    fn prepare_alternatives(&mut self, i: usize) {
+        let local_ms = self.s.local_ms(i, self.now_ms);
+        let node = &mut self.nodes[i];
+        let Some(view) = node.replica.as_ref().map(|r| r.view()) else {
+            return;
+        };
+        let faulty = Faulty {
+            me: node.validator,
+            n: self.s.n,
+            key: &node.key,
+            ledger: &node.ledger,
+            now_ms: local_ms,
+        };
+        byzantine::prepare_alternatives(&faulty, &mut node.byzantine, view);
+    }
+
+    /// A `ForgeNewView` node `i` received view change `vc`: it may answer
+    /// a replica still at a decided height with a forged new view.
+    fn answer_lagging(&mut self, i: usize, vc: &SignedMessage) {
+        let local_ms = self.s.local_ms(i, self.now_ms);
+        let node = &mut self.nodes[i];
+        let faulty = Faulty {
+            me: node.validator,
+            n: self.s.n,
+            key: &node.key,
+            ledger: &node.ledger,
+            now_ms: local_ms,
+        };
+        if let Some(forged) =
+            byzantine::answer_lagging_view_change(&faulty, &mut self.rng, &mut node.byzantine, vc)
+        {
+            self.report.forged_new_views += 1;
+            self.send_message(i, vc.from.get(), forged);
         }
     }
 
