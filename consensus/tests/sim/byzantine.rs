@@ -67,6 +67,12 @@ pub enum Behaviour {
     /// views at a height already decided, it answers at once with a new
     /// view of f+1 view changes for its own block.
     ForgeNewView,
+    /// Sends its proposals and new views padded past the frame limit (the
+    /// block holding its transactions many times over), which the network
+    /// drops as p2p closes such a connection; its prepares go out as they
+    /// are, its commit votes not at all (so heights get prepared without
+    /// being committed, and views change over prepared certificates).
+    Oversize,
     /// One of the two honest replicas of a twin validator (same key, see
     /// `Scenario::twins`); its messages go out unchanged.
     Twin,
@@ -856,4 +862,52 @@ pub fn answer_lagging_view_change(
         0 => None,
         k => Some(forgeries.swap_remove(rng.gen_range(0..k))),
     }
+}
+
+/// What a [`Behaviour::Oversize`] node sends instead of broadcasting
+/// `message`: its proposals and new views with the block padded past
+/// `frame_bytes_max`, the rest as it is.
+pub fn oversize(
+    f: &Faulty,
+    frame_bytes_max: usize,
+    message: SignedMessage,
+) -> Vec<(usize, SignedMessage)> {
+    let pad = |block: &Block| {
+        let mut padded = block.clone();
+        let Some(tx) = block.transactions.first().cloned() else {
+            return padded;
+        };
+        let copies = frame_bytes_max / cairn_core::codec::encoded_len(&tx) + 1;
+        padded.transactions = vec![tx; copies];
+        padded
+    };
+    let padded = match &message.message {
+        Message::PrePrepare {
+            view,
+            height,
+            block,
+        } => Some(Message::PrePrepare {
+            view: *view,
+            height: *height,
+            block: pad(block),
+        }),
+        Message::NewView {
+            view,
+            height,
+            view_changes,
+            proposal,
+        } => Some(Message::NewView {
+            view: *view,
+            height: *height,
+            view_changes: view_changes.clone(),
+            proposal: pad(proposal),
+        }),
+        Message::Commit { .. } => return vec![],
+        _ => None,
+    };
+    let out = padded.map_or(message, |m| sign(f, m));
+    (0..f.n)
+        .filter(|p| *p != f.me)
+        .map(|p| (p, out.clone()))
+        .collect()
 }

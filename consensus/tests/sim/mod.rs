@@ -36,6 +36,15 @@ const SYNC_BATCH: usize = 8;
 const BAN_MS_MIN: u64 = 1_000;
 const BAN_MS_MAX: u64 = 60_000;
 
+/// Bytes of a p2p frame around a consensus message (the `Wire` tag and
+/// length prefix), counted generously.
+pub const FRAME_ENVELOPE_BYTES: usize = 16;
+
+/// The p2p frame a consensus message travels in, in bytes.
+pub fn frame_bytes(message: &SignedMessage) -> usize {
+    cairn_core::codec::encoded_len(message) + FRAME_ENVELOPE_BYTES
+}
+
 /// A punished peer, as one node sees it.
 #[derive(Clone, Copy, Debug, Default)]
 struct Ban {
@@ -103,6 +112,13 @@ pub struct Scenario {
     /// nodes, so the two copies can sit on different sides and sign real
     /// conflicting proposals and votes. Twins count as Byzantine.
     pub twins: Vec<usize>,
+    /// The largest frame the network carries (the p2p limit, core
+    /// `P2P_FRAME_BYTES_MAX`, unless a scenario lowers it): a larger
+    /// message is dropped, as p2p closes a connection that sends one, and
+    /// an honest replica sending one breaks an invariant.
+    pub frame_bytes_max: usize,
+    /// Extra transfers in every block (big blocks).
+    pub filler_txs: usize,
 }
 
 impl Scenario {
@@ -127,6 +143,8 @@ impl Scenario {
             client_tx_at_ms: None,
             clocks: vec![],
             twins: vec![],
+            frame_bytes_max: cairn_core::limits::P2P_FRAME_BYTES_MAX,
+            filler_txs: 0,
         }
     }
 
@@ -285,6 +303,15 @@ pub struct Report {
     pub decided_flood_messages: u64,
     /// New views a `ForgeNewView` node forged (rewritten or unprompted).
     pub forged_new_views: u64,
+    /// The largest frame of a message an honest replica sent.
+    pub max_honest_frame_bytes: usize,
+    /// The largest new view an honest replica sent, and what it would have
+    /// weighed when each view change carried its certificate's block (the
+    /// format before one block per message).
+    pub max_new_view_bytes: usize,
+    pub max_new_view_bytes_block_per_view_change: usize,
+    /// Messages dropped for being larger than a frame.
+    pub oversized_dropped: u64,
     /// Peers punished (disconnected and refused) by a node.
     pub punishments: u64,
     /// Messages dropped because their sender was refused at the receiver.
@@ -385,11 +412,13 @@ impl Sim {
                     .map(|(_, b)| *b),
             };
             let replica = Replica::new(sim.config(), key.clone(), SafetyState::default());
+            let mut ledger = SimLedger::new(CHAIN_ID);
+            ledger.filler = sim.s.filler_txs;
             sim.nodes.push(Node {
                 validator: i,
                 key,
                 replica: Some(replica),
-                ledger: SimLedger::new(CHAIN_ID),
+                ledger,
                 persisted: SafetyState::default(),
                 restart_ms: None,
                 behaviour,
@@ -406,7 +435,7 @@ impl Sim {
             validators: self.validators.clone(),
             block_interval_ms: self.s.block_interval_ms,
             view_timeout_ms: self.s.view_timeout_ms,
-            block_txs_max: ledger::BLOCK_TXS_MAX,
+            block_txs_max: ledger::BLOCK_TXS_MAX.max(2 * (self.s.filler_txs + 2)),
         }
     }
 
@@ -599,6 +628,7 @@ impl Sim {
                         Behaviour::WithholdVotes
                             | Behaviour::TimestampGame
                             | Behaviour::ForgeNewView
+                            | Behaviour::Oversize
                     )
                 );
                 if self.nodes[to].replica.is_some() && !withholds {
@@ -661,12 +691,14 @@ impl Sim {
             }
             Action::Broadcast(m) => {
                 self.note_vote(i, &m);
+                self.note_size(i, &m);
                 for (to, m, delay_ms) in self.rewrite(i, m) {
                     self.send_message_after(i, to, m, delay_ms);
                 }
             }
             Action::Send { to, message } => {
                 self.note_vote(i, &message);
+                self.note_size(i, &message);
                 // A `Decided` carries the sender's own commit signature: a
                 // node that withholds its commit votes withholds it too.
                 let withholds = matches!(
@@ -675,6 +707,7 @@ impl Sim {
                         Behaviour::WithholdVotes
                             | Behaviour::TimestampGame
                             | Behaviour::ForgeNewView
+                            | Behaviour::Oversize
                     )
                 );
                 if !(withholds && matches!(message.message, Message::Decided { .. })) {
@@ -737,6 +770,11 @@ impl Sim {
         message: SignedMessage,
         delay_ms: u64,
     ) {
+        if frame_bytes(&message) > self.s.frame_bytes_max {
+            // p2p closes a connection that sends a frame over the limit.
+            self.report.oversized_dropped += 1;
+            return;
+        }
         let copies: Vec<usize> = self.nodes_of(to).collect();
         for to in copies {
             let packet = Packet {
@@ -746,6 +784,49 @@ impl Sim {
             };
             self.net
                 .send_after(&mut self.rng, self.now_ms, packet, delay_ms);
+        }
+    }
+
+    /// The invariant that every message an honest replica sends fits in a
+    /// p2p frame; also measures new views against the older format.
+    fn note_size(&mut self, i: usize, message: &SignedMessage) {
+        let honest = matches!(self.nodes[i].behaviour, None | Some(Behaviour::Twin));
+        if !honest {
+            return;
+        }
+        let bytes = frame_bytes(message);
+        let r = &mut self.report;
+        r.max_honest_frame_bytes = r.max_honest_frame_bytes.max(bytes);
+        if let Message::NewView {
+            view_changes,
+            proposal,
+            ..
+        } = &message.message
+        {
+            let block_bytes = cairn_core::codec::encoded_len(proposal);
+            let certified = view_changes
+                .iter()
+                .filter(|vc| {
+                    matches!(
+                        vc.message,
+                        Message::ViewChange {
+                            prepared: Some(_),
+                            ..
+                        }
+                    )
+                })
+                .count();
+            r.max_new_view_bytes = r.max_new_view_bytes.max(bytes);
+            r.max_new_view_bytes_block_per_view_change = r
+                .max_new_view_bytes_block_per_view_change
+                .max(bytes + certified * block_bytes);
+        }
+        if bytes > self.s.frame_bytes_max && self.violation.is_none() {
+            self.violation = Some(format!(
+                "honest node {i} sent a {} of {bytes} bytes, over the {}-byte frame limit",
+                message_kind(&message.message),
+                self.s.frame_bytes_max
+            ));
         }
     }
 
@@ -914,6 +995,9 @@ impl Sim {
         };
         let memory = &mut node.byzantine;
         let out = match (behaviour, &message.message) {
+            (Behaviour::Oversize, _) => {
+                byzantine::oversize(&faulty, self.s.frame_bytes_max, message)
+            }
             (Behaviour::ForgeNewView, Message::ViewChange { .. }) => {
                 byzantine::forge_view_change(&faulty, &mut self.rng, memory, message)
             }
@@ -1068,6 +1152,18 @@ impl Sim {
             self.nodes[i].checked = self.nodes[i].ledger.blocks.len();
         }
         Ok(())
+    }
+}
+
+/// A message's kind, for messages.
+fn message_kind(message: &Message) -> &'static str {
+    match message {
+        Message::PrePrepare { .. } => "pre-prepare",
+        Message::Prepare { .. } => "prepare",
+        Message::Commit { .. } => "commit",
+        Message::ViewChange { .. } => "view change",
+        Message::NewView { .. } => "new view",
+        Message::Decided { .. } => "decided",
     }
 }
 
