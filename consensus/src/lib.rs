@@ -181,8 +181,21 @@ pub trait Ledger {
 pub enum Input {
     /// Time passes. `now_ms` never decreases.
     Tick { now_ms: u64 },
-    /// A message from a peer (not yet checked).
+    /// A message (not yet checked) from a source the runtime does not
+    /// vouch for: the replica drops it if it fails a check and blames no
+    /// one.
     Message(SignedMessage),
+    /// A message (not yet checked) that arrived on the authenticated
+    /// connection of validator `peer`. When `peer` is the message's `from`,
+    /// the peer vouches for what it signed: a bad signature, or content its
+    /// signature covers that no honest validator sends (an invalid
+    /// certificate, a forged new-view justification), makes the replica
+    /// emit [`Action::Punish`] for `peer`. A message whose `from` is
+    /// another validator is only checked, never blamed on `peer`.
+    PeerMessage {
+        peer: ValidatorIndex,
+        message: SignedMessage,
+    },
     /// Committed blocks with their certificates, in answer to an
     /// [`Action::RequestSync`] (not yet checked).
     SyncResponse {
@@ -210,4 +223,35 @@ pub enum Action {
     },
     /// A block was committed through [`Ledger::commit`].
     Committed { height: Height, hash: Hash },
+    /// `peer` sent a message of its own that no honest validator sends
+    /// (see [`Input::PeerMessage`]): the runtime closes that peer's
+    /// connection and refuses it for a while. At most one per input.
+    Punish {
+        peer: ValidatorIndex,
+        offence: Offence,
+    },
+}
+
+/// What a punished peer did (see [`Action::Punish`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offence {
+    /// Its own signature on the message does not verify.
+    BadSignature,
+    /// A certificate it vouches for (in a view change or a `Decided`) is
+    /// invalid: too few, too many or repeated signers, or a bad signature.
+    BadCertificate,
+    /// A new view it signed is not justified: view changes forged,
+    /// repeated, too few, for another view or height, or a proposal that is
+    /// not the block of the highest prepared certificate among them.
+    BadNewView,
+}
+
+impl std::fmt::Display for Offence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Offence::BadSignature => "a message with a bad signature",
+            Offence::BadCertificate => "an invalid certificate",
+            Offence::BadNewView => "an unjustified new view",
+        })
+    }
 }

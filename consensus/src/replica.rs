@@ -14,7 +14,7 @@ use crate::log::{Kind, Proposal, Round, Seen};
 use crate::message::{Message, SignedMessage};
 use crate::safety::{Justification, SafetyRules, SafetyState};
 use crate::sync::SyncState;
-use crate::{Action, Config, Input, Ledger};
+use crate::{Action, Config, Input, Ledger, Offence};
 
 /// One validator's PBFT replica.
 pub struct Replica {
@@ -44,6 +44,10 @@ pub struct Replica {
     helped_at_ms: Vec<Option<u64>>,
     /// The certificate of the tip, when committed since start.
     last_certificate: Option<Certificate>,
+    /// While a message is filed: the peer that sent it on its own
+    /// connection under its own index, which vouches for what it signed
+    /// (taken by the first [`Replica::blame`], so one punishment per input).
+    accountable: Option<ValidatorIndex>,
     out: Vec<Action>,
 }
 
@@ -80,6 +84,7 @@ impl Replica {
             sync: SyncState::new(n),
             helped_at_ms: vec![None; n],
             last_certificate: None,
+            accountable: None,
             out: vec![],
             config,
         }
@@ -104,6 +109,11 @@ impl Replica {
                 self.on_tick(ledger);
             }
             Input::Message(message) => self.on_message(message, false),
+            Input::PeerMessage { peer, message } => {
+                self.accountable = (peer == message.from).then_some(peer);
+                self.on_message(message, false);
+                self.accountable = None;
+            }
             Input::SyncResponse { from, blocks } => self.on_sync_response(ledger, from, blocks),
         }
         self.advance(ledger);
@@ -271,6 +281,27 @@ impl Replica {
         message.verify(&self.config.chain_id, &self.config.validators)
     }
 
+    /// Checks the signature of the message being filed, blaming its sender
+    /// when it fails (see [`Replica::blame`]).
+    pub(crate) fn verify_sender(&mut self, message: &SignedMessage) -> bool {
+        let valid = self.verify(message);
+        if !valid {
+            self.blame(Offence::BadSignature);
+        }
+        valid
+    }
+
+    /// The message being filed is bogus in a way no honest validator's
+    /// message is: when its sender sent it on its own connection, report
+    /// it (once per input) for the runtime to disconnect and back off. A
+    /// message that reached us otherwise (a test, a relay, a replay from
+    /// the future buffer) blames no one.
+    pub(crate) fn blame(&mut self, offence: Offence) {
+        if let Some(peer) = self.accountable.take() {
+            self.out.push(Action::Punish { peer, offence });
+        }
+    }
+
     /// Files a pre-prepare from the primary of its view whose header builds
     /// on our tip; the first one per view is kept.
     fn on_pre_prepare(&mut self, message: SignedMessage, view: View, block: Block, verified: bool) {
@@ -284,7 +315,7 @@ impl Replica {
             && header.view == view
             && header.proposer == self.config.validators[from.get()]
             && header.parent_hash == self.tip_hash;
-        if !consistent || !(verified || self.verify(&message)) {
+        if !consistent || !(verified || self.verify_sender(&message)) {
             return;
         }
         let hash = block.hash();
@@ -308,7 +339,7 @@ impl Replica {
     ) {
         if !Round::view_in_window(view, self.view())
             || self.round.vote_seen(kind, view, message.from) == Seen::Already
-            || !(verified || self.verify(message))
+            || !(verified || self.verify_sender(message))
         {
             return;
         }

@@ -52,7 +52,9 @@ impl SafetyState {
         self.view
     }
 
-    pub(crate) fn start_view(&self) -> View {
+    /// The view the height started in: a prepare in any other view was
+    /// justified by a new view.
+    pub fn start_view(&self) -> View {
         self.start_view
     }
 

@@ -164,7 +164,7 @@ impl Replica {
         } else if self.sync.claims[from] > self.round.height {
             return; // already counted as ahead: no need to check again
         }
-        if !(verified || self.verify(&message)) {
+        if !(verified || self.verify_sender(&message)) {
             return;
         }
         let claim = &mut self.sync.claims[from];
@@ -198,19 +198,24 @@ impl Replica {
     ) {
         let next = self.round.height;
         if certificate.height == next && Round::view_in_window(certificate.view, self.view()) {
-            if !(verified || self.verify(&message)) {
+            if !(verified || self.verify_sender(&message)) {
                 return;
             }
-            return self.add_commit_votes(&certificate);
+            if !self.add_commit_votes(&certificate) {
+                self.blame(crate::Offence::BadCertificate);
+            }
+            return;
         }
         let useful = certificate.height >= next
             && self.sync.proven.is_none_or(|(h, _)| certificate.height > h);
-        if !useful || !(verified || self.verify(&message)) {
+        if !useful || !(verified || self.verify_sender(&message)) {
             return;
         }
         let vote = certificate.vote(&self.config.chain_id);
         if signatures_valid(&vote, &certificate.signatures, &self.config.validators) {
             self.sync.proven = Some((certificate.height, message.from));
+        } else {
+            self.blame(crate::Offence::BadCertificate);
         }
     }
 
@@ -218,16 +223,17 @@ impl Replica {
     /// votes. Its shape is checked before any signature (at most n, of
     /// distinct validators), so a padded certificate costs nothing; a
     /// signature already in the log is not checked again; one bad signature
-    /// discards the whole certificate.
-    fn add_commit_votes(&mut self, certificate: &Certificate) {
+    /// discards the whole certificate. False when the certificate is
+    /// bogus (no honest validator sends it).
+    fn add_commit_votes(&mut self, certificate: &Certificate) -> bool {
         if certificate.signatures.len() > self.n() {
-            return;
+            return false;
         }
         let mut seen = vec![false; self.n()];
         for s in &certificate.signatures {
             match seen.get_mut(s.validator.get()) {
                 Some(signed) if !*signed => *signed = true,
-                _ => return,
+                _ => return false,
             }
         }
         let (view, hash) = (certificate.view, certificate.block_hash);
@@ -235,13 +241,13 @@ impl Replica {
         let mut new = vec![];
         for s in &certificate.signatures {
             let Some(key) = self.config.validators.get(s.validator.get()) else {
-                return;
+                return false;
             };
             if self.round.vote_seen(Kind::Commit, view, s.validator) == Seen::Already {
                 continue;
             }
             if !vote.verify(key, &s.signature) {
-                return;
+                return false;
             }
             new.push(s);
         }
@@ -249,6 +255,7 @@ impl Replica {
             self.round
                 .insert_vote(Kind::Commit, view, s.validator, hash, s.signature);
         }
+        true
     }
 
     /// 2f+1 commit votes for a block we do not hold: the height is decided

@@ -8,7 +8,7 @@ use crate::log::{Proposal, Round, ViewChangeEntry};
 use crate::message::{Message, PreparedCertificate, SignedMessage};
 use crate::replica::Replica;
 use crate::safety::Justification;
-use crate::Ledger;
+use crate::{Ledger, Offence};
 
 impl Replica {
     /// Whether the replica asked for the current view and has not yet
@@ -117,10 +117,17 @@ impl Replica {
             .is_some_and(|e| e.new_view >= new_view);
         if stale
             || !self.prepared_block_ok(prepared, prepared_block)
-            || !(verified || self.verify(&message))
-            || !self.certificate_ok(prepared, new_view)
-            || !prepared_block.as_ref().is_none_or(body_matches_header)
+            || !(verified || self.verify_sender(&message))
         {
+            return;
+        }
+        if !certificate_below(prepared, new_view) {
+            return;
+        }
+        if !self.certificate_valid(prepared) {
+            return self.blame(Offence::BadCertificate);
+        }
+        if !prepared_block.as_ref().is_none_or(body_matches_header) {
             return;
         }
         let Some(entry) = ViewChangeEntry::new(&message) else {
@@ -149,20 +156,19 @@ impl Replica {
         }
     }
 
-    /// A prepared certificate carried by a view change to `new_view`: from a
-    /// lower view, with 2f+1 valid prepares at this height. (Honest replicas
-    /// prepare only blocks on the tip, so the prepares vouch for the parent
-    /// of a block carried by hash alone.)
-    fn certificate_ok(&self, prepared: &Option<PreparedCertificate>, new_view: View) -> bool {
-        let Some(p) = prepared else {
-            return true;
-        };
-        p.view < new_view
-            && p.verify(
+    /// A prepared certificate carried by a view change: 2f+1 valid
+    /// prepares at this height. (Honest replicas prepare only blocks on the
+    /// tip, so the prepares vouch for the parent of a block carried by hash
+    /// alone.) It must also be from a view below the one asked for
+    /// ([`certificate_below`]).
+    fn certificate_valid(&self, prepared: &Option<PreparedCertificate>) -> bool {
+        prepared.as_ref().is_none_or(|p| {
+            p.verify(
                 &self.config.chain_id,
                 &self.config.validators,
                 self.round.height,
             )
+        })
     }
 
     /// The new primary starts its view once 2f+1 replicas ask for it,
@@ -233,33 +239,38 @@ impl Replica {
         if view < self.view() || from != view.primary(self.n()) || looked {
             return;
         }
-        if !(verified || self.verify(&message)) {
+        if !(verified || self.verify_sender(&message)) {
             return;
         }
         self.round.new_views_seen.insert(from, view);
-        if self.new_view_justified(view, view_changes, proposal) {
-            self.accept_new_view(view, proposal.clone());
+        match self.new_view_justified(view, view_changes, proposal) {
+            Ok(()) => self.accept_new_view(view, proposal.clone()),
+            Err(Unjustified::Forged) => self.blame(Offence::BadNewView),
+            Err(Unjustified::OffTip | Unjustified::Stale) => {}
         }
     }
 
     /// 2f+1 distinct, valid view changes for `view` at this height, and a
     /// proposal that is the block of the highest prepared certificate among
     /// them, or a fresh block of the new primary when there is none.
+    /// `Forged` when no honest primary sends such a new view (every check
+    /// but the parent, which depends on our own tip, is one an honest
+    /// primary already made on the same bytes).
     fn new_view_justified(
         &self,
         view: View,
         view_changes: &[SignedMessage],
         proposal: &Block,
-    ) -> bool {
+    ) -> Result<(), Unjustified> {
         let n = self.n();
         if view_changes.len() < self.quorum() || view_changes.len() > n {
-            return false;
+            return Err(Unjustified::Forged);
         }
         let mut seen = vec![false; n];
         let mut certificates = vec![];
         for vc in view_changes {
             let Some(flag) = seen.get_mut(vc.from.get()) else {
-                return false;
+                return Err(Unjustified::Forged);
             };
             let Message::ViewChange {
                 new_view,
@@ -268,10 +279,10 @@ impl Replica {
                 prepared_block: None,
             } = &vc.message
             else {
-                return false;
+                return Err(Unjustified::Forged);
             };
             if *flag || *new_view != view || *height != self.round.height {
-                return false;
+                return Err(Unjustified::Forged);
             }
             *flag = true;
             let known = self
@@ -279,21 +290,35 @@ impl Replica {
                 .view_changes
                 .get(&vc.from)
                 .is_some_and(|e| e.message == *vc);
-            if !(known || (self.verify(vc) && self.certificate_ok(prepared, view))) {
-                return false;
+            if !(known || (self.verify(vc) && self.certificate_valid(prepared))) {
+                return Err(Unjustified::Forged);
+            }
+            // An honest replica that asks again for the view it is in (after
+            // a restart) may carry a certificate of that view, and its
+            // primary files its own view change unchecked: refused, but no
+            // one's fault.
+            if !certificate_below(prepared, view) {
+                return Err(Unjustified::Stale);
             }
             certificates.push(prepared);
         }
         let header = &proposal.header;
-        if header.height != self.round.height || header.parent_hash != self.tip_hash {
-            return false;
+        if header.height != self.round.height {
+            return Err(Unjustified::Forged);
         }
-        match highest_prepared(certificates.into_iter()) {
+        if header.parent_hash != self.tip_hash {
+            return Err(Unjustified::OffTip);
+        }
+        let follows = match highest_prepared(certificates.into_iter()) {
             Some(p) => p.block_hash == proposal.hash(),
             None => {
                 header.view == view
                     && header.proposer == self.config.validators[view.primary(n).get()]
             }
+        };
+        match follows {
+            true => Ok(()),
+            false => Err(Unjustified::Forged),
         }
     }
 
@@ -325,6 +350,22 @@ impl Replica {
         self.view_deadline_ms = None;
         debug_assert!(Round::view_in_window(view, self.view()));
     }
+}
+
+/// Why a new view is not followed.
+enum Unjustified {
+    /// No honest primary sends it: its sender is to blame.
+    Forged,
+    /// Its proposal does not extend our tip (we may be behind).
+    OffTip,
+    /// A view change in it carries a certificate not below its view.
+    Stale,
+}
+
+/// Whether a view change to `new_view` carries no certificate or one from
+/// a lower view.
+fn certificate_below(prepared: &Option<PreparedCertificate>, new_view: View) -> bool {
+    prepared.as_ref().is_none_or(|p| p.view < new_view)
 }
 
 /// Whether a block's transactions are the ones its header commits to (its

@@ -5,7 +5,7 @@
 mod ledger;
 
 use cairn_consensus::{
-    Action, Config, Input, Ledger, Message, PreparedCertificate, Replica, SafetyState,
+    Action, Config, Input, Ledger, Message, Offence, PreparedCertificate, Replica, SafetyState,
     SignedMessage,
 };
 use cairn_core::{
@@ -124,6 +124,7 @@ fn shape(actions: &[Action]) -> Vec<String> {
             },
             Action::RequestSync { .. } => "request-sync".into(),
             Action::Committed { .. } => "committed".into(),
+            Action::Punish { .. } => "punish".into(),
         })
         .collect()
 }
@@ -802,4 +803,137 @@ fn the_future_buffer_is_bounded_in_bytes_per_sender() {
     let before = replica.buffered_message_count();
     replica.handle(&mut ledger, net.signed(3, vote));
     assert_eq!(replica.buffered_message_count(), before + 1);
+}
+
+/// `input` (a message) as it arrives on validator `peer`'s connection.
+fn on_connection_of(peer: usize, input: Input) -> Input {
+    let Input::Message(message) = input else {
+        unreachable!("a message")
+    };
+    Input::PeerMessage {
+        peer: ValidatorIndex(peer as u16),
+        message,
+    }
+}
+
+/// The punishments among `actions`: (peer, offence).
+fn punished(actions: &[Action]) -> Vec<(usize, Offence)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Punish { peer, offence } => Some((peer.get(), *offence)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 10: "a bad signature costs its sender nothing". A message that
+/// arrives on its sender's own connection with a bad signature, or with a
+/// certificate its sender vouches for that is invalid, makes the replica
+/// report the peer; the same bytes passed on by another peer (a relay) or
+/// handed in with no peer blame no one; good messages never do.
+#[test]
+fn a_peer_is_punished_for_a_bad_signature_it_sends_and_a_relay_is_not() {
+    let net = Net::new(4);
+    let mut ledger = SimLedger::new(CHAIN);
+    let mut replica = net.replica(1, SafetyState::default());
+    let block = net.block(&ledger, 0, 0);
+    let mut bad = net.signed(2, vote_message(VoteKind::Prepare, 0, &block));
+    if let Input::Message(m) = &mut bad {
+        m.signature.0[5] ^= 1;
+    }
+    let actions = replica.handle(&mut ledger, on_connection_of(2, bad.clone()));
+    assert_eq!(punished(&actions), [(2, Offence::BadSignature)]);
+    let actions = replica.handle(&mut ledger, on_connection_of(3, bad.clone()));
+    assert_eq!(punished(&actions), [], "a relay of another's message");
+    let actions = replica.handle(&mut ledger, bad);
+    assert_eq!(punished(&actions), [], "no peer named");
+    let good = net.signed(2, vote_message(VoteKind::Prepare, 0, &block));
+    let actions = replica.handle(&mut ledger, on_connection_of(2, good));
+    assert_eq!(punished(&actions), []);
+    assert_eq!(replica.buffered_message_count(), 1, "the good one is kept");
+
+    // A `Decided` whose certificate names a signer twice.
+    let duplicated = net.certificate(0, &block, &[0, 0, 2]);
+    let decided = net.signed(
+        0,
+        Message::Decided {
+            certificate: duplicated,
+        },
+    );
+    let actions = replica.handle(&mut ledger, on_connection_of(0, decided));
+    assert_eq!(punished(&actions), [(0, Offence::BadCertificate)]);
+
+    // A view change whose prepared certificate has too few prepares.
+    let weak = PreparedCertificate {
+        view: View(0),
+        block_hash: block.hash(),
+        signatures: [0, 3]
+            .iter()
+            .map(|s| net.vote(VoteKind::Prepare, 0, &block, *s))
+            .collect(),
+    };
+    let view_change = net.signed(
+        3,
+        Message::ViewChange {
+            new_view: View(1),
+            height: Height(1),
+            prepared: Some(weak),
+            prepared_block: Some(block.clone()),
+        },
+    );
+    let actions = replica.handle(&mut ledger, on_connection_of(3, view_change));
+    assert_eq!(punished(&actions), [(3, Offence::BadCertificate)]);
+}
+
+/// A new view whose justification no honest primary sends (too few or
+/// repeated view changes, one with a bad signature, a fresh block despite
+/// a prepared one) gets its primary punished when it comes on the
+/// primary's own connection; a justified one does not.
+#[test]
+fn a_forged_new_view_punishes_its_primary() {
+    let net = Net::new(4);
+    let mut ledger = SimLedger::new(CHAIN);
+    let prepared = net.block(&ledger, 0, 0);
+    let fresh = net.block(&ledger, 1, 0);
+    let mut bad_signature = view_changes(&net, &[0, 2, 3], None);
+    bad_signature[1].signature.0[3] ^= 1;
+    let forged = [
+        view_changes(&net, &[0, 3], None),
+        view_changes(&net, &[0, 3, 3], None),
+        bad_signature,
+    ];
+    for vcs in forged {
+        let mut replica = net.replica(2, SafetyState::default());
+        let actions = replica.handle(
+            &mut ledger,
+            on_connection_of(1, new_view(&net, vcs, &fresh)),
+        );
+        assert_eq!(punished(&actions), [(1, Offence::BadNewView)]);
+        assert_eq!(replica.view(), View(0));
+    }
+    let mut replica = net.replica(2, SafetyState::default());
+    let lower = view_changes(&net, &[0, 2, 3], Some(&prepared));
+    let actions = replica.handle(
+        &mut ledger,
+        on_connection_of(1, new_view(&net, lower.clone(), &fresh)),
+    );
+    assert_eq!(
+        punished(&actions),
+        [(1, Offence::BadNewView)],
+        "not the prepared block"
+    );
+    let mut replica = net.replica(2, SafetyState::default());
+    let actions = replica.handle(
+        &mut ledger,
+        on_connection_of(0, new_view(&net, lower.clone(), &fresh)),
+    );
+    assert_eq!(punished(&actions), [], "relayed by another peer");
+    let mut replica = net.replica(2, SafetyState::default());
+    let actions = replica.handle(
+        &mut ledger,
+        on_connection_of(1, new_view(&net, lower, &prepared)),
+    );
+    assert_eq!(punished(&actions), []);
+    assert_eq!(shape(&actions), ["persist", "prepare"]);
 }

@@ -540,7 +540,10 @@ fn init_makes_a_home_and_its_entry_and_never_overwrites() {
         ("org-a", "10.0.0.1:26600")
     );
     let config = NodeConfig::load(&home).unwrap();
-    assert!(home.join("safety.json").exists(), "a new home has its initial record");
+    assert!(
+        home.join("safety.json").exists(),
+        "a new home has its initial record"
+    );
     assert_eq!(config.key, home.join(VALIDATOR_KEY_FILE));
     assert_eq!(config.genesis, home.join(GENESIS_FILE));
     let again = assemble::init_home(&home, "org-a", "10.0.0.1:26600", "10.0.0.1:8080");

@@ -180,7 +180,10 @@ fn run(
         let timeout = next_tick.saturating_duration_since(Instant::now());
         let input = match inbox.recv_timeout(timeout) {
             Some(Event::Shutdown) => return,
-            Some(Event::Message(message)) => Some(Input::Message(*message)),
+            Some(Event::Message { peer, message }) => Some(Input::PeerMessage {
+                peer,
+                message: *message,
+            }),
             Some(Event::SyncResponse { from, blocks }) => {
                 Some(Input::SyncResponse { from, blocks })
             }
@@ -327,6 +330,7 @@ fn execute(node: &Node, record: &SafetyRecord, action: Action) {
                 "committed block {height} {hash}"
             );
         }
+        Action::Punish { peer, offence } => node.network.punish(peer, offence),
     }
 }
 

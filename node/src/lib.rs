@@ -47,7 +47,12 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// An input for the consensus thread.
 #[derive(Debug)]
 pub enum Event {
-    Message(Box<SignedMessage>),
+    /// A consensus message that arrived on `peer`'s authenticated
+    /// connection (its `from` may name another validator).
+    Message {
+        peer: ValidatorIndex,
+        message: Box<SignedMessage>,
+    },
     SyncResponse {
         from: ValidatorIndex,
         blocks: Vec<(Block, Certificate)>,

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub consensus_events_dropped: AtomicU64,
     /// Inbound p2p connections closed at once: handshakes at their cap.
     pub p2p_handshakes_refused: AtomicU64,
+    /// Peers disconnected and refused for a backoff after sending a
+    /// provably bogus consensus message of their own.
+    pub p2p_peers_punished: AtomicU64,
     /// Gossip frames received while the admission task was behind.
     pub p2p_gossip_dropped: AtomicU64,
     /// Safety record writes (`safety.json`, fsynced before a vote leaves)
@@ -189,6 +192,12 @@ impl Metrics {
             "counter",
             "Inbound p2p connections closed at once because handshakes were at their cap.",
             get(&self.p2p_handshakes_refused),
+        );
+        metric(
+            "cairn_p2p_peer_punished_total",
+            "counter",
+            "Peers disconnected and refused for a backoff after sending a bad signature or another provably bogus consensus message of their own.",
+            get(&self.p2p_peers_punished),
         );
         metric(
             "cairn_p2p_gossip_dropped_total",

@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,6 +64,16 @@ pub const SYNC_BLOCKS_MAX: u32 = cairn_consensus::limits::SYNC_BLOCKS_MAX as u32
 /// Most bytes of blocks in one sync response.
 pub const SYNC_BYTES_MAX: usize = 16 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A punished peer (see [`Network::punish`]) is first refused this long;
+/// each repeat offence doubles it, up to [`PUNISH_BACKOFF_MAX`].
+pub const PUNISH_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest a punished peer is refused.
+pub const PUNISH_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Each this long without an offence, once a refusal is over, takes one
+/// doubling off the next refusal.
+pub const PUNISH_DECAY: Duration = Duration::from_secs(60);
+
+const _: () = assert!(PUNISH_BACKOFF_MIN.as_millis() <= PUNISH_BACKOFF_MAX.as_millis());
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -97,6 +107,49 @@ fn hello_message(genesis_hash: &Hash, noise_static: &[u8]) -> Vec<u8> {
 }
 
 type Frame = Arc<Vec<u8>>;
+
+/// How a peer stands after its offences: refused until a time, for a
+/// backoff that doubles per offence (from [`PUNISH_BACKOFF_MIN`] to
+/// [`PUNISH_BACKOFF_MAX`]) and decays by one doubling per
+/// [`PUNISH_DECAY`] of good behaviour after the refusal ended.
+#[derive(Debug, Default)]
+pub struct Penalty {
+    /// Doublings of the next refusal.
+    level: u32,
+    /// The end of the current or last refusal.
+    until: Option<Instant>,
+}
+
+impl Penalty {
+    /// Records an offence at `now` and returns how long the peer is
+    /// refused; `None` while it is refused already (the offence is in a
+    /// frame it sent before it was cut off, and does not count again).
+    pub fn punish(&mut self, now: Instant) -> Option<Duration> {
+        if self.refused_for(now).is_some() {
+            return None;
+        }
+        if let Some(until) = self.until {
+            let good = now.saturating_duration_since(until).as_millis();
+            let decay = (good / PUNISH_DECAY.as_millis()).min(u32::MAX as u128) as u32;
+            self.level = self.level.saturating_sub(decay);
+        }
+        let backoff = PUNISH_BACKOFF_MIN
+            .saturating_mul(1 << self.level.min(16))
+            .min(PUNISH_BACKOFF_MAX);
+        if backoff < PUNISH_BACKOFF_MAX {
+            self.level += 1;
+        }
+        self.until = Some(now + backoff);
+        Some(backoff)
+    }
+
+    /// How much longer the peer is refused at `now`, if at all.
+    pub fn refused_for(&self, now: Instant) -> Option<Duration> {
+        self.until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+}
 
 /// Who we are on the p2p network and who we accept: our validator key, the
 /// chain's genesis hash and the genesis validator set.
@@ -148,6 +201,11 @@ pub struct Network {
     /// read after them); dropped when full, gossip being best effort.
     gossip_inbox: mpsc::Sender<Vec<SignedTransaction>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Each peer's standing after its offences.
+    penalties: Vec<std::sync::Mutex<Penalty>>,
+    /// Wakes a peer's connection task to close the connection of a peer
+    /// just punished.
+    cut: Vec<tokio::sync::Notify>,
 }
 
 /// The receiving ends of the per-peer queues and of the gossip inbox,
@@ -184,6 +242,8 @@ impl Network {
                 queues,
                 gossip_inbox,
                 metrics,
+                penalties: (0..validators).map(|_| Default::default()).collect(),
+                cut: (0..validators).map(|_| Default::default()).collect(),
             },
             Queues(receivers, gossip_rx),
         )
@@ -239,6 +299,41 @@ impl Network {
     /// of being behind.
     pub fn gossip_backlog(&self) -> usize {
         self.gossip_inbox.max_capacity() - self.gossip_inbox.capacity()
+    }
+
+    /// `peer` sent, on its own connection, a consensus message of its own
+    /// that no honest validator sends (`offence`, found by the replica):
+    /// close its connection and refuse it for a backoff that doubles on
+    /// repeat offences (see [`Penalty`]). Counted and logged.
+    pub fn punish(&self, peer: ValidatorIndex, offence: impl std::fmt::Display) {
+        let Some(penalty) = self.penalties.get(peer.get()) else {
+            return;
+        };
+        if peer.get() == self.me {
+            return;
+        }
+        let refused = penalty.lock().expect("penalty lock").punish(Instant::now());
+        let Some(backoff) = refused else {
+            tracing::debug!("validator {peer} sent {offence} while already refused");
+            return;
+        };
+        self.metrics
+            .p2p_peers_punished
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "punished validator {peer} for sending {offence}: disconnected and refused for {} ms",
+            backoff.as_millis()
+        );
+        self.cut[peer.get()].notify_one();
+    }
+
+    /// How much longer `peer` is refused, if it is.
+    fn refused_for(&self, peer: usize) -> Option<Duration> {
+        self.penalties
+            .get(peer)?
+            .lock()
+            .expect("penalty lock")
+            .refused_for(Instant::now())
     }
 
     /// Hands transactions a peer gossiped to the admission task, or drops
@@ -396,6 +491,12 @@ async fn manage_peer(
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut next: Option<Connection> = None;
     loop {
+        if dialer && next.is_none() {
+            if let Some(left) = node.network.refused_for(peer) {
+                tokio::time::sleep(left).await;
+                continue;
+            }
+        }
         let connection = match next.take() {
             Some(connection) => connection,
             None if dialer => match dial(&identity, &noise_key, address).await {
@@ -420,6 +521,14 @@ async fn manage_peer(
                 None => return,
             },
         };
+        if let Some(left) = node.network.refused_for(peer) {
+            tracing::debug!(
+                "validator {peer} is refused for {} ms more; connection closed",
+                left.as_millis()
+            );
+            drop(connection);
+            continue;
+        }
         backoff = DIAL_BACKOFF_MIN;
         tracing::info!(
             event = "peer_connected",
@@ -595,6 +704,12 @@ async fn serve(
                 break None;
             }
             connection = inbound.recv(), if !dialer => break connection,
+            _ = node.network.cut[peer].notified() => {
+                if node.network.refused_for(peer).is_some() {
+                    break None;
+                }
+                continue;
+            }
         };
         let Some(frame) = frame else { break None };
         node.network.dequeued(peer, &frame, lane);
@@ -685,7 +800,14 @@ async fn read_loop(
 async fn dispatch(node: &Arc<Node>, peer: usize, wire: Wire, bytes: usize) {
     let from = ValidatorIndex(peer as u16);
     match wire {
-        Wire::Consensus(message) => node.deliver(from, Event::Message(message), bytes),
+        Wire::Consensus(message) => node.deliver(
+            from,
+            Event::Message {
+                peer: from,
+                message,
+            },
+            bytes,
+        ),
         Wire::SyncResponse(blocks) => {
             node.deliver(from, Event::SyncResponse { from, blocks }, bytes)
         }
@@ -942,6 +1064,47 @@ mod tests {
         let later = TcpStream::connect(address).await.unwrap();
         assert!(!closed_within(later, 300).await, "a slot is free again");
         assert_eq!(metrics.p2p_handshakes_refused.load(Ordering::Relaxed), 1);
+    }
+
+    /// Issue 10: a punished peer is refused 1 s, then 2 s, 4 s, ... up to
+    /// 60 s on repeat offences; offences while it is refused (frames sent
+    /// before the cut) do not count again; a minute of good behaviour after
+    /// a refusal takes one doubling off.
+    #[test]
+    fn a_penalty_doubles_up_to_its_cap_and_decays() {
+        let start = Instant::now();
+        let mut penalty = Penalty::default();
+        let s = Duration::from_secs;
+        assert_eq!(penalty.refused_for(start), None);
+        assert_eq!(penalty.punish(start), Some(s(1)));
+        assert_eq!(
+            penalty.refused_for(start + Duration::from_millis(400)),
+            Some(Duration::from_millis(600))
+        );
+        assert_eq!(
+            penalty.punish(start + Duration::from_millis(500)),
+            None,
+            "already refused"
+        );
+        let mut now = start + s(1);
+        assert_eq!(penalty.refused_for(now), None);
+        let mut seen = vec![];
+        for _ in 0..9 {
+            let backoff = penalty.punish(now).expect("not refused");
+            seen.push(backoff.as_secs());
+            now += backoff;
+        }
+        assert_eq!(seen, [2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        // Good behaviour: two minutes after the last refusal, two doublings
+        // fewer than the cap's.
+        assert_eq!(penalty.punish(now + s(120)), Some(s(16)));
+        let mut fresh = Penalty::default();
+        fresh.punish(start);
+        assert_eq!(
+            fresh.punish(start + s(1) + s(3_600)),
+            Some(s(1)),
+            "fully decayed"
+        );
     }
 
     #[test]

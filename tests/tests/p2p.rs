@@ -279,3 +279,123 @@ async fn strangers_and_garbage_are_refused() {
     .await
     .unwrap();
 }
+
+/// The text of validator `i`'s `/metrics`, read for one counter.
+fn metric(net: &Testnet, i: usize, name: &str) -> u64 {
+    let text = ureq::get(&format!("{}/metrics", net.api(i)))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}")) as u64
+}
+
+/// A prepare for validator 3's current height and view, signed by no one:
+/// the replica reaches its signature check (issue 10: "a bad signature
+/// costs its sender nothing").
+fn badly_signed_prepare(net: &Testnet, from: u16) -> Wire {
+    let status = net.get(3, "/v1/status").json;
+    let height = status["height"].as_u64().expect("height") + 1;
+    let view = status["view"].as_u64().expect("view");
+    Wire::Consensus(Box::new(cairn_consensus::SignedMessage {
+        from: cairn_core::ValidatorIndex(from),
+        message: cairn_consensus::Message::Prepare {
+            view: cairn_core::View(view),
+            height: cairn_core::Height(height),
+            block_hash: cairn_core::Hash([5; 32]),
+        },
+        signature: cairn_core::Signature([7; 64]),
+    }))
+}
+
+/// Issue 10: a peer that sends, on its own connection, a message it signs
+/// with a bad signature is disconnected and refused for a backoff (1 s,
+/// then 2 s, ...), counted in `cairn_p2p_peer_punished_total` and logged.
+/// A peer that passes on a badly signed message claiming another sender
+/// (what a relay would do) is not punished: it vouches only for its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_signature_disconnects_its_sender_for_a_doubling_backoff() {
+    let net = tokio::task::spawn_blocking(|| {
+        let mut net = Testnet::start_all(4, 1, 1_000_000);
+        wait_all_connected(&net, 4);
+        // The probes speak with validators 0 and 1's keys: their processes
+        // are stopped so reconnects do not replace the probes' connections.
+        net.kill9(0);
+        net.kill9(1);
+        net
+    })
+    .await
+    .unwrap();
+    let p2p = net.genesis.p2p_addresses[3];
+    let key = |i: usize| {
+        cairn_genesis::keyfile::read(&net.home(i).join("validator.key")).expect("validator key")
+    };
+    let validator0 = identity(&net, key(0));
+    let validator1 = identity(&net, key(1));
+    let punished = || metric(&net, 3, "cairn_p2p_peer_punished_total");
+    assert_eq!(punished(), 0);
+
+    // Validator 1 passes on a badly signed message claiming validator 2:
+    // dropped, but validator 1 signed nothing and stays connected.
+    let mut relay = probe::connect(&validator1, p2p).await.expect("handshake");
+    relay
+        .send_wire(&badly_signed_prepare(&net, 2))
+        .await
+        .unwrap();
+    assert!(
+        !relay.closed_within(Duration::from_millis(1_500)).await,
+        "a relayed bad signature does not punish the relay"
+    );
+    assert_eq!(punished(), 0);
+
+    // Validator 0 sends a message under its own index with a bad signature.
+    let mut offender = probe::connect(&validator0, p2p).await.expect("handshake");
+    offender
+        .send_wire(&badly_signed_prepare(&net, 0))
+        .await
+        .unwrap();
+    assert!(
+        offender.closed_within(Duration::from_secs(5)).await,
+        "a bad signature closes its sender's connection"
+    );
+    assert_eq!(punished(), 1);
+    // Refused at once while the backoff (1 s) lasts.
+    let mut again = probe::connect(&validator0, p2p).await.expect("handshake");
+    assert!(
+        again.closed_within(Duration::from_millis(500)).await,
+        "refused during the backoff"
+    );
+    assert!(
+        !relay.closed_within(Duration::from_millis(100)).await,
+        "other peers' connections stay open"
+    );
+    // After it, welcome again.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let mut back = probe::connect(&validator0, p2p).await.expect("handshake");
+    assert!(
+        !back.closed_within(Duration::from_millis(500)).await,
+        "welcome again after the backoff"
+    );
+    // A second offence doubles the backoff to 2 s.
+    back.send_wire(&badly_signed_prepare(&net, 0))
+        .await
+        .unwrap();
+    assert!(back.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(punished(), 2);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let mut early = probe::connect(&validator0, p2p).await.expect("handshake");
+    assert!(
+        early.closed_within(Duration::from_millis(500)).await,
+        "the second backoff is longer than the first"
+    );
+    let log = log_of(&net, 3);
+    assert!(
+        log.contains("punished validator 0"),
+        "the punishment is logged:\n{log}"
+    );
+    assert!(!log.contains("punished validator 1"), "{log}");
+    drop(net);
+}

@@ -53,6 +53,8 @@ pub struct SimLedger {
     pub pending: bool,
     pub validate_calls: u64,
     pub client: Option<ClientTx>,
+    /// Extra transfers in each block built (big blocks).
+    pub filler: usize,
 }
 
 impl SimLedger {
@@ -82,6 +84,7 @@ impl SimLedger {
             pending: true,
             validate_calls: 0,
             client: None,
+            filler: 0,
         }
     }
 
@@ -120,6 +123,12 @@ impl SimLedger {
 
     fn client_pending(&self) -> Option<&ClientTx> {
         self.client.as_ref().filter(|c| c.committed_at.is_none())
+    }
+
+    /// Most transactions in a block: room for the filler and the two
+    /// transfers (blocks stay at most half full).
+    pub fn block_txs_max(&self) -> usize {
+        BLOCK_TXS_MAX.max(2 * (self.filler + 2))
     }
 
     pub fn height(&self) -> Height {
@@ -169,7 +178,18 @@ impl SimLedger {
             amount: 1 + (height.0 + salt) % 7,
             nonce: self.state.account(&from.public()).nonce,
         };
+        let nonce = transfer.nonce;
         let mut transactions = vec![SignedTransaction::sign(transfer, from)];
+        for k in 0..self.filler as u64 {
+            let filler = Transfer {
+                chain_id: self.chain_id.clone(),
+                from: from.public(),
+                to,
+                amount: 1,
+                nonce: nonce + 1 + k,
+            };
+            transactions.push(SignedTransaction::sign(filler, from));
+        }
         if let Some(client) = self.client_pending().filter(|_| with_client) {
             transactions.push(client.tx.clone());
         }
@@ -282,7 +302,7 @@ impl SimLedger {
     fn rules(&self) -> BlockRules<'_> {
         BlockRules {
             chain_id: &self.chain_id,
-            block_txs_max: BLOCK_TXS_MAX,
+            block_txs_max: self.block_txs_max(),
         }
     }
 

@@ -17,7 +17,7 @@ use cairn_consensus::Message;
 
 use cairn_consensus::limits::buffered_messages_max;
 use cairn_consensus::{Action, Config, Input, Replica, SafetyState, SignedMessage};
-use cairn_core::{Hash, Height, Keypair, PublicKey, ValidatorIndex};
+use cairn_core::{Hash, Height, Keypair, PublicKey, ValidatorIndex, View};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -31,6 +31,26 @@ pub const TICK_MS: u64 = 10;
 const DECIDED_FLOOD_COPIES: usize = 64;
 /// Blocks a simulated node serves per sync request.
 const SYNC_BATCH: usize = 8;
+/// A punished peer's messages are refused this long at first, doubling
+/// per offence up to [`BAN_MS_MAX`] (the node's p2p backoff, 1 s to 60 s).
+const BAN_MS_MIN: u64 = 1_000;
+const BAN_MS_MAX: u64 = 60_000;
+
+/// Bytes of a p2p frame around a consensus message (the `Wire` tag and
+/// length prefix), counted generously.
+pub const FRAME_ENVELOPE_BYTES: usize = 16;
+
+/// The p2p frame a consensus message travels in, in bytes.
+pub fn frame_bytes(message: &SignedMessage) -> usize {
+    cairn_core::codec::encoded_len(message) + FRAME_ENVELOPE_BYTES
+}
+
+/// A punished peer, as one node sees it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ban {
+    offences: u32,
+    until_ms: u64,
+}
 
 /// A planned crash of an honest node; it restarts at `restart_ms`.
 #[derive(Clone, Debug)]
@@ -119,6 +139,13 @@ pub struct Scenario {
     /// rule of `cairn_consensus`'s `abstain.rs`); off only to show what
     /// happens without it.
     pub abstain: bool,
+    /// The largest frame the network carries (the p2p limit, core
+    /// `P2P_FRAME_BYTES_MAX`, unless a scenario lowers it): a larger
+    /// message is dropped, as p2p closes a connection that sends one, and
+    /// an honest replica sending one breaks an invariant.
+    pub frame_bytes_max: usize,
+    /// Extra transfers in every block (big blocks).
+    pub filler_txs: usize,
 }
 
 impl Scenario {
@@ -145,6 +172,8 @@ impl Scenario {
             twins: vec![],
             disk_faults: vec![],
             abstain: true,
+            frame_bytes_max: cairn_core::limits::P2P_FRAME_BYTES_MAX,
+            filler_txs: 0,
         }
     }
 
@@ -340,6 +369,21 @@ pub struct Report {
     pub disk_faults: u64,
     /// Whether some replica abstained (lost its record) at some point.
     pub abstained: bool,
+    /// New views a `ForgeNewView` node forged (rewritten or unprompted).
+    pub forged_new_views: u64,
+    /// The largest frame of a message an honest replica sent.
+    pub max_honest_frame_bytes: usize,
+    /// The largest new view an honest replica sent, and what it would have
+    /// weighed when each view change carried its certificate's block (the
+    /// format before one block per message).
+    pub max_new_view_bytes: usize,
+    pub max_new_view_bytes_block_per_view_change: usize,
+    /// Messages dropped for being larger than a frame.
+    pub oversized_dropped: u64,
+    /// Peers punished (disconnected and refused) by a node.
+    pub punishments: u64,
+    /// Messages dropped because their sender was refused at the receiver.
+    pub refused_messages: u64,
 }
 
 /// How one height was decided (see [`Report::agreed_blocks`]).
@@ -392,6 +436,15 @@ pub struct Sim {
     twin_votes: BTreeMap<(usize, Height, u64, u8), Hash>,
     /// A broken invariant found while carrying out actions.
     violation: Option<String>,
+    /// (node, validator): the validator's messages refused at the node.
+    bans: BTreeMap<(usize, usize), Ban>,
+    /// Honest validators that commit-voted each (height, view, hash).
+    commit_voters: BTreeMap<(Height, View, Hash), std::collections::BTreeSet<usize>>,
+    /// Per height, the (view, hash) pairs locked: see `note_commit_vote`.
+    locks: BTreeMap<Height, Vec<(View, Hash)>>,
+    /// Per height, honest prepares made on a new view's word: (node, view,
+    /// hash).
+    justified_prepares: BTreeMap<Height, Vec<(usize, View, Hash)>>,
 }
 
 impl Sim {
@@ -413,6 +466,10 @@ impl Sim {
             votes: BTreeMap::new(),
             twin_votes: BTreeMap::new(),
             violation: None,
+            bans: BTreeMap::new(),
+            commit_voters: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            justified_prepares: BTreeMap::new(),
             s,
         };
         let copies = sim.s.twins.clone();
@@ -429,11 +486,13 @@ impl Sim {
                     .map(|(_, b)| *b),
             };
             let replica = Replica::new(sim.config(), key.clone(), SafetyState::default());
+            let mut ledger = SimLedger::new(CHAIN_ID);
+            ledger.filler = sim.s.filler_txs;
             sim.nodes.push(Node {
                 validator: i,
                 key,
                 replica: Some(replica),
-                ledger: SimLedger::new(CHAIN_ID),
+                ledger,
                 persisted: SafetyState::default(),
                 restart_ms: None,
                 behaviour,
@@ -452,7 +511,7 @@ impl Sim {
             validators: self.validators.clone(),
             block_interval_ms: self.s.block_interval_ms,
             view_timeout_ms: self.s.view_timeout_ms,
-            block_txs_max: ledger::BLOCK_TXS_MAX,
+            block_txs_max: ledger::BLOCK_TXS_MAX.max(2 * (self.s.filler_txs + 2)),
         }
     }
 
@@ -596,6 +655,7 @@ impl Sim {
                 match self.nodes[i].behaviour {
                     Some(Behaviour::Flood) => self.flood(i),
                     Some(Behaviour::DecidedFlood) => self.decided_flood(i),
+                    Some(Behaviour::ForgeNewView) => self.prepare_alternatives(i),
                     _ => {}
                 }
             }
@@ -651,7 +711,24 @@ impl Sim {
     fn deliver(&mut self, packet: Packet) {
         let Packet { from, to, payload } = packet;
         match payload {
-            Payload::Message(m) => self.input(to, Input::Message(*m)),
+            Payload::Message(m) => {
+                let peer = ValidatorIndex(self.nodes[from].validator as u16);
+                let banned = self
+                    .bans
+                    .get(&(to, peer.get()))
+                    .is_some_and(|b| b.until_ms > self.now_ms);
+                if banned {
+                    self.report.refused_messages += 1;
+                    return;
+                }
+                let forger = self.nodes[to].behaviour == Some(Behaviour::ForgeNewView);
+                if forger && self.nodes[to].replica.is_some() {
+                    if let Message::ViewChange { .. } = m.message {
+                        self.answer_lagging(to, &m);
+                    }
+                }
+                self.input(to, Input::PeerMessage { peer, message: *m })
+            }
             Payload::SyncResponse(blocks) => {
                 self.report.sync_responses += 1;
                 let from = ValidatorIndex(self.nodes[from].validator as u16);
@@ -662,7 +739,12 @@ impl Sim {
                 // that withholds its commit votes does not serve them.
                 let withholds = matches!(
                     self.nodes[to].behaviour,
-                    Some(Behaviour::WithholdVotes | Behaviour::TimestampGame)
+                    Some(
+                        Behaviour::WithholdVotes
+                            | Behaviour::TimestampGame
+                            | Behaviour::ForgeNewView
+                            | Behaviour::Oversize
+                    )
                 );
                 if self.nodes[to].replica.is_some() && !withholds {
                     let mut blocks = self.nodes[to].ledger.blocks_from(from_height, SYNC_BATCH);
@@ -729,17 +811,24 @@ impl Sim {
             }
             Action::Broadcast(m) => {
                 self.note_vote(i, &m);
+                self.note_size(i, &m);
                 for (to, m, delay_ms) in self.rewrite(i, m) {
                     self.send_message_after(i, to, m, delay_ms);
                 }
             }
             Action::Send { to, message } => {
                 self.note_vote(i, &message);
+                self.note_size(i, &message);
                 // A `Decided` carries the sender's own commit signature: a
                 // node that withholds its commit votes withholds it too.
                 let withholds = matches!(
                     self.nodes[i].behaviour,
-                    Some(Behaviour::WithholdVotes | Behaviour::TimestampGame)
+                    Some(
+                        Behaviour::WithholdVotes
+                            | Behaviour::TimestampGame
+                            | Behaviour::ForgeNewView
+                            | Behaviour::Oversize
+                    )
                 );
                 if !(withholds && matches!(message.message, Message::Decided { .. })) {
                     self.send_message(i, to.get(), message)
@@ -761,7 +850,30 @@ impl Sim {
                 let stored = blocks.get(height.0 as usize - 1).map(|(b, _)| b.hash());
                 assert_eq!(stored, Some(hash), "Committed names a committed block");
             }
+            Action::Punish { peer, offence } => self.punish(i, peer.get(), offence),
         }
+    }
+
+    /// Node `i` found validator `peer` sending `offence`: like the node's
+    /// p2p layer, it refuses the peer's messages for a backoff that doubles
+    /// per offence ([`BAN_MS_MIN`] to [`BAN_MS_MAX`]). An honest replica
+    /// must never punish an honest validator.
+    fn punish(&mut self, i: usize, peer: usize, offence: cairn_consensus::Offence) {
+        let honest_peer =
+            !self.s.twins.contains(&peer) && !self.s.byzantine.iter().any(|(b, _)| *b == peer);
+        if self.nodes[i].behaviour.is_none() && honest_peer && self.violation.is_none() {
+            self.violation = Some(format!(
+                "honest node {i} punished honest validator {peer} for {offence}"
+            ));
+        }
+        let ban = self.bans.entry((i, peer)).or_default();
+        if ban.until_ms > self.now_ms {
+            return;
+        }
+        let ban_ms = (BAN_MS_MIN << ban.offences.min(16)).min(BAN_MS_MAX);
+        ban.offences += 1;
+        ban.until_ms = self.now_ms + ban_ms;
+        self.report.punishments += 1;
     }
 
     fn send_message(&mut self, from: usize, to: usize, message: SignedMessage) {
@@ -778,6 +890,11 @@ impl Sim {
         message: SignedMessage,
         delay_ms: u64,
     ) {
+        if frame_bytes(&message) > self.s.frame_bytes_max {
+            // p2p closes a connection that sends a frame over the limit.
+            self.report.oversized_dropped += 1;
+            return;
+        }
         let copies: Vec<usize> = self.nodes_of(to).collect();
         for to in copies {
             let packet = Packet {
@@ -787,6 +904,49 @@ impl Sim {
             };
             self.net
                 .send_after(&mut self.rng, self.now_ms, packet, delay_ms);
+        }
+    }
+
+    /// The invariant that every message an honest replica sends fits in a
+    /// p2p frame; also measures new views against the older format.
+    fn note_size(&mut self, i: usize, message: &SignedMessage) {
+        let honest = matches!(self.nodes[i].behaviour, None | Some(Behaviour::Twin));
+        if !honest {
+            return;
+        }
+        let bytes = frame_bytes(message);
+        let r = &mut self.report;
+        r.max_honest_frame_bytes = r.max_honest_frame_bytes.max(bytes);
+        if let Message::NewView {
+            view_changes,
+            proposal,
+            ..
+        } = &message.message
+        {
+            let block_bytes = cairn_core::codec::encoded_len(proposal);
+            let certified = view_changes
+                .iter()
+                .filter(|vc| {
+                    matches!(
+                        vc.message,
+                        Message::ViewChange {
+                            prepared: Some(_),
+                            ..
+                        }
+                    )
+                })
+                .count();
+            r.max_new_view_bytes = r.max_new_view_bytes.max(bytes);
+            r.max_new_view_bytes_block_per_view_change = r
+                .max_new_view_bytes_block_per_view_change
+                .max(bytes + certified * block_bytes);
+        }
+        if bytes > self.s.frame_bytes_max && self.violation.is_none() {
+            self.violation = Some(format!(
+                "honest node {i} sent a {} of {bytes} bytes, over the {}-byte frame limit",
+                message_kind(&message.message),
+                self.s.frame_bytes_max
+            ));
         }
     }
 
@@ -833,6 +993,84 @@ impl Sim {
                 "double vote: honest node {i} signed two {kind}s at height {height} view {view}: {signed} and {hash}"
             ));
         }
+        match kind {
+            1 => self.note_prepare(i, height, View(view), hash),
+            2 => self.note_commit_vote(i, height, View(view), hash),
+            _ => {}
+        }
+    }
+
+    /// The lock invariant, part one: enough honest replicas commit-voted
+    /// `hash` at (height, view) that every quorum of view changes holds one
+    /// of them (n - quorum + 1), so `hash` is locked from `view` on.
+    fn note_commit_vote(&mut self, i: usize, height: Height, view: View, hash: Hash) {
+        let voters = self.commit_voters.entry((height, view, hash)).or_default();
+        voters.insert(self.nodes[i].validator);
+        let n = self.s.n;
+        if voters.len() < n - cairn_core::quorum(n) + 1 {
+            return;
+        }
+        let locks = self.locks.entry(height).or_default();
+        if locks.contains(&(view, hash)) {
+            return;
+        }
+        locks.push((view, hash));
+        let broken = self
+            .justified_prepares
+            .get(&height)
+            .into_iter()
+            .flatten()
+            .find(|(_, v, h)| *v > view && *h != hash)
+            .copied();
+        if let Some((node, v, h)) = broken {
+            self.lock_broken(node, height, v, h, view, hash);
+        }
+    }
+
+    /// The lock invariant, part two: an honest replica prepares, on a new
+    /// view's word (a view other than the one it started the height in),
+    /// only the block locked in any lower view (PBFT's view-change safety:
+    /// every quorum of view changes holds a certificate of it, and the
+    /// highest certificate is its). Checks the honest side of every new
+    /// view, even where no fork follows.
+    fn note_prepare(&mut self, i: usize, height: Height, view: View, hash: Hash) {
+        let state = &self.nodes[i].persisted;
+        if state.height() != height || state.start_view() == view {
+            return;
+        }
+        self.justified_prepares
+            .entry(height)
+            .or_default()
+            .push((i, view, hash));
+        let broken = self
+            .locks
+            .get(&height)
+            .into_iter()
+            .flatten()
+            .find(|(v, h)| *v < view && *h != hash)
+            .copied();
+        if let Some((locked_view, locked)) = broken {
+            self.lock_broken(i, height, view, hash, locked_view, locked);
+        }
+    }
+
+    fn lock_broken(
+        &mut self,
+        node: usize,
+        height: Height,
+        view: View,
+        hash: Hash,
+        locked_view: View,
+        locked: Hash,
+    ) {
+        if self.violation.is_none() {
+            self.violation = Some(format!(
+                "lock broken: honest node {node} prepared {hash} at height {height} in view {} \
+                 on a new view's word, but {locked} was locked (commit-voted by enough honest \
+                 replicas) in view {}",
+                view.0, locked_view.0
+            ));
+        }
     }
 
     /// Honest nodes broadcast as is; Byzantine ones rewrite, and may
@@ -875,10 +1113,26 @@ impl Sim {
             ledger: &node.ledger,
             now_ms: local_ms,
         };
-        byzantine::rewrite(behaviour, &faulty, &mut self.rng, message)
-            .into_iter()
-            .map(|(to, m)| (to, m, 0))
-            .collect()
+        let memory = &mut node.byzantine;
+        let out = match (behaviour, &message.message) {
+            (Behaviour::Oversize, _) => {
+                byzantine::oversize(&faulty, self.s.frame_bytes_max, message)
+            }
+            (Behaviour::ForgeNewView, Message::ViewChange { .. }) => {
+                byzantine::forge_view_change(&faulty, &mut self.rng, memory, message)
+            }
+            (Behaviour::ForgeNewView, Message::Prepare { height, .. })
+                if !memory.holds_certificate(*height) =>
+            {
+                vec![]
+            }
+            (Behaviour::ForgeNewView, Message::NewView { .. }) => {
+                self.report.forged_new_views += 1;
+                byzantine::forge_new_view(&faulty, &mut self.rng, memory, message)
+            }
+            _ => byzantine::rewrite(behaviour, &faulty, &mut self.rng, message),
+        };
+        out.into_iter().map(|(to, m)| (to, m, 0)).collect()
     }
 
     fn flood(&mut self, i: usize) {
@@ -893,6 +1147,42 @@ impl Sim {
         let out = byzantine::flood(&faulty, &mut self.rng, &self.net.recent);
         for (to, m) in out {
             self.send_message(i, to, m);
+        }
+    }
+
+    fn prepare_alternatives(&mut self, i: usize) {
+        let local_ms = self.s.local_ms(i, self.now_ms);
+        let node = &mut self.nodes[i];
+        let Some(view) = node.replica.as_ref().map(|r| r.view()) else {
+            return;
+        };
+        let faulty = Faulty {
+            me: node.validator,
+            n: self.s.n,
+            key: &node.key,
+            ledger: &node.ledger,
+            now_ms: local_ms,
+        };
+        byzantine::prepare_alternatives(&faulty, &mut node.byzantine, view);
+    }
+
+    /// A `ForgeNewView` node `i` received view change `vc`: it may answer
+    /// a replica still at a decided height with a forged new view.
+    fn answer_lagging(&mut self, i: usize, vc: &SignedMessage) {
+        let local_ms = self.s.local_ms(i, self.now_ms);
+        let node = &mut self.nodes[i];
+        let faulty = Faulty {
+            me: node.validator,
+            n: self.s.n,
+            key: &node.key,
+            ledger: &node.ledger,
+            now_ms: local_ms,
+        };
+        if let Some(forged) =
+            byzantine::answer_lagging_view_change(&faulty, &mut self.rng, &mut node.byzantine, vc)
+        {
+            self.report.forged_new_views += 1;
+            self.send_message(i, vc.from.get(), forged);
         }
     }
 
@@ -982,6 +1272,18 @@ impl Sim {
             self.nodes[i].checked = self.nodes[i].ledger.blocks.len();
         }
         Ok(())
+    }
+}
+
+/// A message's kind, for messages.
+fn message_kind(message: &Message) -> &'static str {
+    match message {
+        Message::PrePrepare { .. } => "pre-prepare",
+        Message::Prepare { .. } => "prepare",
+        Message::Commit { .. } => "commit",
+        Message::ViewChange { .. } => "view change",
+        Message::NewView { .. } => "new view",
+        Message::Decided { .. } => "decided",
     }
 }
 
