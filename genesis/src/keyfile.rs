@@ -276,18 +276,20 @@ impl EncryptedKey {
         EncryptedJson {
             version: ENCRYPTED_VERSION,
             public_key: self.public.to_hex(),
-            kdf: serde_json::json!({
-                "name": KDF_NAME,
-                "version": KDF_ARGON2_VERSION,
-                "m_cost_kib": self.params.m_cost_kib,
-                "t_cost": self.params.t_cost,
-                "p_cost": self.params.p_cost,
-                "salt": hex::encode(&self.salt),
-            }),
-            cipher: serde_json::json!({
-                "name": CIPHER_NAME,
-                "nonce": hex::encode(self.nonce),
-            }),
+            kdf: serde_json::to_value(KdfJson {
+                name: KDF_NAME.into(),
+                version: KDF_ARGON2_VERSION,
+                m_cost_kib: self.params.m_cost_kib.into(),
+                t_cost: self.params.t_cost.into(),
+                p_cost: self.params.p_cost.into(),
+                salt: hex::encode(&self.salt),
+            })
+            .expect("KDF parameters serialize"),
+            cipher: serde_json::to_value(CipherJson {
+                name: CIPHER_NAME.into(),
+                nonce: hex::encode(self.nonce),
+            })
+            .expect("cipher parameters serialize"),
             ciphertext: hex::encode(self.ciphertext),
         }
     }
@@ -404,10 +406,9 @@ struct EncryptedJson {
     ciphertext: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KdfJson {
-    #[allow(dead_code)]
     name: String,
     version: u32,
     m_cost_kib: u64,
@@ -416,10 +417,9 @@ struct KdfJson {
     salt: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CipherJson {
-    #[allow(dead_code)]
     name: String,
     nonce: String,
 }
