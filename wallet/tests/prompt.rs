@@ -52,7 +52,9 @@ fn on_terminal(args: &[&str], lines: &[&str]) -> (i32, String) {
             }
         }
         let text = String::from_utf8_lossy(&shown);
-        if typed < lines.len() && text.matches(": ").count() > typed {
+        // Type only once the prompt is shown and echo is off, as a person
+        // would (typed earlier, the terminal itself would echo it).
+        if typed < lines.len() && text.matches(": ").count() > typed && !echoing(&controller) {
             controller
                 .write_all(format!("{}\n", lines[typed]).as_bytes())
                 .unwrap();
@@ -70,6 +72,17 @@ fn on_terminal(args: &[&str], lines: &[&str]) -> (i32, String) {
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&shown).into_owned(),
     )
+}
+
+/// Whether the terminal echoes input now (asked through the controller
+/// side, which reports the terminal's settings on Linux).
+fn echoing(controller: &File) -> bool {
+    // SAFETY: a zeroed termios is a valid out-parameter.
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a valid termios pointer.
+    let result = unsafe { libc::tcgetattr(controller.as_raw_fd(), &mut termios) };
+    assert_eq!(result, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+    termios.c_lflag & libc::ECHO != 0
 }
 
 fn open_pty() -> (File, OwnedFd) {
