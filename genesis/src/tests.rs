@@ -582,9 +582,9 @@ fn wrong_passphrase_is_refused_with_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = encrypted_file(dir.path(), CHEAP);
     for wrong in [&b"correct horsf"[..], b"", b"correct horse "] {
-        let error = open(&path, wrong)
-            .err()
-            .expect("a wrong passphrase opens nothing");
+        let Err(error) = open(&path, wrong) else {
+            panic!("a wrong passphrase opened the key");
+        };
         assert!(
             error.contains("wrong passphrase or corrupted key file"),
             "{error}"
@@ -673,7 +673,9 @@ fn hostile_kdf_parameters_are_refused_before_the_kdf_runs() {
     std::fs::write(&path, &original).unwrap();
     tamper(&path, "/kdf/m_cost_kib", (256 * 1024).into());
     tamper(&path, "/kdf/t_cost", 8.into());
-    let error = keyfile::load(&path).err().expect("too much work accepted");
+    let Err(error) = keyfile::load(&path) else {
+        panic!("too much work accepted");
+    };
     assert!(error.contains("m_cost_kib × t_cost"), "{error}");
     // Nor are they written.
     let error = keyfile::write_new_encrypted(

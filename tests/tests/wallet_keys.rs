@@ -4,7 +4,7 @@
 //! `decrypt`/`encrypt` move between the two forms, and a validator runs from
 //! an encrypted `validator.key` given `CAIRN_PASSPHRASE`.
 //!
-//! The KDF runs with its real default cost (64 MiB, 3 passes: about 0.15 s
+//! The KDF runs with its real default cost (64 MiB, 3 passes: about 0.2 s
 //! per key file opened in a release build).
 
 use std::path::Path;
