@@ -480,6 +480,38 @@ pub fn write_sealed_new(path: &Path, sealed: &EncryptedKey) -> Result<(), String
     write_text_new(path, &text)
 }
 
+/// Replaces the key file at `path` with `sealed` (the same key under a new
+/// passphrase): written beside it as `<name>.new` (mode 0600, fsynced), then
+/// renamed over it, so a crash leaves the old file or the new one, never
+/// half of either. Refuses when `path` holds another key.
+pub fn replace_sealed(path: &Path, sealed: &EncryptedKey) -> Result<(), String> {
+    let current = load(path)?;
+    if current.public() != sealed.public {
+        return Err(format!(
+            "{} holds another key; refusing to replace it",
+            path.display()
+        ));
+    }
+    let mut name = path
+        .file_name()
+        .ok_or_else(|| format!("{} is not a file name", path.display()))?
+        .to_os_string();
+    name.push(".new");
+    let temporary = path.with_file_name(name);
+    write_sealed_new(&temporary, sealed)?;
+    if let Err(e) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(format!("cannot replace {}: {e}", path.display()));
+    }
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(folder)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| format!("cannot sync {}: {e}", folder.display()))
+}
+
 fn write_text_new(path: &Path, text: &str) -> Result<(), String> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -751,3 +751,19 @@ fn testnet_keys_are_plain_and_labelled() {
         assert!(!keyfile::load(&path).unwrap().is_encrypted());
     }
 }
+
+#[test]
+fn replacing_a_sealed_key_keeps_the_key_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = encrypted_file(dir.path(), CHEAP);
+    let resealed = keyfile::EncryptedKey::seal(&key(7), b"new one", CHEAP).unwrap();
+    keyfile::replace_sealed(&path, &resealed).unwrap();
+    assert_eq!(open(&path, b"new one").unwrap().public(), key(7).public());
+    assert!(open(&path, b"correct horse").is_err());
+    assert!(!dir.path().join("enc.key.new").exists());
+
+    let other = keyfile::EncryptedKey::seal(&key(8), b"new one", CHEAP).unwrap();
+    let error = keyfile::replace_sealed(&path, &other).unwrap_err();
+    assert!(error.contains("holds another key"), "{error}");
+    assert_eq!(open(&path, b"new one").unwrap().public(), key(7).public());
+}

@@ -45,6 +45,26 @@ impl PassphraseSource {
         self.get(key_file, true)
     }
 
+    /// The new passphrase for `change-passphrase`: from `new_file`, else
+    /// asked twice on the terminal (the environment holds the old one).
+    pub fn for_change(
+        new_file: Option<&Path>,
+        key_file: &Path,
+    ) -> Result<Zeroizing<String>, WalletError> {
+        let passphrase = match new_file {
+            Some(file) => passphrase_from_file(file)?,
+            None if std::io::stdin().is_terminal() => prompt(key_file, true)?,
+            None => {
+                return Err(WalletError::Invalid(format!(
+                    "a new passphrase for {} is needed: pass --new-passphrase-file FILE or run on a terminal",
+                    key_file.display()
+                )))
+            }
+        };
+        check_passphrase(&passphrase)?;
+        Ok(passphrase)
+    }
+
     fn get(&self, key_file: &Path, new: bool) -> Result<Zeroizing<String>, WalletError> {
         let passphrase = if let Some(file) = &self.file {
             passphrase_from_file(file)?

@@ -74,6 +74,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Re-encrypt a key file under a new passphrase, in place.
+    ///
+    /// The current passphrase comes from --passphrase-file, CAIRN_PASSPHRASE
+    /// or a prompt; the new one from --new-passphrase-file or a prompt (asked
+    /// twice).
+    ChangePassphrase {
+        /// The encrypted key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Read the new passphrase from FILE (first line).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
     /// Write an unencrypted copy of an encrypted key file.
     #[command(visible_alias = "export")]
     Decrypt {
@@ -171,6 +184,10 @@ fn run(cli: Cli) -> Result<(), WalletError> {
         }
         Command::Encrypt { key, out } => encrypt(&key, &out, &passphrases, cli.json),
         Command::Decrypt { key, out } => decrypt(&key, &out, &passphrases, cli.json),
+        Command::ChangePassphrase {
+            key,
+            new_passphrase_file,
+        } => change_passphrase(&key, new_passphrase_file.as_deref(), &passphrases, cli.json),
         Command::Balance { address } => {
             let address = parse_address(&address)?;
             show(
@@ -297,6 +314,30 @@ fn decrypt(
     keyfile::write_new(out, &key).map_err(WalletError::Invalid)?;
     warn_plain(out);
     print_written(&key, out, false, json);
+    Ok(())
+}
+
+/// `change-passphrase`: the same key, sealed again under a new passphrase
+/// (fresh salt and nonce), replacing the file.
+fn change_passphrase(
+    key_file: &Path,
+    new_passphrase_file: Option<&Path>,
+    passphrases: &PassphraseSource,
+    json: bool,
+) -> Result<(), WalletError> {
+    let KeyFile::Encrypted(sealed) = keyfile::load(key_file).map_err(WalletError::Invalid)? else {
+        return Err(WalletError::Invalid(format!(
+            "{} is not encrypted; use encrypt to make an encrypted copy",
+            key_file.display()
+        )));
+    };
+    let old = passphrases.for_opening(key_file)?;
+    let key = sealed.open(old.as_bytes()).map_err(WalletError::Invalid)?;
+    let new = PassphraseSource::for_change(new_passphrase_file, key_file)?;
+    let resealed = keyfile::EncryptedKey::seal(&key, new.as_bytes(), KdfParams::DEFAULT)
+        .map_err(WalletError::Invalid)?;
+    keyfile::replace_sealed(key_file, &resealed).map_err(WalletError::Invalid)?;
+    print_written(&key, key_file, true, json);
     Ok(())
 }
 

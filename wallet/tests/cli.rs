@@ -181,6 +181,27 @@ fn keygen_encrypts_unless_plain_and_needs_a_passphrase_source() {
         "refusing to overwrite",
     );
     assert!(!out.exists());
+
+    // change-passphrase: in place, the old one no longer opens it.
+    let new_file = dir.path().join("new-pass");
+    std::fs::write(&new_file, "brand new\n").unwrap();
+    let new_arg = ["--new-passphrase-file", new_file.to_str().unwrap()];
+    let mut args = vec!["change-passphrase", "--key", sealed_arg];
+    args.extend_from_slice(&new_arg);
+    assert_fails(&wallet_with(&args, Some("nope")), "wrong passphrase");
+    assert_fails(
+        &wallet(&["change-passphrase", "--key", sealed_arg]),
+        "--new-passphrase-file",
+    );
+    let output = wallet(&args);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout(&output).trim(), address);
+    assert_fails(&sign(Some(PASSPHRASE), &[]), "wrong passphrase");
+    assert!(sign(Some("brand new"), &[]).status.success());
+    assert!(!dir.path().join("sealed.key.new").exists());
+    let mut plain_args = vec!["change-passphrase", "--key", plain.to_str().unwrap()];
+    plain_args.extend_from_slice(&new_arg);
+    assert_fails(&wallet(&plain_args), "is not encrypted");
 }
 
 #[test]
@@ -328,6 +349,7 @@ fn help_works_on_every_subcommand() {
         "decrypt",
         "import",
         "export",
+        "change-passphrase",
         "balance",
         "transfer",
         "sign-transfer",
