@@ -618,3 +618,251 @@ fn assemble_checks_the_file_as_validate_does() {
         assert!(refused, "{bad} accepted");
     }
 }
+/// Cheap KDF parameters so the many decryptions below stay fast; one test
+/// runs the real default.
+const CHEAP: keyfile::KdfParams = keyfile::KdfParams {
+    m_cost_kib: 64,
+    t_cost: 1,
+    p_cost: 1,
+};
+
+/// Writes `key(7)` encrypted under "correct horse" and returns the file.
+fn encrypted_file(dir: &std::path::Path, params: keyfile::KdfParams) -> PathBuf {
+    let path = dir.join("enc.key");
+    keyfile::write_new_encrypted(&path, &key(7), b"correct horse", params).unwrap();
+    path
+}
+
+fn open(path: &std::path::Path, passphrase: &[u8]) -> Result<Keypair, String> {
+    match keyfile::load(path)? {
+        keyfile::KeyFile::Encrypted(sealed) => sealed.open(passphrase),
+        keyfile::KeyFile::Plain(_) => panic!("expected an encrypted key file"),
+    }
+}
+
+/// Rewrites one JSON field of the file at `path` (`pointer` as in RFC 6901).
+fn tamper(path: &std::path::Path, pointer: &str, value: serde_json::Value) {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    *json.pointer_mut(pointer).unwrap() = value;
+    std::fs::write(path, json.to_string()).unwrap();
+}
+
+#[test]
+fn encrypted_key_file_round_trips_with_the_default_kdf() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = encrypted_file(dir.path(), keyfile::KdfParams::DEFAULT);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(&hex::encode(key(7).seed())), "seed in clear");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["kdf"]["name"], "argon2id");
+    assert_eq!(json["kdf"]["m_cost_kib"], 65536);
+    assert_eq!(json["kdf"]["t_cost"], 3);
+    assert_eq!(json["cipher"]["name"], "xchacha20poly1305");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let loaded = keyfile::load(&path).unwrap();
+    assert!(loaded.is_encrypted());
+    assert_eq!(loaded.public(), key(7).public());
+    let opened = open(&path, b"correct horse").unwrap();
+    assert_eq!(opened.seed(), key(7).seed());
+    // Never overwritten.
+    let error = keyfile::write_new_encrypted(&path, &key(8), b"x", CHEAP).unwrap_err();
+    assert!(error.contains("refusing to overwrite"), "{error}");
+}
+
+#[test]
+fn wrong_passphrase_is_refused_with_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = encrypted_file(dir.path(), CHEAP);
+    for wrong in [&b"correct horsf"[..], b"", b"correct horse "] {
+        let Err(error) = open(&path, wrong) else {
+            panic!("a wrong passphrase opened the key");
+        };
+        assert!(
+            error.contains("wrong passphrase or corrupted key file"),
+            "{error}"
+        );
+        assert!(error.contains("enc.key"), "{error}");
+    }
+    // Each file gets its own salt and nonce.
+    let other = dir.path().join("other.key");
+    keyfile::write_new_encrypted(&other, &key(7), b"correct horse", CHEAP).unwrap();
+    assert_ne!(
+        std::fs::read_to_string(&path).unwrap(),
+        std::fs::read_to_string(&other).unwrap()
+    );
+    assert_eq!(
+        open(&other, b"correct horse").unwrap().public(),
+        key(7).public()
+    );
+}
+
+#[test]
+fn any_change_to_an_encrypted_file_makes_it_fail_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(encrypted_file(dir.path(), CHEAP)).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let flip = |hex_text: &serde_json::Value| {
+        let mut bytes = hex::decode(hex_text.as_str().unwrap()).unwrap();
+        bytes[0] ^= 1;
+        serde_json::Value::String(hex::encode(bytes))
+    };
+    let changes: Vec<(&str, serde_json::Value)> = vec![
+        ("/ciphertext", flip(&json["ciphertext"])),
+        ("/public_key", key(8).public().to_hex().into()),
+        ("/kdf/salt", flip(&json["kdf"]["salt"])),
+        ("/kdf/m_cost_kib", 128.into()),
+        ("/kdf/t_cost", 2.into()),
+        ("/cipher/nonce", flip(&json["cipher"]["nonce"])),
+    ];
+    for (pointer, value) in changes {
+        let path = dir.path().join("tampered.key");
+        std::fs::write(&path, &original).unwrap();
+        tamper(&path, pointer, value);
+        let error = open(&path, b"correct horse")
+            .err()
+            .unwrap_or_else(|| panic!("a changed {pointer} still opened"));
+        assert!(
+            error.contains("wrong passphrase or corrupted key file"),
+            "{pointer}: {error}"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn hostile_kdf_parameters_are_refused_before_the_kdf_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(encrypted_file(dir.path(), CHEAP)).unwrap();
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("/kdf/m_cost_kib", (4u64 << 30).into(), "m_cost_kib"), // 4 TiB
+        ("/kdf/m_cost_kib", (512 * 1024).into(), "over the limit"), // 512 MiB
+        ("/kdf/t_cost", 1_000_000.into(), "t_cost"),
+        ("/kdf/t_cost", 0.into(), "t_cost"),
+        ("/kdf/p_cost", 1_000.into(), "p_cost"),
+        ("/kdf/m_cost_kib", 4.into(), "m_cost_kib"),
+        ("/kdf/name", "scrypt".into(), "not supported"),
+        ("/kdf/version", 16.into(), "not supported"),
+        ("/cipher/name", "aes-256-gcm".into(), "not supported"),
+        ("/version", 2.into(), "version 2 is not supported"),
+        ("/kdf/salt", "00".into(), "salt"),
+        ("/cipher/nonce", "00".into(), "nonce"),
+        ("/ciphertext", "zz".into(), "ciphertext"),
+    ];
+    for (pointer, value, expected) in cases {
+        let path = dir.path().join("hostile.key");
+        std::fs::write(&path, &original).unwrap();
+        tamper(&path, pointer, value);
+        let started = std::time::Instant::now();
+        let error = keyfile::load(&path)
+            .err()
+            .unwrap_or_else(|| panic!("{pointer} accepted"));
+        assert!(error.contains(expected), "{pointer}: {error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        std::fs::remove_file(&path).unwrap();
+    }
+    // 256 MiB × 4 passes is twice the work bound, each value alone allowed.
+    let path = dir.path().join("hostile.key");
+    std::fs::write(&path, &original).unwrap();
+    tamper(&path, "/kdf/m_cost_kib", (256 * 1024).into());
+    tamper(&path, "/kdf/t_cost", 8.into());
+    let Err(error) = keyfile::load(&path) else {
+        panic!("too much work accepted");
+    };
+    assert!(error.contains("m_cost_kib × t_cost"), "{error}");
+    // Nor are they written.
+    let error = keyfile::write_new_encrypted(
+        &dir.path().join("never.key"),
+        &key(1),
+        b"pass",
+        keyfile::KdfParams {
+            m_cost_kib: 1 << 30,
+            t_cost: 1,
+            p_cost: 1,
+        },
+    )
+    .unwrap_err();
+    assert!(error.contains("m_cost_kib"), "{error}");
+    assert!(!dir.path().join("never.key").exists());
+}
+
+#[test]
+fn plain_key_files_say_so_and_old_ones_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plain.key");
+    keyfile::write_new(&path, &key(7)).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(json["plain"], true);
+    assert!(json["note"].as_str().unwrap().contains("UNENCRYPTED"));
+    assert!(!keyfile::load(&path).unwrap().is_encrypted());
+
+    // A file from before `plain` and `note` existed.
+    let old = dir.path().join("old.key");
+    std::fs::write(
+        &old,
+        format!(
+            "{{\"public_key\": \"{}\", \"secret_key\": \"{}\"}}",
+            key(9).public().to_hex(),
+            hex::encode(key(9).seed())
+        ),
+    )
+    .unwrap();
+    assert_eq!(keyfile::read(&old).unwrap().public(), key(9).public());
+    // Unknown fields are still refused, and a plain file cannot claim not
+    // to be one.
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&old).unwrap()).unwrap();
+    json["plain"] = false.into();
+    std::fs::write(&old, json.to_string()).unwrap();
+    assert!(keyfile::read(&old).unwrap_err().contains("plain"));
+    json["plain"] = true.into();
+    json["extra"] = 1.into();
+    std::fs::write(&old, json.to_string()).unwrap();
+    assert!(keyfile::read(&old).unwrap_err().contains("unknown field"));
+    // A huge file is not read whole.
+    std::fs::write(&old, vec![b' '; 100_000]).unwrap();
+    assert!(keyfile::read(&old).unwrap_err().contains("larger than"));
+}
+
+#[test]
+fn testnet_keys_are_plain_and_labelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("net");
+    let options = TestnetOptions {
+        validators: 1,
+        accounts: 1,
+        ..TestnetOptions::default()
+    };
+    write_testnet(&out, &options).unwrap();
+    for path in [
+        out.join("node0").join("validator.key"),
+        account_key_path(&out, 0),
+    ] {
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"plain\": true"), "{text}");
+        assert!(!keyfile::load(&path).unwrap().is_encrypted());
+    }
+}
+
+#[test]
+fn replacing_a_sealed_key_keeps_the_key_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = encrypted_file(dir.path(), CHEAP);
+    let resealed = keyfile::EncryptedKey::seal(&key(7), b"new one", CHEAP).unwrap();
+    keyfile::replace_sealed(&path, &resealed).unwrap();
+    assert_eq!(open(&path, b"new one").unwrap().public(), key(7).public());
+    assert!(open(&path, b"correct horse").is_err());
+    assert!(!dir.path().join("enc.key.new").exists());
+
+    let other = keyfile::EncryptedKey::seal(&key(8), b"new one", CHEAP).unwrap();
+    let error = keyfile::replace_sealed(&path, &other).unwrap_err();
+    assert!(error.contains("holds another key"), "{error}");
+    assert_eq!(open(&path, b"new one").unwrap().public(), key(7).public());
+}

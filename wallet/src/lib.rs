@@ -21,6 +21,8 @@
 //! # Ok::<(), cairn_wallet::WalletError>(())
 //! ```
 
+pub mod keys;
+
 use std::io::Read;
 use std::str::FromStr;
 use std::time::{Duration, Instant};

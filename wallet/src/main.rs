@@ -12,7 +12,8 @@ use serde_json::json;
 
 use cairn_core::api::{AccountJson, BlockJson, StatusJson, TxJson, TxStatusJson};
 use cairn_core::Keypair;
-use cairn_genesis::keyfile;
+use cairn_genesis::keyfile::{self, KdfParams, KeyFile};
+use cairn_wallet::keys::{self, PassphraseSource};
 use cairn_wallet::{
     parse_address, parse_hash, parse_recipient, sign_transfer, BlockId, Client, Verifier,
     WalletError,
@@ -38,22 +39,68 @@ struct Cli {
     /// validator set from it and check every answer (`verified: yes`).
     #[arg(long, global = true, env = "CAIRN_GENESIS", value_name = "FILE")]
     genesis: Option<PathBuf>,
+    /// Read the key file passphrase from FILE (first line) instead of
+    /// CAIRN_PASSPHRASE or a terminal prompt.
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a new key file (mode 0600) and print its address.
+    /// Create a new key file (mode 0600), encrypted under a passphrase
+    /// unless --plain, and print its address.
+    ///
+    /// The passphrase comes from --passphrase-file, CAIRN_PASSPHRASE, or a
+    /// prompt on the terminal (asked twice).
     Keygen {
         /// Where to write the key; an existing file is never overwritten.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Write the secret key unencrypted (anyone who can read the file can
+        /// spend from it).
+        #[arg(long)]
+        plain: bool,
     },
-    /// Print the address of a key file.
+    /// Print the address of a key file (no passphrase needed: an encrypted
+    /// file stores its public key in clear, checked when the key is used).
     Address {
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+    },
+    /// Write an encrypted copy of a plain key file.
+    #[command(visible_alias = "import")]
+    Encrypt {
+        /// The plain key file to read.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where to write the encrypted copy (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Re-encrypt a key file under a new passphrase, in place.
+    ///
+    /// The current passphrase comes from --passphrase-file, CAIRN_PASSPHRASE
+    /// or a prompt; the new one from --new-passphrase-file or a prompt (asked
+    /// twice).
+    ChangePassphrase {
+        /// The encrypted key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Read the new passphrase from FILE (first line).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Write an unencrypted copy of an encrypted key file.
+    #[command(visible_alias = "export")]
+    Decrypt {
+        /// The encrypted key file to read.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where to write the plain copy (never overwritten, mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Show an account's balance and next nonce.
     Balance {
@@ -130,17 +177,26 @@ fn run(cli: Cli) -> Result<(), WalletError> {
         Some(path) => Some(Verifier::from_genesis_file(path)?),
         None => None,
     };
+    let passphrases = PassphraseSource::from_file(cli.passphrase_file);
+    let read_key = |path: &Path| keys::read_key(path, &passphrases);
     match cli.command {
-        Command::Keygen { out } => keygen(&out, cli.json),
+        Command::Keygen { out, plain } => keygen(&out, plain, &passphrases, cli.json),
         Command::Address { key } => {
-            let address = read_key(&key)?.public().to_hex();
+            let file = keyfile::load(&key).map_err(WalletError::Invalid)?;
+            let address = file.public().to_hex();
             if cli.json {
-                print_json(&json!({ "address": address }));
+                print_json(&json!({ "address": address, "encrypted": file.is_encrypted() }));
             } else {
                 println!("{address}");
             }
             Ok(())
         }
+        Command::Encrypt { key, out } => encrypt(&key, &out, &passphrases, cli.json),
+        Command::Decrypt { key, out } => decrypt(&key, &out, &passphrases, cli.json),
+        Command::ChangePassphrase {
+            key,
+            new_passphrase_file,
+        } => change_passphrase(&key, new_passphrase_file.as_deref(), &passphrases, cli.json),
         Command::Balance { address } => {
             let address = parse_address(&address)?;
             match &verifier {
@@ -167,9 +223,9 @@ fn run(cli: Cli) -> Result<(), WalletError> {
             wait,
             timeout,
         } => {
-            let key = read_key(&key)?;
             let to = parse_recipient(&to)?;
             check_amount(amount)?;
+            let key = read_key(&key)?;
             let wait = wait.then(|| Duration::from_secs(timeout));
             transfer(
                 &client()?,
@@ -189,9 +245,9 @@ fn run(cli: Cli) -> Result<(), WalletError> {
             nonce,
             chain_id,
         } => {
-            let key = read_key(&key)?;
             let to = parse_recipient(&to)?;
             check_amount(amount)?;
+            let key = read_key(&key)?;
             let tx = sign_transfer(&key, &chain_id, to, amount, nonce)?;
             print_json(&TxJson::from(&tx));
             Ok(())
@@ -252,10 +308,6 @@ fn run(cli: Cli) -> Result<(), WalletError> {
     }
 }
 
-fn read_key(path: &Path) -> Result<Keypair, WalletError> {
-    keyfile::read(path).map_err(WalletError::Invalid)
-}
-
 fn check_amount(amount: u64) -> Result<(), WalletError> {
     if amount == 0 {
         return Err(WalletError::Invalid(
@@ -265,16 +317,120 @@ fn check_amount(amount: u64) -> Result<(), WalletError> {
     Ok(())
 }
 
-fn keygen(out: &Path, json: bool) -> Result<(), WalletError> {
+fn keygen(
+    out: &Path,
+    plain: bool,
+    passphrases: &PassphraseSource,
+    json: bool,
+) -> Result<(), WalletError> {
+    // Refuse an existing file before asking for a passphrase.
+    refuse_existing(out)?;
     let key = keyfile::generate();
+    if plain {
+        keyfile::write_new(out, &key).map_err(WalletError::Invalid)?;
+        warn_plain(out);
+    } else {
+        let passphrase = passphrases.for_new(out)?;
+        keyfile::write_new_encrypted(out, &key, passphrase.as_bytes(), KdfParams::DEFAULT)
+            .map_err(WalletError::Invalid)?;
+    }
+    print_written(&key, out, !plain, json);
+    Ok(())
+}
+
+/// `encrypt`: a plain key file to a new encrypted one.
+fn encrypt(
+    key_file: &Path,
+    out: &Path,
+    passphrases: &PassphraseSource,
+    json: bool,
+) -> Result<(), WalletError> {
+    let KeyFile::Plain(key) = keyfile::load(key_file).map_err(WalletError::Invalid)? else {
+        return Err(WalletError::Invalid(format!(
+            "{} is already encrypted",
+            key_file.display()
+        )));
+    };
+    refuse_existing(out)?;
+    let passphrase = passphrases.for_new(out)?;
+    keyfile::write_new_encrypted(out, &key, passphrase.as_bytes(), KdfParams::DEFAULT)
+        .map_err(WalletError::Invalid)?;
+    print_written(&key, out, true, json);
+    Ok(())
+}
+
+/// `decrypt`: an encrypted key file to a new plain one.
+fn decrypt(
+    key_file: &Path,
+    out: &Path,
+    passphrases: &PassphraseSource,
+    json: bool,
+) -> Result<(), WalletError> {
+    let KeyFile::Encrypted(sealed) = keyfile::load(key_file).map_err(WalletError::Invalid)? else {
+        return Err(WalletError::Invalid(format!(
+            "{} is not encrypted",
+            key_file.display()
+        )));
+    };
+    refuse_existing(out)?;
+    let passphrase = passphrases.for_opening(key_file)?;
+    let key = sealed
+        .open(passphrase.as_bytes())
+        .map_err(WalletError::Invalid)?;
     keyfile::write_new(out, &key).map_err(WalletError::Invalid)?;
+    warn_plain(out);
+    print_written(&key, out, false, json);
+    Ok(())
+}
+
+/// `change-passphrase`: the same key, sealed again under a new passphrase
+/// (fresh salt and nonce), replacing the file.
+fn change_passphrase(
+    key_file: &Path,
+    new_passphrase_file: Option<&Path>,
+    passphrases: &PassphraseSource,
+    json: bool,
+) -> Result<(), WalletError> {
+    let KeyFile::Encrypted(sealed) = keyfile::load(key_file).map_err(WalletError::Invalid)? else {
+        return Err(WalletError::Invalid(format!(
+            "{} is not encrypted; use encrypt to make an encrypted copy",
+            key_file.display()
+        )));
+    };
+    let old = passphrases.for_opening(key_file)?;
+    let key = sealed.open(old.as_bytes()).map_err(WalletError::Invalid)?;
+    let new = PassphraseSource::for_change(new_passphrase_file, key_file)?;
+    let resealed = keyfile::EncryptedKey::seal(&key, new.as_bytes(), KdfParams::DEFAULT)
+        .map_err(WalletError::Invalid)?;
+    keyfile::replace_sealed(key_file, &resealed).map_err(WalletError::Invalid)?;
+    print_written(&key, key_file, true, json);
+    Ok(())
+}
+
+fn refuse_existing(out: &Path) -> Result<(), WalletError> {
+    if out.symlink_metadata().is_ok() {
+        return Err(WalletError::Invalid(format!(
+            "{} already exists; refusing to overwrite it",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+fn warn_plain(out: &Path) {
+    eprintln!(
+        "warning: {} is NOT encrypted: anyone who can read it can spend from this key",
+        out.display()
+    );
+}
+
+fn print_written(key: &Keypair, out: &Path, encrypted: bool, json: bool) {
     let address = key.public().to_hex();
     if json {
-        print_json(&json!({ "address": address, "key_file": out }));
+        print_json(&json!({ "address": address, "key_file": out, "encrypted": encrypted }));
     } else {
         println!("{address}");
     }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,7 +1,7 @@
 //! `cairn-wallet` as a user runs it, for the commands that need no node.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use cairn_core::api::TxJson;
 use cairn_core::SignedTransaction;
@@ -13,12 +13,27 @@ fn closed_node() -> String {
     format!("http://{}", listener.local_addr().unwrap())
 }
 
+/// The passphrase the tests' key files are encrypted under.
+const PASSPHRASE: &str = "test passphrase";
+
+/// Runs the wallet with no terminal and `CAIRN_PASSPHRASE` set.
 fn wallet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn-wallet"))
+    wallet_with(args, Some(PASSPHRASE))
+}
+
+/// Runs the wallet with no terminal, `CAIRN_PASSPHRASE` set to `passphrase`
+/// or removed.
+fn wallet_with(args: &[&str], passphrase: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cairn-wallet"));
+    command
         .args(args)
         .env("CAIRN_NODE", closed_node())
-        .output()
-        .unwrap()
+        .stdin(Stdio::null());
+    match passphrase {
+        Some(passphrase) => command.env("CAIRN_PASSPHRASE", passphrase),
+        None => command.env_remove("CAIRN_PASSPHRASE"),
+    };
+    command.output().unwrap()
 }
 
 fn stdout(output: &Output) -> String {
@@ -64,6 +79,129 @@ fn keygen_prints_the_address_sets_0600_and_refuses_overwrite() {
     let json = wallet(&["address", "--key", path.to_str().unwrap(), "--json"]);
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(value["address"], address.as_str());
+    assert_eq!(value["encrypted"], true);
+}
+
+#[test]
+fn keygen_encrypts_unless_plain_and_needs_a_passphrase_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = dir.path().join("sealed.key");
+    let sealed_arg = sealed.to_str().unwrap();
+
+    // No CAIRN_PASSPHRASE, no --passphrase-file, no terminal.
+    let output = wallet_with(&["keygen", "--out", sealed_arg], None);
+    assert_fails(&output, "needs a passphrase");
+    assert!(!sealed.exists());
+    let output = wallet_with(&["keygen", "--out", sealed_arg], Some(""));
+    assert_fails(&output, "needs a passphrase");
+
+    let address = keygen(&sealed);
+    let text = std::fs::read_to_string(&sealed).unwrap();
+    assert!(text.contains("\"ciphertext\""), "{text}");
+    assert!(!text.contains("secret_key"), "{text}");
+
+    // The address is readable without the passphrase; signing is not.
+    let output = wallet_with(&["address", "--key", sealed_arg], None);
+    assert_eq!(stdout(&output).trim(), address);
+    let sign = |passphrase: Option<&str>, extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&[
+            "sign-transfer",
+            "--key",
+            sealed_arg,
+            "--to",
+            &address,
+            "--amount",
+            "1",
+            "--nonce",
+            "0",
+            "--chain-id",
+            "c",
+        ]);
+        wallet_with(&args, passphrase)
+    };
+    assert_fails(&sign(None, &[]), "is encrypted and no passphrase was given");
+    assert_fails(
+        &sign(Some("nope"), &[]),
+        "wrong passphrase or corrupted key file",
+    );
+    assert!(sign(Some(PASSPHRASE), &[]).status.success());
+    // --passphrase-file comes first.
+    let pass_file = dir.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASSPHRASE}\n")).unwrap();
+    let file_arg = ["--passphrase-file", pass_file.to_str().unwrap()];
+    assert!(sign(Some("nope"), &file_arg).status.success());
+    let output = sign(None, &["--passphrase-file", "/nonexistent/pass"]);
+    assert_fails(&output, "cannot read passphrase file");
+
+    // --plain: a warning, a plain file, no passphrase needed.
+    let plain = dir.path().join("plain.key");
+    let output = wallet_with(
+        &["keygen", "--plain", "--out", plain.to_str().unwrap()],
+        None,
+    );
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("NOT encrypted"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plain).unwrap()).unwrap();
+    assert_eq!(json["plain"], true);
+    let output = wallet_with(
+        &["address", "--json", "--key", plain.to_str().unwrap()],
+        None,
+    );
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["encrypted"], false);
+
+    // encrypt/decrypt refuse the wrong form and existing outputs.
+    let out = dir.path().join("out.key");
+    let out_arg = out.to_str().unwrap();
+    assert_fails(
+        &wallet(&["encrypt", "--key", sealed_arg, "--out", out_arg]),
+        "already encrypted",
+    );
+    assert_fails(
+        &wallet(&[
+            "decrypt",
+            "--key",
+            plain.to_str().unwrap(),
+            "--out",
+            out_arg,
+        ]),
+        "is not encrypted",
+    );
+    assert_fails(
+        &wallet(&[
+            "decrypt",
+            "--key",
+            sealed_arg,
+            "--out",
+            plain.to_str().unwrap(),
+        ]),
+        "refusing to overwrite",
+    );
+    assert!(!out.exists());
+
+    // change-passphrase: in place, the old one no longer opens it.
+    let new_file = dir.path().join("new-pass");
+    std::fs::write(&new_file, "brand new\n").unwrap();
+    let new_arg = ["--new-passphrase-file", new_file.to_str().unwrap()];
+    let mut args = vec!["change-passphrase", "--key", sealed_arg];
+    args.extend_from_slice(&new_arg);
+    assert_fails(&wallet_with(&args, Some("nope")), "wrong passphrase");
+    assert_fails(
+        &wallet(&["change-passphrase", "--key", sealed_arg]),
+        "--new-passphrase-file",
+    );
+    let output = wallet(&args);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout(&output).trim(), address);
+    assert_fails(&sign(Some(PASSPHRASE), &[]), "wrong passphrase");
+    assert!(sign(Some("brand new"), &[]).status.success());
+    assert!(!dir.path().join("sealed.key.new").exists());
+    let mut plain_args = vec!["change-passphrase", "--key", plain.to_str().unwrap()];
+    plain_args.extend_from_slice(&new_arg);
+    assert_fails(&wallet(&plain_args), "is not encrypted");
 }
 
 #[test]
@@ -207,6 +345,11 @@ fn help_works_on_every_subcommand() {
     for command in [
         "keygen",
         "address",
+        "encrypt",
+        "decrypt",
+        "import",
+        "export",
+        "change-passphrase",
         "balance",
         "transfer",
         "sign-transfer",
