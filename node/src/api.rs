@@ -95,12 +95,15 @@ pub fn serve(
     let listener = http_server::bind(listen).map_err(|e| e.to_string())?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let limits = ServerLimits::from(&node.limits);
+    let metrics = node.clone();
     let routes = warp::service(routes(node));
     // A 405 names the methods the resource has (RFC 9110 `Allow`); warp's
     // rejection does not know the path, the service around it does.
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::Body>| {
         let allow = allowed_methods(request.uri().path());
+        let route = route_template(request.uri().path());
         let mut routes = routes.clone();
+        let metrics = metrics.clone();
         async move {
             use hyper::service::Service;
             let mut response = routes.call(request).await?;
@@ -110,6 +113,9 @@ pub fn serve(
                     warp::http::HeaderValue::from_static(allow),
                 );
             }
+            metrics
+                .metrics
+                .observe_http(route, response.status().as_u16());
             Ok::<_, Infallible>(response)
         }
     });
@@ -123,6 +129,27 @@ fn allowed_methods(path: &str) -> &'static str {
     match path.trim_end_matches('/') {
         "/v1/transactions" | "/v1/transactions/batch" => "POST",
         _ => "GET",
+    }
+}
+
+/// The route a path belongs to, as the `route` label of
+/// `cairn_http_requests_total` (a template, so the label set is bounded).
+fn route_template(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        [""] => "/",
+        ["v1", "status"] => "/v1/status",
+        ["v1", "accounts", _] => "/v1/accounts/{address}",
+        ["v1", "transactions"] => "/v1/transactions",
+        ["v1", "transactions", "batch"] => "/v1/transactions/batch",
+        ["v1", "transactions", _] => "/v1/transactions/{hash}",
+        ["v1", "blocks", _] => "/v1/blocks/{which}",
+        ["v1", "events"] => "/v1/events",
+        ["v1", "openapi.json"] => "/v1/openapi.json",
+        ["metrics"] => "/metrics",
+        ["health"] => "/health",
+        ["ready"] => "/ready",
+        _ => "other",
     }
 }
 

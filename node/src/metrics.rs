@@ -45,6 +45,9 @@ pub struct Metrics {
     /// room: a full mempool, a client turned away as overloaded, or a
     /// gossip frame dropped. Not exported; see [`Metrics::overloaded_since`].
     overload_seen_ms: AtomicU64,
+    /// HTTP answers by route template and status (both from small fixed
+    /// sets: bounded).
+    http_requests: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -62,6 +65,12 @@ impl Metrics {
     pub fn overloaded_within(&self, window_ms: u64, now_ms: u64) -> bool {
         let seen = self.overload_seen_ms.load(Ordering::Relaxed);
         seen > 0 && now_ms.saturating_sub(seen) < window_ms
+    }
+
+    /// Counts one HTTP answer of `route` (a route template) with `status`.
+    pub fn observe_http(&self, route: &'static str, status: u16) {
+        let mut counts = self.http_requests.lock().expect("metrics lock");
+        *counts.entry((route, status)).or_default() += 1;
     }
 
     /// Records the mempool's sizes (call with its lock held, after a change).
@@ -212,6 +221,17 @@ impl Metrics {
              cairn_safety_write_seconds_total {:.6}",
             get(&self.safety_write_us) as f64 / 1e6
         );
+        let _ = writeln!(
+            out,
+            "# HELP cairn_http_requests_total HTTP answers by route and status.\n\
+             # TYPE cairn_http_requests_total counter"
+        );
+        for ((route, status), count) in self.http_requests.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "cairn_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+            );
+        }
         let name = "cairn_block_commit_latency_seconds";
         let _ = writeln!(
             out,

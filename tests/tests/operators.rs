@@ -86,3 +86,55 @@ fn json_logs_are_one_object_per_line_with_event_fields() {
     );
     assert_eq!(commit["hash"].as_str().map(str::len), Some(64), "{commit}");
 }
+
+/// A scrape of `/metrics` passes `promtool check metrics` (Debian's
+/// `prometheus` package), and names the series INTERFACE.md asks for.
+#[test]
+fn metrics_pass_promtool() {
+    if !cairn_tests::machine_has(
+        "the promtool test",
+        cairn_tests::program_runs("promtool"),
+        "promtool (Debian's prometheus package)",
+    ) {
+        return;
+    }
+    let net = Testnet::start_all(1, 2, BALANCE);
+    let bob = net.account_address(1);
+    net.wallet_transfer(0, 0, &bob, 5);
+    assert_eq!(net.get(0, "/v1/accounts/xyz").status, 400);
+    let scrape = ureq::get(&format!("{}/metrics", net.api(0)))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    for series in [
+        "cairn_view_changes_total",
+        "cairn_mempool_ready",
+        "cairn_mempool_parked",
+        "cairn_http_requests_total{route=\"/v1/accounts/{address}\",status=\"400\"} 1",
+        "cairn_http_requests_total{route=\"/v1/transactions\",status=\"202\"} 1",
+    ] {
+        assert!(scrape.contains(series), "no {series} in:\n{scrape}");
+    }
+    use std::io::Write;
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let output = check.wait_with_output().expect("promtool");
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -271,15 +271,14 @@ impl Scenario {
             let restart_ms = rng.gen_range(at_ms..=s.heal_ms);
             // A wiped validator abstains for a few heights, so it counts
             // as one more fault: only beside faulty validators that still
-            // vote and change views (else there is no quorum to wait for).
+            // vote, change views and are not cut off (a peer punished for
+            // what it signed is refused for a doubling backoff, which
+            // silences it as surely as withholding), else there is no
+            // quorum to wait for.
             let cooperative = s.byzantine.iter().all(|(_, b)| {
-                !matches!(
+                matches!(
                     b,
-                    Behaviour::WithholdVotes
-                        | Behaviour::ConflictingVotes
-                        | Behaviour::TimestampGame
-                        | Behaviour::Flood
-                        | Behaviour::ViewChangeLies
+                    Behaviour::Equivocate | Behaviour::Censor | Behaviour::WeakKeyTheft
                 )
             });
             let room = s.byzantine.len() + s.twins.len() < f || (s.twins.is_empty() && cooperative);
