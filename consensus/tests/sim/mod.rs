@@ -262,10 +262,11 @@ impl Scenario {
             s.client_tx_at_ms = Some(rng.gen_range(0..s.heal_ms));
         }
         s.clocks = random_clocks(&mut rng, n);
-        // A fifth of the runs lose an honest node's disk: its whole home
-        // (it restarts as a new validator and abstains) or part of its
-        // data folder (its record intact).
-        if rng.gen_bool(0.2) {
+        // Three tenths of the runs lose an honest node's disk: its whole
+        // home (it restarts as a new validator and abstains), where the
+        // other faults leave room for one more, or part of its data folder
+        // (its record intact).
+        if rng.gen_bool(0.3) {
             let node = nodes[rng.gen_range(0..nodes.len())];
             let at_ms = rng.gen_range(0..s.heal_ms);
             let restart_ms = rng.gen_range(at_ms..=s.heal_ms);
@@ -282,7 +283,7 @@ impl Scenario {
                 )
             });
             let room = s.byzantine.len() + s.twins.len() < f || (s.twins.is_empty() && cooperative);
-            let loss = if rng.gen_bool(0.5) && room {
+            let loss = if rng.gen_bool(0.8) && room {
                 DiskLoss::Wipe
             } else {
                 DiskLoss::RollBack {
