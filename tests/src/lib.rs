@@ -1046,10 +1046,12 @@ pub fn machine_has(test: &str, present: bool, what: &str) -> bool {
     false
 }
 
-/// Whether `program` runs (`program --version` exits 0).
+/// Whether `program` runs (`program --version` exits 0; `ip -V` for
+/// iproute2's `ip`, which has no `--version`).
 pub fn program_runs(program: &str) -> bool {
+    let flag = if program == "ip" { "-V" } else { "--version" };
     Command::new(program)
-        .arg("--version")
+        .arg(flag)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
