@@ -77,9 +77,10 @@ fn main() {
     let mut rng = Rng(42);
     let mut parent = genesis;
     let (mut update_ms, mut commit_ms) = (Vec::new(), Vec::new());
+    let per_block = CHANGES_PER_BLOCK.min(accounts as usize);
     for h in 1..=blocks {
         let mut changes = BTreeMap::new();
-        while changes.len() < CHANGES_PER_BLOCK.min(accounts as usize) {
+        while changes.len() < per_block {
             let i = rng.next() % accounts;
             changes.insert(
                 address(i),
@@ -117,7 +118,7 @@ fn main() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     println!(
-        "{blocks} blocks of {CHANGES_PER_BLOCK} changed accounts over {accounts}: \
+        "{blocks} blocks of {per_block} changed accounts over {accounts}: \
          tree update {:.1} ms mean ({:.1} max), commit with tree writes {:.1} ms mean ({:.1} max)",
         mean(&update_ms),
         max(&update_ms),

@@ -102,6 +102,10 @@ pub enum StorageError {
     Busy,
 }
 
+fn poisoned_cache() -> StorageError {
+    corrupt("the state tree cache was poisoned by a panic")
+}
+
 fn corrupt(message: impl Into<String>) -> StorageError {
     StorageError::Corrupt(message.into())
 }
@@ -118,7 +122,19 @@ pub struct Storage {
     tx_index: TxIndex,
     state: sled::Tree,
     meta: sled::Tree,
+    /// The state tree's nodes down to [`TREE_CACHE_DEPTH`], in memory: every
+    /// block's update and every proof reads its top levels, which change
+    /// with every block. Loaded whole at open and kept in step with each
+    /// batch under its write lock, so it is never stale and a miss there
+    /// means no node (it is never filled from a read, which could race a
+    /// commit).
+    tree_cache: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<NodeKey, TreeNode>>>,
 }
+
+/// Depth down to which state tree nodes are cached: at most 2^15 - 1
+/// nodes (a few MiB), all of the tree for up to about a thousand accounts
+/// and its busiest levels for more.
+pub const TREE_CACHE_DEPTH: u16 = 14;
 
 fn height_key(height: Height) -> [u8; 8] {
     height.0.to_be_bytes()
@@ -196,6 +212,7 @@ impl Storage {
             state: db.open_tree("state")?,
             meta,
             db,
+            tree_cache: Default::default(),
         };
         let genesis_hash = genesis_block.header.parent_hash;
         match storage.meta.get(META_GENESIS)? {
@@ -232,6 +249,7 @@ impl Storage {
                 }
             }
         }
+        storage.load_tree_cache()?;
         storage.check_consistency(genesis_block)?;
         storage.check_marker()?;
         storage.remove_above_tip()?;
@@ -407,7 +425,36 @@ impl Storage {
             state.insert(&key.to_bytes()[..], codec::encode(node));
         }
         state.insert(TIP_KEY, &tip_value(height, &hash)[..]);
+        // The cache changes with the batch, under its write lock: a reader
+        // sees the old or the new nodes, never the new tip with old nodes.
+        let mut cache = self.tree_cache.write().map_err(|_| poisoned_cache())?;
         self.state.apply_batch(state)?;
+        for (key, node) in tree_writes {
+            if key.depth <= TREE_CACHE_DEPTH {
+                cache.insert(*key, *node);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every stored tree node down to [`TREE_CACHE_DEPTH`] into the
+    /// cache (their keys sort first by depth).
+    fn load_tree_cache(&self) -> Result<(), StorageError> {
+        let mut cache = self.tree_cache.write().map_err(|_| poisoned_cache())?;
+        cache.clear();
+        let end = (TREE_CACHE_DEPTH + 1).to_be_bytes();
+        for entry in self.state.range(..&end[..]) {
+            let (key, value) = entry?;
+            if key.len() != 34 {
+                continue; // an address (32 bytes) that sorts here
+            }
+            let depth = u16::from_be_bytes([key[0], key[1]]);
+            let mut prefix = [0u8; 32];
+            prefix.copy_from_slice(&key[2..]);
+            let node: TreeNode =
+                codec::decode(&value).map_err(|e| corrupt(format!("state tree node: {e}")))?;
+            cache.insert(NodeKey { depth, prefix }, node);
+        }
         Ok(())
     }
 
@@ -534,6 +581,10 @@ impl Storage {
 
     /// A stored node of the state tree.
     pub fn tree_node(&self, key: &NodeKey) -> Result<Option<TreeNode>, StorageError> {
+        if key.depth <= TREE_CACHE_DEPTH {
+            let cache = self.tree_cache.read().map_err(|_| poisoned_cache())?;
+            return Ok(cache.get(key).copied());
+        }
         self.decode_from(&self.state, &key.to_bytes(), "state tree node")
     }
 
@@ -827,6 +878,26 @@ pub(crate) mod tests {
             }
         }
         let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
+        // The cache loaded at open says what sled holds, node for node.
+        let mut nodes = 0;
+        for entry in storage.state.iter() {
+            let (key, value) = entry.unwrap();
+            if key.len() != 34 {
+                continue;
+            }
+            let node_key = NodeKey {
+                depth: u16::from_be_bytes([key[0], key[1]]),
+                prefix: key[2..].try_into().unwrap(),
+            };
+            let stored: TreeNode = codec::decode(&value).unwrap();
+            assert_eq!(storage.tree_node(&node_key).unwrap(), Some(stored));
+            nodes += 1;
+        }
+        assert!(nodes > 15, "{nodes} tree nodes");
+        assert_eq!(
+            cairn_core::merkle::stored_root(&cairn_core::state::ViewTree(&storage)),
+            parent.header.state_root
+        );
         let root = parent.header.state_root;
         assert_eq!(
             storage.header(Height(3)).unwrap(),
