@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::{
-    keyfile, AccountInfo, Genesis, NodeConfig, Params, ValidGenesis, ValidatorInfo, DATA_DIR,
-    GENESIS_FILE, NODE_CONFIG_FILE, VALIDATOR_KEY_FILE,
+    keyfile, AccountInfo, Genesis, Params, ValidGenesis, ValidatorInfo, NODE_CONFIG_FILE,
+    VALIDATOR_KEY_FILE,
 };
 
 /// Makes a validator home on this host: `home/validator.key` (a new key,
@@ -48,18 +48,7 @@ pub fn init_home(
     }
     std::fs::create_dir_all(home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
     let key = keyfile::generate();
-    let config = NodeConfig {
-        genesis: GENESIS_FILE.into(),
-        key: VALIDATOR_KEY_FILE.into(),
-        data: DATA_DIR.into(),
-        p2p_listen: None,
-        api_listen: None,
-        peer_addresses: Default::default(),
-        limits: Default::default(),
-    };
-    let config = serde_json::to_string_pretty(&config)
-        .map_err(|e| format!("cannot encode the node config: {e}"))?
-        + "\n";
+    let config = crate::testnet::home_node_config_text()?;
     keyfile::write_new(&home.join(VALIDATOR_KEY_FILE), &key)?;
     std::fs::write(home.join(NODE_CONFIG_FILE), config).map_err(|e| {
         format!(

@@ -219,18 +219,7 @@ fn write_files(
         create_dir(&home)?;
         keyfile::write_new(&home.join(VALIDATOR_KEY_FILE), key)?;
         write_file(&home.join(GENESIS_FILE), &text)?;
-        let config = NodeConfig {
-            genesis: GENESIS_FILE.into(),
-            key: VALIDATOR_KEY_FILE.into(),
-            data: DATA_DIR.into(),
-            p2p_listen: None,
-            api_listen: None,
-            peer_addresses: Default::default(),
-            limits: Default::default(),
-        };
-        let config = serde_json::to_string_pretty(&config)
-            .map_err(|e| format!("cannot encode the node config: {e}"))?
-            + "\n";
+        let config = home_node_config_text()?;
         write_file(&home.join(crate::NODE_CONFIG_FILE), &config)?;
         write_initial_safety_record(&home)?;
     }
@@ -241,6 +230,23 @@ fn write_files(
         keyfile::write_new(&account_key_path(out, j), key)?;
     }
     Ok(())
+}
+
+/// The `node.json` of a validator home laid out as `testnet` and `init`
+/// make it (genesis, key and data beside it; default limits).
+pub(crate) fn home_node_config_text() -> Result<String, String> {
+    let config = NodeConfig {
+        genesis: GENESIS_FILE.into(),
+        key: VALIDATOR_KEY_FILE.into(),
+        data: DATA_DIR.into(),
+        p2p_listen: None,
+        api_listen: None,
+        peer_addresses: Default::default(),
+        limits: Default::default(),
+    };
+    Ok(serde_json::to_string_pretty(&config)
+        .map_err(|e| format!("cannot encode the node config: {e}"))?
+        + "\n")
 }
 
 fn create_dir(path: &Path) -> Result<(), String> {

@@ -231,10 +231,37 @@ fn bad_node_urls_are_refused_locally() {
     );
 }
 
+/// A node that reports another hash than the transfer's is not believed.
+#[test]
+fn transfer_refuses_a_node_that_reports_another_hash() {
+    let status = status_body("net-1");
+    let wrong = Hash::digest(&[b"tx"]).to_hex();
+    let submitted = format!(r#"{{"hash": "{wrong}"}}"#);
+    let account = format!(
+        r#"{{"address": "{}", "balance": 100, "nonce": 7}}"#,
+        key(1).public()
+    );
+    let node = FakeNode::start(vec![(200, &status), (200, &account), (202, &submitted)]);
+    let error = node
+        .client()
+        .transfer(&key(1), key(2).public(), 5, None)
+        .unwrap_err();
+    assert!(
+        matches!(&error, WalletError::Verification(m) if m.contains(&wrong)),
+        "{error}"
+    );
+    assert!(error.to_string().starts_with("verification failed"));
+    node.finish();
+}
+
 #[test]
 fn transfer_fetches_chain_and_nonce_signs_and_submits() {
     let status = status_body("net-1");
-    let tx_hash = Hash::digest(&[b"tx"]).to_hex();
+    // The node must report the hash of what it was sent.
+    let tx_hash = sign_transfer(&key(1), "net-1", key(2).public(), 5, 7)
+        .unwrap()
+        .hash()
+        .to_hex();
     let submitted = format!(r#"{{"hash": "{tx_hash}"}}"#);
     let account = format!(
         r#"{{"address": "{}", "balance": 100, "nonce": 7}}"#,
