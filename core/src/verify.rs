@@ -336,7 +336,6 @@ mod tests {
     const CHAIN: &str = "verify-chain";
 
     struct Fixture {
-        keys: Vec<Keypair>,
         validators: Vec<PublicKey>,
         state: MemoryState,
         block: Block,
@@ -407,7 +406,6 @@ mod tests {
             });
         }
         Fixture {
-            keys,
             validators,
             state,
             block,
@@ -615,6 +613,5 @@ mod tests {
             ..trust(&f)
         };
         assert!(verify_block(trusted, &answer).is_ok());
-        let _ = &f.keys;
     }
 }
