@@ -103,7 +103,7 @@ pub enum StorageError {
 }
 
 fn poisoned_cache() -> StorageError {
-    corrupt("the state tree cache was poisoned by a panic")
+    corrupt("an in-memory cache of the state was poisoned by a panic")
 }
 
 fn corrupt(message: impl Into<String>) -> StorageError {
@@ -129,6 +129,39 @@ pub struct Storage {
     /// means no node (it is never filled from a read, which could race a
     /// commit).
     tree_cache: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<NodeKey, TreeNode>>>,
+    /// Committed accounts recently read or written, at most
+    /// [`ACCOUNT_CACHE_MAX`]: admission reads a sender's account twice per
+    /// transaction, and reading it from sled was a tenth of a validator's
+    /// CPU at peak (docs/BENCHMARKS.md, issue 13). See [`AccountCache`].
+    account_cache: std::sync::Arc<std::sync::RwLock<AccountCache>>,
+}
+
+/// Most accounts kept in [`Storage`]'s account cache (about 100 bytes
+/// each with the map's overhead: a few MiB).
+pub const ACCOUNT_CACHE_MAX: usize = 65_536;
+
+/// Committed accounts by address. Commits update it under its write lock
+/// together with the state batch, and bump `generation`; a reader that
+/// missed notes the generation before reading sled and fills the entry
+/// only if no commit happened meanwhile, so an entry is never older than
+/// the committed state (an account absent from sled is cached as the
+/// default account, which is what reading it returns).
+#[derive(Default)]
+struct AccountCache {
+    accounts: std::collections::HashMap<PublicKey, Account>,
+    generation: u64,
+}
+
+impl AccountCache {
+    fn put(&mut self, address: PublicKey, account: Account) {
+        if self.accounts.len() >= ACCOUNT_CACHE_MAX && !self.accounts.contains_key(&address) {
+            // Any entry will do: a cache miss costs one sled read.
+            if let Some(evicted) = self.accounts.keys().next().copied() {
+                self.accounts.remove(&evicted);
+            }
+        }
+        self.accounts.insert(address, account);
+    }
 }
 
 /// Depth down to which state tree nodes are cached: at most 2^15 - 1
@@ -213,6 +246,7 @@ impl Storage {
             meta,
             db,
             tree_cache: Default::default(),
+            account_cache: Default::default(),
         };
         let genesis_hash = genesis_block.header.parent_hash;
         match storage.meta.get(META_GENESIS)? {
@@ -428,11 +462,16 @@ impl Storage {
         // The cache changes with the batch, under its write lock: a reader
         // sees the old or the new nodes, never the new tip with old nodes.
         let mut cache = self.tree_cache.write().map_err(|_| poisoned_cache())?;
+        let mut accounts = self.account_cache.write().map_err(|_| poisoned_cache())?;
+        accounts.generation += 1;
         self.state.apply_batch(state)?;
         for (key, node) in tree_writes {
             if key.depth <= TREE_CACHE_DEPTH {
                 cache.insert(*key, *node);
             }
+        }
+        for (address, account) in changes {
+            accounts.put(*address, *account);
         }
         Ok(())
     }
@@ -573,10 +612,24 @@ impl Storage {
         }
     }
 
+    /// The committed account of `address` (the default account if it has
+    /// none), from the cache or else from sled.
     pub fn account(&self, address: &PublicKey) -> Result<Account, StorageError> {
-        Ok(self
+        let generation = {
+            let cache = self.account_cache.read().map_err(|_| poisoned_cache())?;
+            if let Some(account) = cache.accounts.get(address) {
+                return Ok(*account);
+            }
+            cache.generation
+        };
+        let account = self
             .decode_from(&self.state, &address.0, "account")?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        let mut cache = self.account_cache.write().map_err(|_| poisoned_cache())?;
+        if cache.generation == generation {
+            cache.put(*address, account);
+        }
+        Ok(account)
     }
 
     /// A stored node of the state tree.
@@ -818,6 +871,40 @@ pub(crate) mod tests {
             storage.account(&PublicKey([3; 32])).unwrap(),
             Account::default()
         );
+    }
+
+    /// The account cache answers what sled holds: an account read before a
+    /// commit (cached, even when absent) reads as the commit left it after
+    /// it, and the cache never holds more than its bound.
+    #[test]
+    fn cached_accounts_follow_commits_and_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, accounts) = genesis();
+        let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+        let (block, certificate) = child(&genesis);
+        let block = Block {
+            transactions: vec![],
+            ..block
+        };
+        let fresh = PublicKey([7; 32]);
+        assert_eq!(storage.account(&fresh).unwrap(), Account::default());
+        let after = Account {
+            balance: 9,
+            nonce: 3,
+        };
+        storage
+            .commit_block(&block, &certificate, &[], &[(fresh, after)], &[])
+            .unwrap();
+        assert_eq!(storage.account(&fresh).unwrap(), after);
+        for i in 0..(ACCOUNT_CACHE_MAX as u32 + 100) {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            key[31] = 0xee;
+            assert_eq!(storage.account(&PublicKey(key)).unwrap(), Account::default());
+        }
+        assert!(storage.account_cache.read().unwrap().accounts.len() <= ACCOUNT_CACHE_MAX);
+        // Evicted or not, the committed account still reads right.
+        assert_eq!(storage.account(&fresh).unwrap(), after);
     }
 
     /// A transaction that shares all but the last byte of its hash with a
