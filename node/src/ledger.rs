@@ -22,6 +22,10 @@ use crate::Node;
 /// [`NodeLedger::regossip_overdue`]).
 const REGOSSIP_TXS_MAX: usize = 4_096;
 
+/// Most transactions of one sender in a re-gossip round: the head of its
+/// run and a few after it (see [`crate::mempool::Mempool::ready_since`]).
+const REGOSSIP_TXS_PER_SENDER: usize = 4;
+
 pub struct NodeLedger {
     node: Arc<Node>,
     /// The tip, as its child block sees it.
@@ -87,12 +91,11 @@ impl NodeLedger {
         if now < self.regossiped_ms.saturating_add(half_timeout_ms) {
             return;
         }
-        let overdue = self
-            .node
-            .mempool
-            .lock()
-            .expect("mempool lock")
-            .ready_since(now.saturating_sub(half_timeout_ms), REGOSSIP_TXS_MAX);
+        let overdue = self.node.mempool.lock().expect("mempool lock").ready_since(
+            now.saturating_sub(half_timeout_ms),
+            REGOSSIP_TXS_PER_SENDER,
+            REGOSSIP_TXS_MAX,
+        );
         if overdue.is_empty() {
             return;
         }

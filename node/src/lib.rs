@@ -41,6 +41,36 @@ use crate::storage::Storage;
 pub const SSE_EVENTS_MAX: usize = 1_024;
 /// Worker threads of the API's own tokio runtime.
 const API_WORKER_THREADS: usize = 2;
+
+/// How much lower than the rest of the node (in `nice` steps) the threads
+/// that take in new transactions run: the API runtime (HTTP, JSON, client
+/// admission with its signature checks) and gossip admission. Under
+/// contention the kernel then gives the consensus thread and the p2p tasks
+/// about three times their CPU share, so a flood of submissions slows its
+/// own admission (whose backlog refuses clients with `overloaded`) rather
+/// than the blocks: no view change for want of CPU.
+pub const ADMISSION_NICE: i32 = 5;
+
+/// Lowers the calling thread's CPU priority by [`ADMISSION_NICE`] (Linux:
+/// `setpriority` on a thread id applies to that thread only). Lowering
+/// needs no privilege; a failure is logged and ignored.
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread's own id.
+        let result = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, current + ADMISSION_NICE)
+        };
+        if result != 0 {
+            tracing::debug!(
+                "cannot lower this thread's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
 /// How long open API requests may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -207,6 +237,7 @@ pub async fn run(home: &Path) -> Result<(), String> {
     let api_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(API_WORKER_THREADS)
         .thread_name("cairn-api")
+        .on_thread_start(lower_thread_priority)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the API runtime: {e}"))?;

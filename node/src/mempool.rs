@@ -823,26 +823,43 @@ impl Mempool {
             .min()
     }
 
-    /// Up to `max` transactions a block could take now that have waited
-    /// here since `before_ms` or earlier: the runs of consecutive nonces of
-    /// the ready senders, oldest first within each.
-    pub fn ready_since(&self, before_ms: u64, max: usize) -> Vec<SignedTransaction> {
+    /// Up to `max` transactions to gossip again: for each ready sender
+    /// whose next transaction has waited here since `before_ms` or earlier,
+    /// the first `per_sender` of its run of consecutive nonces, the senders
+    /// that waited longest first. A peer that missed a gossip frame misses
+    /// one nonce of each of its senders and parks their later ones behind
+    /// it: the heads are what it lacks, so a bounded round reaches every
+    /// stuck sender rather than the whole runs of a few.
+    pub fn ready_since(
+        &self,
+        before_ms: u64,
+        per_sender: usize,
+        max: usize,
+    ) -> Vec<SignedTransaction> {
+        let mut heads: Vec<(u64, &SenderQueue)> = self
+            .ready
+            .keys()
+            .filter_map(|sender| {
+                let queue = self.senders.get(sender)?;
+                let head = queue.txs.values().next()?;
+                (!head.parked && head.since_ms <= before_ms).then_some((head.since_ms, queue))
+            })
+            .collect();
+        heads.sort_unstable_by_key(|(since, _)| *since);
         let mut out = Vec::new();
-        for sender in self.ready.keys() {
-            let Some(queue) = self.senders.get(sender) else {
-                continue;
-            };
-            for pending in queue.txs.values().take_while(|p| !p.parked) {
-                if out.len() >= max {
-                    break;
-                }
-                if pending.since_ms <= before_ms {
-                    out.push(pending.tx.clone());
-                }
-            }
-            if out.len() >= max {
+        for (_, queue) in heads {
+            let room = max.saturating_sub(out.len());
+            if room == 0 {
                 break;
             }
+            out.extend(
+                queue
+                    .txs
+                    .values()
+                    .take_while(|p| !p.parked)
+                    .take(per_sender.min(room))
+                    .map(|p| p.tx.clone()),
+            );
         }
         out
     }
@@ -1262,12 +1279,28 @@ mod tests {
         let b0 = tx(&b, 1, 0);
         admit(&mut pool, &b0, funded(100, 0), 200).unwrap();
         assert_eq!(pool.oldest_ready_since_ms(), Some(100));
-        let mut overdue: Vec<Hash> = pool.ready_since(150, 10).iter().map(|t| t.hash()).collect();
-        overdue.sort();
-        let mut expected = vec![a0.hash(), b1.hash()];
-        expected.sort();
-        assert_eq!(overdue, expected, "not b0 (new), not g (behind a gap)");
-        assert_eq!(pool.ready_since(150, 1).len(), 1, "bounded");
+        let overdue: Vec<Hash> = pool
+            .ready_since(150, 4, 10)
+            .iter()
+            .map(|t| t.hash())
+            .collect();
+        assert_eq!(
+            overdue,
+            vec![a0.hash()],
+            "not b's run (its next one, b0, is new), not g (behind a gap)"
+        );
+        let b_first: Vec<Hash> = pool
+            .ready_since(250, 4, 10)
+            .iter()
+            .map(|t| t.hash())
+            .collect();
+        assert_eq!(
+            b_first,
+            vec![a0.hash(), b0.hash(), b1.hash()],
+            "longest waiting first, a run in nonce order"
+        );
+        assert_eq!(pool.ready_since(250, 1, 10).len(), 2, "one per sender");
+        assert_eq!(pool.ready_since(250, 4, 1).len(), 1, "bounded");
         pool.remove_committed(
             std::slice::from_ref(&a0),
             &[a0.hash()],

@@ -364,7 +364,11 @@ pub async fn start(
     let identity = Arc::new(Identity::of(&node));
     let n = node.genesis.validators.len();
     let mut inbound_senders: Vec<Option<mpsc::Sender<Connection>>> = (0..n).map(|_| None).collect();
-    tokio::spawn(admit_gossip(node.clone(), queues.1));
+    let admitter = node.clone();
+    let inbox = queues.1;
+    std::thread::Builder::new()
+        .name("cairn-admit".into())
+        .spawn(move || admit_gossip(admitter, inbox))?;
     for (peer, queue) in queues.0.into_iter().enumerate() {
         let Some(queue) = queue else { continue };
         let (inbound_tx, inbound_rx) = mpsc::channel(2);
@@ -404,12 +408,14 @@ struct HandshakeLimits {
     refused: Arc<crate::metrics::Metrics>,
 }
 
-/// Admits what peers gossip, one frame at a time (signature checks on the
-/// blocking pool).
-async fn admit_gossip(node: Arc<Node>, mut inbox: mpsc::Receiver<Vec<SignedTransaction>>) {
-    while let Some(txs) = inbox.recv().await {
-        let node = node.clone();
-        let _ = tokio::task::spawn_blocking(move || node.submit(txs, false)).await;
+/// Admits what peers gossip, one frame at a time, on its own thread at
+/// the API's lowered CPU priority ([`crate::lower_thread_priority`]): when
+/// the cores are short, votes and proposals go first, this falls behind, and
+/// its backlog turns clients away (`overloaded`) instead of slowing blocks.
+fn admit_gossip(node: Arc<Node>, mut inbox: mpsc::Receiver<Vec<SignedTransaction>>) {
+    crate::lower_thread_priority();
+    while let Some(txs) = inbox.blocking_recv() {
+        node.submit(txs, false);
     }
 }
 

@@ -900,7 +900,10 @@ pub(crate) mod tests {
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&i.to_be_bytes());
             key[31] = 0xee;
-            assert_eq!(storage.account(&PublicKey(key)).unwrap(), Account::default());
+            assert_eq!(
+                storage.account(&PublicKey(key)).unwrap(),
+                Account::default()
+            );
         }
         assert!(storage.account_cache.read().unwrap().accounts.len() <= ACCOUNT_CACHE_MAX);
         // Evicted or not, the committed account still reads right.
