@@ -269,6 +269,28 @@ fn chart_from(options: &Options, path: &Path) -> Result<serde_json::Value, Strin
     Ok(serde_json::json!({ "chart": out.display().to_string(), "points": points.len() }))
 }
 
+fn main() {
+    let options = Options::parse();
+    let result = check_options(&options).and_then(|()| {
+        if let Some(path) = &options.chart_from {
+            chart_from(&options, path)
+        } else if options.sweep {
+            sweep(&options)
+        } else {
+            let report = run_once(&config(&options))?;
+            eprintln!("cairn-bench: {}", summary(&report));
+            Ok(serde_json::to_value(&report).expect("JSON"))
+        }
+    });
+    match result {
+        Ok(json) => print_json(&json),
+        Err(message) => {
+            eprintln!("\ncairn-bench: FAILED: {message}");
+            std::process::exit(1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,27 +322,5 @@ mod tests {
             ]
         );
         assert_eq!(sweep_rates(0.0), vec![(100.0, None)]);
-    }
-}
-
-fn main() {
-    let options = Options::parse();
-    let result = check_options(&options).and_then(|()| {
-        if let Some(path) = &options.chart_from {
-            chart_from(&options, path)
-        } else if options.sweep {
-            sweep(&options)
-        } else {
-            let report = run_once(&config(&options))?;
-            eprintln!("cairn-bench: {}", summary(&report));
-            Ok(serde_json::to_value(&report).expect("JSON"))
-        }
-    });
-    match result {
-        Ok(json) => print_json(&json),
-        Err(message) => {
-            eprintln!("\ncairn-bench: FAILED: {message}");
-            std::process::exit(1);
-        }
     }
 }

@@ -62,7 +62,7 @@ impl Format {
 
     /// The body of a batch of `entries` (each as [`Format::write_entry`]
     /// wrote it), and where each entry lies in it.
-    pub fn body<'a>(self, entries: &[&'a [u8]]) -> (Vec<u8>, Vec<(u32, u32)>) {
+    pub fn body(self, entries: &[&[u8]]) -> (Vec<u8>, Vec<(u32, u32)>) {
         let size = entries.iter().map(|e| e.len() + 1).sum::<usize>() + 8;
         let mut body = Vec::with_capacity(size);
         let mut spans = Vec::with_capacity(entries.len());

@@ -189,7 +189,7 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
                   stream| async move {
                 let format = match batch_format(content_type.as_ref()) {
                     Ok(format) => format,
-                    Err(response) => return response,
+                    Err(response) => return *response,
                 };
                 let body = read_bounded(declared, stream, body_timeout).await;
                 submit_batch(node, format, body).await
@@ -594,7 +594,9 @@ fn content_type(
 /// The batch format a Content-Type names: none, or `application/json`
 /// (with any parameters), is JSON; `application/octet-stream` is the
 /// binary batch; anything else is refused 415 `unsupported_media_type`.
-fn batch_format(content_type: Option<&warp::http::HeaderValue>) -> Result<BatchFormat, Response> {
+fn batch_format(
+    content_type: Option<&warp::http::HeaderValue>,
+) -> Result<BatchFormat, Box<Response>> {
     let Some(value) = content_type else {
         return Ok(BatchFormat::Json);
     };
@@ -622,7 +624,7 @@ fn batch_format(content_type: Option<&warp::http::HeaderValue>) -> Result<BatchF
                 warp::http::header::ACCEPT,
                 warp::http::HeaderValue::from_static("application/json, application/octet-stream"),
             );
-            Err(response)
+            Err(Box::new(response))
         }
     }
 }
@@ -689,31 +691,32 @@ fn too_many_in_batch() -> Response {
 fn batch_entries(
     format: BatchFormat,
     body: &[u8],
-) -> Result<Vec<Result<SignedTransaction, Refusal>>, Response> {
-    match format {
+) -> Result<Vec<Result<SignedTransaction, Refusal>>, Box<Response>> {
+    let refused = match format {
         BatchFormat::Json => match parse_batch(body) {
-            Ok(values) => Ok(values.into_iter().map(parse_transaction).collect()),
-            Err(BatchError::TooMany) => Err(too_many_in_batch()),
-            Err(BatchError::Json(e)) => Err(error_response(
+            Ok(values) => return Ok(values.into_iter().map(parse_transaction).collect()),
+            Err(BatchError::TooMany) => too_many_in_batch(),
+            Err(BatchError::Json(e)) => error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
                 format!("body is not a JSON array: {e}"),
-            )),
+            ),
         },
         BatchFormat::Binary => match cairn_core::tx_batch::decode(body, HTTP_BATCH_TXS_MAX) {
-            Ok(txs) => Ok(txs.into_iter().map(Ok).collect()),
-            Err(e) if e.is_too_large() => Err(error_response(
+            Ok(txs) => return Ok(txs.into_iter().map(Ok).collect()),
+            Err(e) if e.is_too_large() => error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 e.to_string(),
-            )),
-            Err(e) => Err(error_response(
+            ),
+            Err(e) => error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_encoding",
                 format!("body is not a binary batch: {e}"),
-            )),
+            ),
         },
-    }
+    };
+    Err(Box::new(refused))
 }
 
 async fn submit_batch(
@@ -727,7 +730,7 @@ async fn submit_batch(
     };
     let entries = match batch_entries(format, &body) {
         Ok(entries) => entries,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     drop(body);
     // The well-formed transactions go to admission; each refused entry
@@ -1321,13 +1324,16 @@ mod batch_http_tests {
             let answer = node.post(Some(content_type), json.clone()).await;
             node.refused(answer, 415, "unsupported_media_type");
             let answer = node
-                .post(Some(content_type), tx_batch::encode(&[tx.clone()]))
+                .post(
+                    Some(content_type),
+                    tx_batch::encode(std::slice::from_ref(&tx)),
+                )
                 .await;
             node.refused(answer, 415, "unsupported_media_type");
         }
         // JSON sent as binary and binary sent as JSON: refused as what
         // they claim to be.
-        let binary = tx_batch::encode(&[tx.clone()]);
+        let binary = tx_batch::encode(std::slice::from_ref(&tx));
         node.refused(
             node.post(Some("application/json"), binary).await,
             400,
