@@ -1,5 +1,7 @@
 //! A hand-written SVG of a throughput/latency sweep: committed vs offered
-//! load on the left, p50 and p99 commit latency (log scale) on the right.
+//! load on the left, with the signature bound drawn across it, and p50 and
+//! p99 commit latency (log scale) on the right, each open-loop point
+//! labelled with its share of the closed-loop peak.
 
 use std::fmt::Write;
 
@@ -14,6 +16,10 @@ pub struct SweepPoint {
     pub committed_tps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The share of the closed-loop peak's committed tx/s this open-loop
+    /// point offered (`None`: the peak itself, or the fixed 100 tx/s point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction_of_peak: Option<f64>,
 }
 
 const WIDTH: f64 = 960.0;
@@ -209,9 +215,11 @@ pub fn sweep_svg(points: &[SweepPoint], bound_tps: f64, subtitle: &str) -> Strin
         max: nice_max(top_tps),
         log: false,
     };
+    // The committed axis reaches the signature bound, so the bound is
+    // always drawn and the distance to it is seen.
     let y_tps = Axis {
         min: 0.0,
-        max: nice_max(top_tps),
+        max: nice_max(top_tps.max(bound_tps * 1.05)),
         log: false,
     };
     let slowest = points.iter().map(|p| p.p99_ms).fold(1.0, f64::max);
@@ -251,21 +259,18 @@ pub fn sweep_svg(points: &[SweepPoint], bound_tps: f64, subtitle: &str) -> Strin
     };
     let bound_label = format!("signature bound {bound_tps:.0} tx/s");
     let mut throughput = vec![committed, ideal];
-    let title = if bound_tps <= y_tps.max {
+    if bound_tps > 0.0 {
         throughput.push(Series {
             name: &bound_label,
             color: "#d62728",
             points: vec![(0.0, bound_tps), (x.max, bound_tps)],
             dashed: true,
         });
-        "Throughput".to_string()
-    } else {
-        format!("Throughput (signature bound {bound_tps:.0} tx/s, above scale)")
-    };
+    }
     panel(
         &mut svg,
         80.0,
-        &title,
+        "Throughput",
         "offered load (tx/s)",
         "committed (tx/s)",
         &x,
@@ -303,6 +308,17 @@ pub fn sweep_svg(points: &[SweepPoint], bound_tps: f64, subtitle: &str) -> Strin
         &[p50, p99],
     );
     let right = 80.0 + PANEL_W + 120.0;
+    for p in &open {
+        if let Some(fraction) = p.fraction_of_peak {
+            let _ = writeln!(
+                svg,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10" fill="#555">{:.0} %</text>"##,
+                right + x.fraction(p.offered_tps) * PANEL_W,
+                TOP + PANEL_H - y_ms.fraction(p.p99_ms) * PANEL_H - 8.0,
+                fraction * 100.0
+            );
+        }
+    }
     squares(
         &mut svg,
         right,
@@ -361,26 +377,55 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
 
+    fn point(offered: f64, committed: f64, p50: f64, p99: f64) -> SweepPoint {
+        SweepPoint {
+            label: format!("{offered}"),
+            open_loop: offered < 1000.0,
+            offered_tps: offered,
+            committed_tps: committed,
+            p50_ms: p50,
+            p99_ms: p99,
+            fraction_of_peak: None,
+        }
+    }
+
     #[test]
     fn draws_every_point() {
-        let points: Vec<SweepPoint> = [(100.0, 99.0, 40.0, 90.0), (2000.0, 1800.0, 120.0, 900.0)]
-            .iter()
-            .map(|&(o, c, p50, p99)| SweepPoint {
-                label: format!("{o}"),
-                open_loop: o < 1000.0,
-                offered_tps: o,
-                committed_tps: c,
-                p50_ms: p50,
-                p99_ms: p99,
-            })
-            .collect();
-        let svg = sweep_svg(&points, 30_000.0, "test <machine>");
+        let points = vec![
+            point(100.0, 99.0, 40.0, 90.0),
+            point(2000.0, 1800.0, 120.0, 900.0),
+        ];
+        let svg = sweep_svg(&points, 1_500.0, "test <machine>");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         // One open-loop point: a circle per series; the closed one: squares.
         assert_eq!(svg.matches("<circle").count(), 3);
         assert_eq!(svg.matches("fill=\"black\"").count(), 4);
         assert!(svg.contains("test &lt;machine&gt;"));
+        assert!(svg.contains("signature bound 1500 tx/s"));
         assert_eq!(nice_step(2000.0), 500.0);
         assert_eq!(nice_max(1800.0), 2000.0);
+    }
+
+    /// A bound far above the measured load still gets its line (the
+    /// committed axis reaches it), and each fraction of the peak is named.
+    #[test]
+    fn the_bound_is_drawn_above_the_load_and_fractions_are_labelled() {
+        let mut points = vec![
+            point(500.0, 500.0, 30.0, 60.0),
+            point(900.0, 880.0, 50.0, 200.0),
+        ];
+        points[0].fraction_of_peak = Some(0.5);
+        points[1].fraction_of_peak = Some(0.9);
+        let svg = sweep_svg(&points, 30_000.0, "t");
+        assert!(svg.contains("signature bound 30000 tx/s"));
+        assert!(svg.contains("stroke=\"#d62728\""));
+        assert!(svg.contains(">50 %</text>") && svg.contains(">90 %</text>"));
+        // No bound known (--chart-from without --chart-bound): no line.
+        let svg = sweep_svg(&points, 0.0, "t");
+        assert!(!svg.contains("#d62728"));
+        // An old sweep.json without fractions still reads.
+        let old = r#"[{"label":"x","open_loop":true,"offered_tps":1,"committed_tps":1,"p50_ms":1,"p99_ms":2}]"#;
+        let read: Vec<SweepPoint> = serde_json::from_str(old).unwrap();
+        assert_eq!(read[0].fraction_of_peak, None);
     }
 }

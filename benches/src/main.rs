@@ -11,6 +11,7 @@ use clap::Parser;
 use cairn_bench::chart::{self, SweepPoint};
 use cairn_bench::run::{run_once, Report, RunConfig};
 use cairn_bench::testnet::ParamOverrides;
+use cairn_bench::workload::Format;
 
 /// Load-test a fresh local Cairn testnet of real cairn-node processes.
 ///
@@ -72,10 +73,17 @@ struct Options {
     /// The validator binary. Default: cairn-node next to this executable.
     #[arg(long)]
     node_bin: Option<PathBuf>,
-    /// Sweep the offered load: find the peak (closed loop), then run 100
-    /// tx/s and 1/4, 1/2, 3/4 and all of the peak open loop, each on a fresh
-    /// network; writes throughput_latency.svg into --out or the current
-    /// folder. The last JSON line is the peak run with a "sweep" array.
+    /// How batch bodies are encoded: the binary batch
+    /// (application/octet-stream, the format high-rate clients use) or a
+    /// JSON array (what people send), to compare the two.
+    #[arg(long, value_enum, default_value_t = Format::Binary)]
+    format: Format,
+    /// The latency-at-load curve: find the peak (closed loop), then run
+    /// 100 tx/s and 10 %, 25 %, 50 %, 75 %, 90 % and 100 % of the peak's
+    /// committed tx/s open loop, each on a fresh network; writes sweep.json
+    /// (committed tx/s, p50 and p99 per point) and throughput_latency.svg
+    /// into --out or the current folder. The last JSON line is the peak run
+    /// with a "sweep" array.
     #[arg(long)]
     sweep: bool,
     /// Only redraw throughput_latency.svg (into --out or the current
@@ -107,6 +115,7 @@ fn config(options: &Options) -> RunConfig {
             mempool_txs_max: options.mempool_txs_max,
         },
         node_binary: options.node_bin.clone(),
+        format: options.format,
     }
 }
 
@@ -174,38 +183,40 @@ fn sweep(options: &Options) -> Result<serde_json::Value, String> {
         committed_tps: peak.committed_tps,
         p50_ms: peak.p50_ms,
         p99_ms: peak.p99_ms,
+        fraction_of_peak: None,
     }];
-    let mut rates = vec![100.0];
-    for fraction in [0.25, 0.5, 0.75, 1.0] {
-        let rate = (peak.committed_tps * fraction).round();
-        if rate > 100.0 {
-            rates.push(rate);
-        }
-    }
     let mut runs = vec![peak_json.clone()];
-    for (i, rate) in rates.iter().enumerate() {
-        eprintln!("cairn-bench: sweep {}: {rate} tx/s (open loop)", i + 2);
+    for (i, (rate, fraction)) in sweep_rates(peak.committed_tps).into_iter().enumerate() {
+        let label = match fraction {
+            Some(f) => format!("{:.0} % of peak ({rate} tx/s)", f * 100.0),
+            None => format!("{rate} tx/s"),
+        };
+        eprintln!("cairn-bench: sweep {}: {label} (open loop)", i + 2);
         let report = run_once(&RunConfig {
-            rate_tps: Some(*rate),
+            rate_tps: Some(rate),
             out: point_out(options.out.as_deref(), &format!("rate-{rate}")),
             ..base.clone()
         })?;
-        eprintln!("cairn-bench: {rate} tx/s: {}", summary(&report));
+        eprintln!("cairn-bench: {label}: {}", summary(&report));
         let json = serde_json::to_value(&report).expect("JSON");
         print_json(&json);
         runs.push(json);
         points.push(SweepPoint {
-            label: format!("{rate} tx/s"),
+            label,
             open_loop: true,
             offered_tps: report.offered_tps,
             committed_tps: report.committed_tps,
             p50_ms: report.p50_ms,
             p99_ms: report.p99_ms,
+            fraction_of_peak: fraction,
         });
     }
     let subtitle = format!(
-        "cairn-bench: {} validators on {} cores, {} s per point, fresh network each",
-        options.validators, peak.bound.cores, options.duration
+        "cairn-bench: {} validators on {} cores, {} batches, {} s per point, fresh network each",
+        options.validators,
+        peak.bound.cores,
+        options.format.name(),
+        options.duration
     );
     let svg = chart::sweep_svg(&points, peak.bound_tps, &subtitle);
     let dir = options.out.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -220,6 +231,25 @@ fn sweep(options: &Options) -> Result<serde_json::Value, String> {
     last["sweep"] = serde_json::to_value(&points).expect("JSON");
     last["sweep_runs"] = serde_json::Value::Array(runs);
     Ok(last)
+}
+
+/// Fractions of the closed-loop peak the sweep offers open loop.
+const SWEEP_FRACTIONS: [f64; 6] = [0.10, 0.25, 0.50, 0.75, 0.90, 1.00];
+/// The light-load point of every sweep, tx/s.
+const SWEEP_LIGHT_TPS: f64 = 100.0;
+
+/// The open-loop rates of a sweep after a peak of `peak_tps`, lowest
+/// first: 100 tx/s, then each fraction of the peak (rounded; a rate at
+/// or below 100 tx/s, or repeated, is left out), with its fraction.
+fn sweep_rates(peak_tps: f64) -> Vec<(f64, Option<f64>)> {
+    let mut rates = vec![(SWEEP_LIGHT_TPS, None)];
+    for fraction in SWEEP_FRACTIONS {
+        let rate = (peak_tps * fraction).round();
+        if rate > rates.last().map_or(0.0, |r| r.0) {
+            rates.push((rate, Some(fraction)));
+        }
+    }
+    rates
 }
 
 /// `--chart-from`: redraws the chart of an earlier sweep.
@@ -258,5 +288,39 @@ fn main() {
             eprintln!("\ncairn-bench: FAILED: {message}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_offers_100_tx_s_and_each_fraction_of_the_peak() {
+        let rates = sweep_rates(10_000.0);
+        assert_eq!(
+            rates,
+            vec![
+                (100.0, None),
+                (1_000.0, Some(0.10)),
+                (2_500.0, Some(0.25)),
+                (5_000.0, Some(0.50)),
+                (7_500.0, Some(0.75)),
+                (9_000.0, Some(0.90)),
+                (10_000.0, Some(1.00)),
+            ]
+        );
+        // A tiny peak: fractions at or below 100 tx/s are left out.
+        assert_eq!(
+            sweep_rates(300.0),
+            vec![
+                (100.0, None),
+                (150.0, Some(0.5)),
+                (225.0, Some(0.75)),
+                (270.0, Some(0.9)),
+                (300.0, Some(1.0)),
+            ]
+        );
+        assert_eq!(sweep_rates(0.0), vec![(100.0, None)]);
     }
 }

@@ -15,7 +15,7 @@ use crate::procstat;
 use crate::stats::{self, Percentiles};
 use crate::submit::{self, Mode, Shared, NOT_SENT};
 use crate::testnet::{self, ParamOverrides, Testnet, ACCOUNT_BALANCE, CHAIN_ID};
-use crate::workload::{self, Workload};
+use crate::workload::{self, Format, Workload};
 
 /// Open-loop batches are sized so each validator gets one about this often.
 const OPEN_BATCH_INTERVAL_S: f64 = 0.05;
@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub params: ParamOverrides,
     /// The validator binary; `None`: `cairn-node` next to this executable.
     pub node_binary: Option<PathBuf>,
+    /// How batch bodies are encoded.
+    pub format: Format,
 }
 
 impl Default for RunConfig {
@@ -69,6 +71,7 @@ impl Default for RunConfig {
             out: None,
             params: ParamOverrides::default(),
             node_binary: None,
+            format: Format::Binary,
         }
     }
 }
@@ -97,6 +100,8 @@ pub struct Report {
     pub rss_mb: Vec<f64>,
     /// "open" (fixed rate) or "closed" (bounded outstanding transactions).
     pub mode: &'static str,
+    /// How batch bodies were encoded: "binary" or "json".
+    pub format: Format,
     pub rate_tps: Option<f64>,
     pub warmup_s: f64,
     pub accounts: usize,
@@ -203,14 +208,16 @@ pub fn run_once(config: &RunConfig) -> Result<Report, String> {
     let load = Arc::new(workload::build(
         &net.accounts,
         CHAIN_ID,
+        config.format,
         config.validators,
         tx_count,
         batch_txs,
     ));
     say(&format!(
-        "signed in {:.1} s; {} batches of up to {batch_txs}",
+        "signed in {:.1} s; {} {} batches of up to {batch_txs}",
         signing.elapsed().as_secs_f64(),
-        load.batch_count
+        load.batch_count,
+        config.format.name()
     ));
 
     let sample: Vec<_> = (0..1024)
@@ -478,6 +485,7 @@ fn report(
             Mode::Open { .. } => "open",
             Mode::Closed { .. } => "closed",
         },
+        format: config.format,
         rate_tps: config.rate_tps,
         warmup_s: config.warmup_s,
         accounts: config.accounts,

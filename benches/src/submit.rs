@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use cairn_core::api::BatchEntryJson;
 
-use crate::workload::{Batch, Workload};
+use crate::workload::{Batch, Format, Workload};
 
 /// A batch that was never sent.
 pub const NOT_SENT: u64 = u64::MAX;
@@ -164,7 +164,8 @@ pub fn start(
                 .name(format!("submit-{v}-{w}"))
                 .spawn(move || {
                     let batches = &workload.batches[v];
-                    worker(&url, batches, &due_us, &next, mode, &shared, &retry)
+                    let format = workload.format;
+                    worker(&url, format, batches, &due_us, &next, mode, &shared, &retry)
                 })
                 .expect("spawn a submitter thread");
             handles.push(handle);
@@ -173,8 +174,10 @@ pub fn start(
     handles
 }
 
+#[allow(clippy::too_many_arguments)]
 fn worker(
     url: &str,
+    format: Format,
     batches: &[Batch],
     due_us: &[u64],
     next: &AtomicUsize,
@@ -195,7 +198,7 @@ fn worker(
             return false;
         }
         *last_retry = Instant::now();
-        match send_again(&agent, url, batches, shared, retry) {
+        match send_again(&agent, url, format, batches, shared, retry) {
             None => false,
             Some((sent, accepted)) => {
                 interval = if accepted * 2 < sent {
@@ -244,7 +247,7 @@ fn worker(
                 }
             }
         }
-        send(&agent, url, j, batch, shared, retry);
+        send(&agent, url, format, j, batch, shared, retry);
     }
     // The window is over: only refused entries go out again, for at most
     // REPAIR_MAX.
@@ -264,6 +267,7 @@ fn worker(
 fn send_again(
     agent: &ureq::Agent,
     url: &str,
+    format: Format,
     batches: &[Batch],
     shared: &Shared,
     retry: &RetrySet,
@@ -280,25 +284,22 @@ fn send_again(
     if taken.is_empty() {
         return None;
     }
-    let mut body = Vec::with_capacity(taken.len() * 330 + 2);
-    body.push(b'[');
-    for (n, &(j, i)) in taken.iter().enumerate() {
-        if n > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(batches[j as usize].entry(i as usize));
-    }
-    body.push(b']');
+    let entries: Vec<&[u8]> = taken
+        .iter()
+        .map(|&(j, i)| batches[j as usize].entry(i as usize))
+        .collect();
+    let (body, _) = format.body(&entries);
     shared
         .retries
         .fetch_add(taken.len() as u64, Ordering::AcqRel);
-    let accepted = post(agent, url, &body, &taken, shared, retry);
+    let accepted = post(agent, url, format, &body, &taken, shared, retry);
     Some((taken.len() as u64, accepted))
 }
 
 fn send(
     agent: &ureq::Agent,
     url: &str,
+    format: Format,
     j: usize,
     batch: &Batch,
     shared: &Shared,
@@ -308,14 +309,16 @@ fn send(
     shared.sent_us[batch.id as usize].store(shared.elapsed_us(), Ordering::Release);
     shared.submitted.fetch_add(count, Ordering::AcqRel);
     let entries: Vec<(u32, u32)> = (0..batch.tx_count).map(|i| (j as u32, i)).collect();
-    post(agent, url, &batch.body, &entries, shared, retry);
+    post(agent, url, format, &batch.body, &entries, shared, retry);
 }
 
-/// POSTs a batch body whose entries are `entries` (for retries), counts the
-/// answer and returns how many were accepted.
+/// POSTs a batch body in `format` whose entries are `entries` (for
+/// retries), counts the answer (JSON whatever the body's format) and
+/// returns how many were accepted.
 fn post(
     agent: &ureq::Agent,
     url: &str,
+    format: Format,
     body: &[u8],
     entries: &[(u32, u32)],
     shared: &Shared,
@@ -324,7 +327,7 @@ fn post(
     let count = entries.len() as u64;
     let answer = agent
         .post(url)
-        .set("content-type", "application/json")
+        .set("content-type", format.content_type())
         .send_bytes(body);
     let response = match answer {
         Ok(response) => response,

@@ -22,10 +22,16 @@ pub enum CodecError {
 }
 
 fn config() -> impl bincode::config::Config {
+    config_limited::<CODEC_BYTES_MAX>()
+}
+
+/// The one encoding, with every length prefix inside a value bounded so
+/// that the whole value takes at most `LIMIT` bytes.
+fn config_limited<const LIMIT: usize>() -> impl bincode::config::Config {
     bincode::config::standard()
         .with_little_endian()
         .with_fixed_int_encoding()
-        .with_limit::<CODEC_BYTES_MAX>()
+        .with_limit::<LIMIT>()
 }
 
 /// Encodes a value. Encoding our own types cannot fail; a failure is a bug.
@@ -81,6 +87,22 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decodes one value from the front of `bytes`, whose encoding may take at
+/// most `LIMIT` bytes (at most [`CODEC_BYTES_MAX`]); returns the value and
+/// the bytes it took. What follows it is left alone: a caller reads a
+/// sequence of values one by one this way. A length prefix inside the value
+/// that claims more than `LIMIT` bytes is refused before anything is
+/// allocated for it ([`CodecError::TooLarge`] with `LIMIT`).
+pub fn decode_front<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<(T, usize), CodecError> {
+    const { assert!(LIMIT <= CODEC_BYTES_MAX) };
+    bincode::serde::decode_from_slice(bytes, config_limited::<LIMIT>()).map_err(|e| match e {
+        bincode::error::DecodeError::LimitExceeded => CodecError::TooLarge(LIMIT),
+        e => CodecError::Malformed(e.to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +129,24 @@ mod tests {
         let mut out = vec![9];
         encode_into(&value, &mut out);
         assert_eq!(&out[1..], &encode(&value)[..]);
+    }
+
+    #[test]
+    fn decode_front_reads_one_value_and_bounds_it() {
+        let mut bytes = encode(&(5u64, "abc".to_string()));
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let (value, read) = decode_front::<(u64, String), 64>(&bytes).unwrap();
+        assert_eq!((value, read), ((5, "abc".to_string()), bytes.len() - 3));
+        // A string claiming more than the limit is refused, not allocated.
+        let long = encode(&"x".repeat(100));
+        assert_eq!(
+            decode_front::<String, 64>(&long),
+            Err(CodecError::TooLarge(64))
+        );
+        assert!(matches!(
+            decode_front::<(u64, u64), 64>(&bytes[..10]),
+            Err(CodecError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod merkle;
 pub mod state;
 mod tx;
+pub mod tx_batch;
 mod types;
 pub mod verify;
 

@@ -155,7 +155,8 @@ fn route_template(path: &str) -> &'static str {
 
 /// Every route of the API.
 pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let body = bounded_body(Duration::from_millis(node.limits.api_body_timeout_ms));
+    let body_timeout = Duration::from_millis(node.limits.api_body_timeout_ms);
+    let body = bounded_body(body_timeout);
     let subscribers = Slots::new(node.limits.api_sse_subscribers_max);
     let with_node = warp::any().map(move || node.clone());
 
@@ -171,13 +172,29 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
     let submit = warp::path!("v1" / "transactions")
         .and(warp::post())
         .and(with_node.clone())
-        .and(body.clone())
+        .and(body)
         .then(submit_one);
+    // The batch route reads its Content-Type before the body, so a body
+    // in a format it does not take is refused (415) unread.
     let submit_batch = warp::path!("v1" / "transactions" / "batch")
         .and(warp::post())
         .and(with_node.clone())
-        .and(body)
-        .then(submit_batch);
+        .and(content_type())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .then(
+            move |node: Arc<Node>,
+                  content_type: Option<warp::http::HeaderValue>,
+                  declared: Option<u64>,
+                  stream| async move {
+                let format = match batch_format(content_type.as_ref()) {
+                    Ok(format) => format,
+                    Err(response) => return *response,
+                };
+                let body = read_bounded(declared, stream, body_timeout).await;
+                submit_batch(node, format, body).await
+            },
+        );
     let transaction = warp::path!("v1" / "transactions" / String)
         .and(warp::get())
         .and(warp::query::<Query>())
@@ -556,6 +573,62 @@ async fn submit_one(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> Re
     }
 }
 
+/// The format of a batch body, named by its Content-Type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BatchFormat {
+    /// A JSON array of signed transactions: the default, for people.
+    Json,
+    /// The binary batch of [`cairn_core::tx_batch`], for high-rate clients.
+    Binary,
+}
+
+/// The request's Content-Type, if it has one.
+fn content_type(
+) -> impl Filter<Extract = (Option<warp::http::HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value("content-type")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// The batch format a Content-Type names: none, or `application/json`
+/// (with any parameters), is JSON; `application/octet-stream` is the
+/// binary batch; anything else is refused 415 `unsupported_media_type`.
+fn batch_format(
+    content_type: Option<&warp::http::HeaderValue>,
+) -> Result<BatchFormat, Box<Response>> {
+    let Some(value) = content_type else {
+        return Ok(BatchFormat::Json);
+    };
+    let media_type = value.to_str().ok().map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match media_type.as_deref() {
+        Some("application/json") => Ok(BatchFormat::Json),
+        Some(cairn_core::tx_batch::CONTENT_TYPE) => Ok(BatchFormat::Binary),
+        _ => {
+            let mut response = error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "content type {:?} is not taken here: send application/json (a JSON \
+                     array, the default) or application/octet-stream (the binary batch)",
+                    String::from_utf8_lossy(value.as_bytes())
+                ),
+            );
+            response.headers_mut().insert(
+                warp::http::header::ACCEPT,
+                warp::http::HeaderValue::from_static("application/json, application/octet-stream"),
+            );
+            Err(Box::new(response))
+        }
+    }
+}
+
 enum BatchError {
     TooMany,
     Json(serde_json::Error),
@@ -602,34 +675,77 @@ fn parse_batch(body: &[u8]) -> Result<Vec<serde_json::Value>, BatchError> {
     }
 }
 
-async fn submit_batch(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> Response {
+fn too_many_in_batch() -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("at most {HTTP_BATCH_TXS_MAX} transactions per batch"),
+    )
+}
+
+/// The entries of a batch body: per entry, a transaction or why it is
+/// none; or the answer refusing the whole body. A JSON entry that is no
+/// transaction is refused alone (the array still frames the others); a
+/// binary body decodes whole or not at all, since nothing frames its
+/// entries but their own lengths.
+fn batch_entries(
+    format: BatchFormat,
+    body: &[u8],
+) -> Result<Vec<Result<SignedTransaction, Refusal>>, Box<Response>> {
+    let refused = match format {
+        BatchFormat::Json => match parse_batch(body) {
+            Ok(values) => return Ok(values.into_iter().map(parse_transaction).collect()),
+            Err(BatchError::TooMany) => too_many_in_batch(),
+            Err(BatchError::Json(e)) => error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("body is not a JSON array: {e}"),
+            ),
+        },
+        BatchFormat::Binary => match cairn_core::tx_batch::decode(body, HTTP_BATCH_TXS_MAX) {
+            Ok(txs) => return Ok(txs.into_iter().map(Ok).collect()),
+            Err(e) if e.is_too_large() => error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.to_string(),
+            ),
+            Err(e) => error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_encoding",
+                format!("body is not a binary batch: {e}"),
+            ),
+        },
+    };
+    Err(Box::new(refused))
+}
+
+async fn submit_batch(
+    node: Arc<Node>,
+    format: BatchFormat,
+    body: Result<bytes::Bytes, Response>,
+) -> Response {
     let body = match body {
         Ok(body) => body,
         Err(response) => return response,
     };
-    let values = match parse_batch(&body) {
-        Ok(values) => values,
-        Err(BatchError::TooMany) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("at most {HTTP_BATCH_TXS_MAX} transactions per batch"),
-            )
-        }
-        Err(BatchError::Json(e)) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("body is not a JSON array: {e}"),
-            )
-        }
+    let entries = match batch_entries(format, &body) {
+        Ok(entries) => entries,
+        Err(response) => return *response,
     };
-    let parsed: Vec<Result<SignedTransaction, Refusal>> =
-        values.into_iter().map(parse_transaction).collect();
-    let well_formed: Vec<SignedTransaction> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok().cloned())
-        .collect();
+    drop(body);
+    // The well-formed transactions go to admission; each refused entry
+    // keeps its place for the answer.
+    let mut refused: Vec<Option<Refusal>> = Vec::with_capacity(entries.len());
+    let mut well_formed: Vec<SignedTransaction> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match entry {
+            Ok(tx) => {
+                refused.push(None);
+                well_formed.push(tx);
+            }
+            Err(refusal) => refused.push(Some(refusal)),
+        }
+    }
     let verdicts = match tokio::task::spawn_blocking(move || node.submit(well_formed, true)).await {
         Ok(verdicts) => verdicts,
         Err(e) => {
@@ -641,14 +757,14 @@ async fn submit_batch(node: Arc<Node>, body: Result<bytes::Bytes, Response>) -> 
         }
     };
     let mut verdicts = verdicts.into_iter();
-    let entries: Vec<BatchEntryJson> = parsed
+    let entries: Vec<BatchEntryJson> = refused
         .into_iter()
-        .map(|p| {
-            let verdict = match p {
-                Ok(_) => verdicts
+        .map(|refusal| {
+            let verdict = match refusal {
+                None => verdicts
                     .next()
                     .expect("one verdict per well-formed transaction"),
-                Err(refusal) => Err(refusal),
+                Some(refusal) => Err(refusal),
             };
             match verdict {
                 Ok(hash) => BatchEntryJson {
@@ -905,5 +1021,357 @@ mod batch_tests {
         ));
         assert!(matches!(parse_batch(b"[] []"), Err(BatchError::Json(_))));
         assert_eq!(parse_batch(b" [ ] ").ok().unwrap().len(), 0);
+    }
+}
+
+/// The batch route over HTTP (warp's test client) against an in-process
+/// node of a one-validator testnet: no consensus thread or peers, so what
+/// is admitted stays in the mempool.
+#[cfg(test)]
+mod batch_http_tests {
+    use super::*;
+    use cairn_core::tx_batch;
+    use cairn_core::{Keypair, Transfer};
+    use cairn_genesis::{NodeLimits, TestnetOptions, ValidGenesis};
+
+    const BALANCE: u64 = 1_000;
+
+    /// A testnet on disk; each [`Net::node`] is a fresh validator 0 on it.
+    struct Net {
+        dir: tempfile::TempDir,
+        genesis: ValidGenesis,
+        key: Keypair,
+        accounts: Vec<Keypair>,
+        nodes: std::cell::Cell<usize>,
+    }
+
+    struct TestNode {
+        node: Arc<Node>,
+        /// Kept so the gossip inbox stays open.
+        _queues: crate::p2p::Queues,
+    }
+
+    impl Net {
+        fn new() -> Net {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("net");
+            let options = TestnetOptions {
+                validators: 1,
+                accounts: 2,
+                balance: BALANCE,
+                chain_id: "api-test".into(),
+                ..TestnetOptions::default()
+            };
+            let genesis = cairn_genesis::write_testnet(&out, &options).unwrap();
+            let read = |path: std::path::PathBuf| cairn_genesis::keyfile::read(&path).unwrap();
+            Net {
+                key: read(
+                    cairn_genesis::node_home(&out, 0).join(cairn_genesis::VALIDATOR_KEY_FILE),
+                ),
+                accounts: (0..2)
+                    .map(|j| read(cairn_genesis::account_key_path(&out, j)))
+                    .collect(),
+                genesis,
+                dir,
+                nodes: std::cell::Cell::new(0),
+            }
+        }
+
+        fn node(&self) -> TestNode {
+            let n = self.nodes.get();
+            self.nodes.set(n + 1);
+            let storage = crate::storage::Storage::open(
+                &self.dir.path().join(format!("data{n}")),
+                &self.genesis.block(),
+                &self.genesis.accounts,
+            )
+            .unwrap();
+            let limits = NodeLimits::default();
+            let metrics = Arc::new(crate::metrics::Metrics::default());
+            let (network, queues) = crate::p2p::Network::new(1, 0, metrics.clone());
+            let params = &self.genesis.genesis.params;
+            let mempool = crate::mempool::Mempool::new(
+                self.genesis.chain_id().to_string(),
+                crate::mempool::MempoolLimits::new(
+                    params.mempool_txs_max,
+                    params.block_txs_max,
+                    &limits,
+                ),
+            );
+            let node = Node {
+                genesis: self.genesis.clone(),
+                key: self.key.clone(),
+                me: cairn_core::ValidatorIndex(0),
+                storage,
+                mempool: std::sync::Mutex::new(mempool),
+                metrics,
+                events: tokio::sync::broadcast::channel(4).0,
+                stopping: tokio::sync::watch::channel(false).0,
+                status: Default::default(),
+                network,
+                consensus_events: Arc::new(crate::consensus_loop::EventQueue::new(
+                    1,
+                    limits.consensus_queue_frames_per_peer,
+                    limits.consensus_queue_bytes_per_peer,
+                )),
+                limits,
+            };
+            TestNode {
+                node: Arc::new(node),
+                _queues: queues,
+            }
+        }
+
+        /// A transfer of `amount` from account `from` to the other one.
+        fn transfer(&self, from: usize, amount: u64, nonce: u64) -> SignedTransaction {
+            let key = &self.accounts[from];
+            SignedTransaction::sign(
+                Transfer {
+                    chain_id: self.genesis.chain_id().to_string(),
+                    from: key.public(),
+                    to: self.accounts[1 - from].public(),
+                    amount,
+                    nonce,
+                },
+                key,
+            )
+        }
+
+        /// Good, refused and repeated entries: every kind of per-entry
+        /// verdict a well-formed transaction can get.
+        fn mixed_batch(&self) -> Vec<SignedTransaction> {
+            let good = self.transfer(0, 5, 0);
+            let mut forged = self.transfer(0, 6, 1);
+            forged.transfer.amount = 600;
+            let mut other_chain = self.transfer(1, 1, 0);
+            other_chain.transfer.chain_id = "elsewhere".into();
+            let overspend = self.transfer(1, BALANCE + 1, 0);
+            let weak_to = {
+                let mut tx = self.transfer(1, 1, 0);
+                tx.transfer.to = cairn_core::PublicKey([0; 32]);
+                SignedTransaction::sign(tx.transfer, &self.accounts[1])
+            };
+            let next = self.transfer(0, 7, 1);
+            vec![
+                good.clone(),
+                forged,
+                other_chain,
+                overspend,
+                weak_to,
+                good,
+                next,
+            ]
+        }
+    }
+
+    impl TestNode {
+        async fn post(
+            &self,
+            content_type: Option<&str>,
+            body: Vec<u8>,
+        ) -> (u16, serde_json::Value) {
+            let mut request = warp::test::request()
+                .method("POST")
+                .path("/v1/transactions/batch");
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            let response = request.body(body).reply(&routes(self.node.clone())).await;
+            let json = serde_json::from_slice(response.body()).unwrap_or(serde_json::Value::Null);
+            (response.status().as_u16(), json)
+        }
+
+        fn mempool_len(&self) -> usize {
+            self.node.mempool.lock().unwrap().len()
+        }
+
+        /// Asserts an error answer with `status` and `code`, and that the
+        /// mempool is still empty.
+        fn refused(&self, answer: (u16, serde_json::Value), status: u16, code: &str) {
+            assert_eq!(answer.0, status, "{}", answer.1);
+            assert_eq!(answer.1["code"], code, "{}", answer.1);
+            assert!(answer.1["error"].as_str().is_some_and(|e| !e.is_empty()));
+            assert_eq!(self.mempool_len(), 0, "bad input changed the mempool");
+        }
+    }
+
+    fn json_body(txs: &[SignedTransaction]) -> Vec<u8> {
+        let txs: Vec<cairn_core::api::TxJson> = txs.iter().map(Into::into).collect();
+        serde_json::to_vec(&txs).unwrap()
+    }
+
+    /// The same transactions, as a binary batch to one node and as a JSON
+    /// array to another, get the same answer entry for entry.
+    #[tokio::test]
+    async fn a_binary_batch_gets_the_answer_of_the_same_json_batch() {
+        let net = Net::new();
+        let txs = net.mixed_batch();
+        let binary = net.node();
+        let (status, answer) = binary
+            .post(Some("application/octet-stream"), tx_batch::encode(&txs))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        let json = net.node();
+        let (status, json_answer) = json.post(Some("application/json"), json_body(&txs)).await;
+        assert_eq!(status, 200, "{json_answer}");
+        assert_eq!(answer, json_answer);
+        let codes: Vec<&str> = answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["code"].as_str().unwrap_or("ok"))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "ok",
+                "invalid_signature",
+                "wrong_chain",
+                "insufficient_funds",
+                "invalid_address",
+                "ok",
+                "ok"
+            ]
+        );
+        assert_eq!(answer[0]["hash"], txs[0].hash().to_hex());
+        assert_eq!(answer[5]["hash"], txs[0].hash().to_hex());
+        assert_eq!(binary.mempool_len(), 2);
+        // Posting it again: the pending ones keep their hashes (and the
+        // forged nonce 1 now meets the pending one first).
+        let (status, mut again) = binary
+            .post(Some("Application/Octet-Stream"), tx_batch::encode(&txs))
+            .await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again[1]["code"], "nonce_pending", "{again}");
+        again[1] = answer[1].clone();
+        assert_eq!(again, answer);
+        assert_eq!(binary.mempool_len(), 2);
+        let (status, empty) = binary
+            .post(Some("application/octet-stream"), tx_batch::encode(&[]))
+            .await;
+        assert_eq!((status, empty), (200, serde_json::json!([])));
+    }
+
+    #[tokio::test]
+    async fn bad_binary_bodies_are_refused_whole_and_change_nothing() {
+        let net = Net::new();
+        let node = net.node();
+        let binary = Some("application/octet-stream");
+        let good = tx_batch::encode(&[net.transfer(0, 1, 0), net.transfer(0, 1, 1)]);
+        // Truncated: inside the last transaction, inside the count, empty.
+        let answer = node.post(binary, good[..good.len() - 1].to_vec()).await;
+        node.refused(answer, 400, "invalid_encoding");
+        let answer = node.post(binary, good[..5].to_vec()).await;
+        node.refused(answer, 400, "invalid_encoding");
+        node.refused(node.post(binary, vec![]).await, 400, "invalid_encoding");
+        // Trailing bytes after the last transaction.
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let answer = node.post(binary, trailing).await;
+        assert!(answer.1["error"]
+            .as_str()
+            .unwrap()
+            .contains("follow the last"));
+        node.refused(answer, 400, "invalid_encoding");
+        // A count the body cannot hold.
+        let mut more = good.clone();
+        more[..8].copy_from_slice(&tx_batch::count_prefix(3));
+        node.refused(node.post(binary, more).await, 400, "invalid_encoding");
+        // A count over the cap (refused on the prefix alone), and one
+        // that would be a huge allocation.
+        let mut over = tx_batch::count_prefix(HTTP_BATCH_TXS_MAX + 1).to_vec();
+        over.extend_from_slice(&good[8..]);
+        node.refused(node.post(binary, over).await, 413, "payload_too_large");
+        let huge = u64::MAX.to_le_bytes().to_vec();
+        node.refused(node.post(binary, huge).await, 413, "payload_too_large");
+        // A JSON array sent as binary (its first 8 bytes read as a huge
+        // count), and garbage.
+        let json = json_body(&[net.transfer(0, 1, 0)]);
+        node.refused(node.post(binary, json).await, 413, "payload_too_large");
+        let mut garbage = tx_batch::count_prefix(2).to_vec();
+        garbage.extend_from_slice(&[0xa5; 400]);
+        node.refused(node.post(binary, garbage).await, 400, "invalid_encoding");
+        let garbage = vec![0xa5; 10_000];
+        node.refused(node.post(binary, garbage).await, 413, "payload_too_large");
+        // The good body still goes through.
+        let (status, answer) = node.post(binary, good).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(node.mempool_len(), 2);
+    }
+
+    /// A body over the API's limit is refused as for JSON, before it is
+    /// read whole.
+    #[tokio::test]
+    async fn an_oversized_binary_body_is_413() {
+        let net = Net::new();
+        let node = net.node();
+        let body = vec![0; HTTP_BODY_BYTES_MAX as usize + 1];
+        let answer = node.post(Some("application/octet-stream"), body).await;
+        node.refused(answer, 413, "payload_too_large");
+    }
+
+    #[tokio::test]
+    async fn content_types_choose_the_format_and_others_are_415() {
+        let net = Net::new();
+        let node = net.node();
+        let tx = net.transfer(0, 1, 0);
+        let json = json_body(std::slice::from_ref(&tx));
+        for content_type in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/cbor",
+        ] {
+            let answer = node.post(Some(content_type), json.clone()).await;
+            node.refused(answer, 415, "unsupported_media_type");
+            let answer = node
+                .post(
+                    Some(content_type),
+                    tx_batch::encode(std::slice::from_ref(&tx)),
+                )
+                .await;
+            node.refused(answer, 415, "unsupported_media_type");
+        }
+        // JSON sent as binary and binary sent as JSON: refused as what
+        // they claim to be.
+        let binary = tx_batch::encode(std::slice::from_ref(&tx));
+        node.refused(
+            node.post(Some("application/json"), binary).await,
+            400,
+            "invalid_json",
+        );
+        // No Content-Type, or JSON with parameters: JSON.
+        let (status, answer) = node.post(None, json.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        let (status, again) = node
+            .post(Some("application/json; charset=utf-8"), json)
+            .await;
+        assert_eq!((status, &again), (200, &answer));
+        assert_eq!(answer[0]["hash"], tx.hash().to_hex());
+    }
+
+    /// A node busy with its peers' gossip turns clients away before any
+    /// signature is checked, for a binary batch as for JSON: a forged
+    /// transaction gets `overloaded`, not `invalid_signature`.
+    #[tokio::test]
+    async fn an_overloaded_node_refuses_a_binary_batch_before_checking_signatures() {
+        let net = Net::new();
+        let node = net.node();
+        for _ in 0..crate::p2p::GOSSIP_INBOX_FRAMES_MAX / 2 {
+            node.node.network.receive_gossip(vec![]);
+        }
+        let mut forged = net.transfer(0, 1, 0);
+        forged.transfer.amount = 2;
+        for (content_type, body) in [
+            (
+                "application/octet-stream",
+                tx_batch::encode(&[forged.clone()]),
+            ),
+            ("application/json", json_body(&[forged])),
+        ] {
+            let (status, answer) = node.post(Some(content_type), body).await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer[0]["code"], "overloaded", "{content_type}: {answer}");
+        }
+        assert_eq!(node.mempool_len(), 0);
     }
 }

@@ -338,7 +338,7 @@ impl Network {
 
     /// Hands transactions a peer gossiped to the admission task, or drops
     /// them if it is behind.
-    fn receive_gossip(&self, txs: Vec<SignedTransaction>) {
+    pub(crate) fn receive_gossip(&self, txs: Vec<SignedTransaction>) {
         if self.gossip_inbox.try_send(txs).is_err() {
             self.metrics
                 .p2p_gossip_dropped

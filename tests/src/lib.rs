@@ -168,6 +168,17 @@ pub fn http_post(url: &str, body: &str) -> Answer {
     )
 }
 
+/// `POST url` with `body` as `content_type` (e.g. a binary batch as
+/// `application/octet-stream`).
+pub fn http_post_bytes(url: &str, content_type: &str, body: &[u8]) -> Answer {
+    answer(
+        agent()
+            .post(url)
+            .set("content-type", content_type)
+            .send_bytes(body),
+    )
+}
+
 /// POSTs a body of `length` bytes over a raw socket, declared with
 /// Content-Length or sent chunked, while reading the answer on another
 /// thread: a server may answer (413) before it has read the whole body.

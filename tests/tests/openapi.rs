@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use cairn_tests::{http_get, http_post, stderr, stdout, Testnet};
+use cairn_tests::{http_get, http_post, http_post_bytes, stderr, stdout, Testnet};
 use serde_json::{json, Value};
 
 const BALANCE: u64 = 1_000_000;
@@ -310,6 +310,43 @@ fn the_openapi_document_is_true_to_the_server() {
             .unwrap_or_else(|e| panic!("the answer does not conform: {e}\n{}", answer.json));
         exercised.insert(*path);
     }
+    // The batch's binary form (issue 13): documented as a request body,
+    // answered like the JSON batch; another Content-Type is a documented
+    // 415.
+    let batch_doc = &doc["paths"]["/v1/transactions/batch"]["post"];
+    assert_eq!(
+        batch_doc["requestBody"]["content"]["application/octet-stream"]["schema"]["format"],
+        "binary"
+    );
+    let binary = {
+        let signer = net.signer(1, 1);
+        let tx = signer.sign_with_nonce(signer.address(), 1, 1);
+        cairn_core::tx_batch::encode(&[cairn_core::SignedTransaction::try_from(&tx).unwrap()])
+    };
+    let url = format!("{api}/v1/transactions/batch");
+    for (content_type, body, expected, documented) in [
+        ("application/octet-stream", binary.clone(), 200, "200"),
+        (
+            "application/octet-stream",
+            binary[..9].to_vec(),
+            400,
+            "default",
+        ),
+        ("text/plain", binary, 415, "415"),
+    ] {
+        let answer = http_post_bytes(&url, content_type, &body);
+        assert_eq!(answer.status, expected, "{content_type}: {}", answer.json);
+        let body_schema =
+            &batch_doc["responses"][documented]["content"]["application/json"]["schema"];
+        schema
+            .check(
+                body_schema,
+                &answer.json,
+                &format!("binary batch as {content_type}"),
+            )
+            .unwrap_or_else(|e| panic!("the answer does not conform: {e}\n{}", answer.json));
+    }
+
     // Routes that are not JSON: served with the documented content type.
     for (path, kind) in [("/metrics", "text/plain"), ("/", "text/html")] {
         let answer = ureq::get(&format!("{api}{path}")).call().expect(path);
