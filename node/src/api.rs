@@ -174,8 +174,8 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
         .and(with_node.clone())
         .and(body)
         .then(submit_one);
-    // The batch route reads its Content-Type before the body, so a body
-    // in a format it does not take is refused (415) unread.
+    // The batch route reads its Content-Type (which format) before the
+    // body.
     let submit_batch = warp::path!("v1" / "transactions" / "batch")
         .and(warp::post())
         .and(with_node.clone())
@@ -187,10 +187,7 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
                   content_type: Option<warp::http::HeaderValue>,
                   declared: Option<u64>,
                   stream| async move {
-                let format = match batch_format(content_type.as_ref()) {
-                    Ok(format) => format,
-                    Err(response) => return *response,
-                };
+                let format = batch_format(content_type.as_ref());
                 let body = read_bounded(declared, stream, body_timeout).await;
                 submit_batch(node, format, body).await
             },
@@ -591,16 +588,11 @@ fn content_type(
         .unify()
 }
 
-/// The batch format a Content-Type names: none, or `application/json`
-/// (with any parameters), is JSON; `application/octet-stream` is the
-/// binary batch; anything else is refused 415 `unsupported_media_type`.
-fn batch_format(
-    content_type: Option<&warp::http::HeaderValue>,
-) -> Result<BatchFormat, Box<Response>> {
-    let Some(value) = content_type else {
-        return Ok(BatchFormat::Json);
-    };
-    let media_type = value.to_str().ok().map(|v| {
+/// The batch format a Content-Type names: `application/octet-stream` is
+/// the binary batch; anything else (none, `application/json`, or what
+/// `curl --data` sends) is read as JSON, as this route always did.
+fn batch_format(content_type: Option<&warp::http::HeaderValue>) -> BatchFormat {
+    let media_type = content_type.and_then(|v| v.to_str().ok()).map(|v| {
         v.split(';')
             .next()
             .unwrap_or("")
@@ -608,24 +600,8 @@ fn batch_format(
             .to_ascii_lowercase()
     });
     match media_type.as_deref() {
-        Some("application/json") => Ok(BatchFormat::Json),
-        Some(cairn_core::tx_batch::CONTENT_TYPE) => Ok(BatchFormat::Binary),
-        _ => {
-            let mut response = error_response(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!(
-                    "content type {:?} is not taken here: send application/json (a JSON \
-                     array, the default) or application/octet-stream (the binary batch)",
-                    String::from_utf8_lossy(value.as_bytes())
-                ),
-            );
-            response.headers_mut().insert(
-                warp::http::header::ACCEPT,
-                warp::http::HeaderValue::from_static("application/json, application/octet-stream"),
-            );
-            Err(Box::new(response))
-        }
+        Some(cairn_core::tx_batch::CONTENT_TYPE) => BatchFormat::Binary,
+        _ => BatchFormat::Json,
     }
 }
 
@@ -1311,25 +1287,25 @@ mod batch_http_tests {
     }
 
     #[tokio::test]
-    async fn content_types_choose_the_format_and_others_are_415() {
+    async fn only_octet_stream_is_binary_and_any_other_content_type_is_json() {
         let net = Net::new();
         let node = net.node();
         let tx = net.transfer(0, 1, 0);
         let json = json_body(std::slice::from_ref(&tx));
+        // What `curl --data` and careless clients send is read as JSON, as
+        // this route always did: binary under those types is bad JSON.
         for content_type in [
             "text/plain",
             "application/x-www-form-urlencoded",
             "application/cbor",
         ] {
-            let answer = node.post(Some(content_type), json.clone()).await;
-            node.refused(answer, 415, "unsupported_media_type");
             let answer = node
                 .post(
                     Some(content_type),
                     tx_batch::encode(std::slice::from_ref(&tx)),
                 )
                 .await;
-            node.refused(answer, 415, "unsupported_media_type");
+            node.refused(answer, 400, "invalid_json");
         }
         // JSON sent as binary and binary sent as JSON: refused as what
         // they claim to be.
@@ -1339,14 +1315,17 @@ mod batch_http_tests {
             400,
             "invalid_json",
         );
-        // No Content-Type, or JSON with parameters: JSON.
-        let (status, answer) = node.post(None, json.clone()).await;
-        assert_eq!(status, 200, "{answer}");
-        let (status, again) = node
-            .post(Some("application/json; charset=utf-8"), json)
+        let (status, answer) = node
+            .post(Some("application/x-www-form-urlencoded"), json.clone())
             .await;
-        assert_eq!((status, &again), (200, &answer));
+        assert_eq!(status, 200, "{answer}");
         assert_eq!(answer[0]["hash"], tx.hash().to_hex());
+        // No Content-Type, or JSON with parameters: JSON (the same
+        // transaction again: the same answer).
+        for content_type in [None, Some("application/json; charset=utf-8")] {
+            let (status, again) = node.post(content_type, json.clone()).await;
+            assert_eq!((status, &again), (200, &answer));
+        }
     }
 
     /// A node busy with its peers' gossip turns clients away before any
