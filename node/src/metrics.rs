@@ -533,6 +533,31 @@ mod tests {
         );
     }
 
+    /// Every series the Grafana dashboard in docs/ queries is one the node
+    /// exports (a histogram's `_bucket` series by its family's name).
+    #[test]
+    fn the_dashboard_queries_only_exported_series() {
+        let dashboard = include_str!("../../docs/grafana/cairn-dashboard.json");
+        let metrics = Metrics::new(4, 0);
+        // A family without samples is left out of a scrape entirely.
+        metrics.observe_http("/metrics", 200);
+        let text = metrics.render();
+        let mut names = 0;
+        for (at, _) in dashboard.match_indices("cairn_") {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {name}, which /metrics lacks"
+            );
+            names += 1;
+        }
+        assert!(names >= 20, "{names} queried names found");
+    }
+
     /// Per-peer series exist for every other genesis validator and only
     /// them, in both directions, and count what they are told.
     #[test]
