@@ -64,6 +64,9 @@ struct PeerLabels {
     direction: Direction,
 }
 
+/// A per-peer p2p series: one counter per peer and direction.
+type PeerFamily = Family<PeerLabels, Counter>;
+
 /// The per-peer p2p counters of one validator, created up front so the hot
 /// path only adds to atomics (no label look-up, no lock).
 struct PeerTraffic {
@@ -371,13 +374,9 @@ impl Metrics {
 fn peer_traffic(
     validators: usize,
     me: usize,
-) -> (
-    Vec<Option<PeerTraffic>>,
-    Family<PeerLabels, Counter>,
-    Family<PeerLabels, Counter>,
-) {
-    let bytes = Family::<PeerLabels, Counter>::default();
-    let frames = Family::<PeerLabels, Counter>::default();
+) -> (Vec<Option<PeerTraffic>>, PeerFamily, PeerFamily) {
+    let bytes = PeerFamily::default();
+    let frames = PeerFamily::default();
     let peers = (0..validators)
         .map(|peer| {
             (peer != me).then(|| {
