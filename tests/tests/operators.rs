@@ -98,6 +98,11 @@ fn metrics_pass_promtool() {
     let bob = net.account_address(1);
     net.wallet_transfer(0, 0, &bob, 5);
     assert_eq!(net.get(0, "/v1/accounts/xyz").status, 400);
+    // The commit's metrics are updated right after the block is stored,
+    // so they may trail the API's answer by a moment.
+    wait_for("the commit in the metrics", Duration::from_secs(10), || {
+        (metric(&net, 0, "cairn_block_commit_latency_seconds_count") >= Some(1.0)).then_some(())
+    });
     let answer = ureq::get(&format!("{}/metrics", net.api(0)))
         .call()
         .expect("metrics");
@@ -153,26 +158,40 @@ fn metrics_count_peer_traffic_queue_depth_and_sync() {
     for amount in 1..=3 {
         net.wallet_transfer(0, 0, &bob, amount);
     }
-    let after = scrape(&net, 0);
     let series = |name: &str, peer: usize, direction: &str| {
         format!("{name}{{peer=\"{peer}\",direction=\"{direction}\"}}")
     };
+    // Validator 0 commits on a quorum, so the last votes of the slowest
+    // peer may still be on their way: wait until every series has grown.
+    let grown = |after: &str| {
+        for peer in 1..4 {
+            for direction in ["sent", "received"] {
+                for name in ["cairn_p2p_bytes_total", "cairn_p2p_frames_total"] {
+                    let series = series(name, peer, direction);
+                    let (was, is) = (sample(&before, &series), sample(after, &series));
+                    if was.is_none() || is <= was {
+                        return Err(format!("{series}: {was:?} -> {is:?}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let after = scrape(&net, 0);
+        match grown(&after) {
+            Ok(()) => break after,
+            Err(e) if std::time::Instant::now() > deadline => panic!("not grown: {e}\n{after}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
     for peer in 1..4 {
         for direction in ["sent", "received"] {
-            let bytes = series("cairn_p2p_bytes_total", peer, direction);
-            let frames = series("cairn_p2p_frames_total", peer, direction);
-            let (bytes_before, bytes_after) = (sample(&before, &bytes), sample(&after, &bytes));
-            let (frames_before, frames_after) = (sample(&before, &frames), sample(&after, &frames));
-            assert!(
-                bytes_before.is_some() && bytes_after > bytes_before,
-                "{bytes}: {bytes_before:?} -> {bytes_after:?}"
-            );
-            assert!(
-                frames_before.is_some() && frames_after > frames_before,
-                "{frames}: {frames_before:?} -> {frames_after:?}"
-            );
             // Each frame takes at least its length prefixes and a Noise tag.
-            let (bytes, frames) = (bytes_after.unwrap(), frames_after.unwrap());
+            let bytes = sample(&after, &series("cairn_p2p_bytes_total", peer, direction));
+            let frames = sample(&after, &series("cairn_p2p_frames_total", peer, direction));
+            let (bytes, frames) = (bytes.unwrap(), frames.unwrap());
             assert!(bytes >= 22.0 * frames, "{bytes} bytes in {frames} frames");
         }
     }
@@ -198,7 +217,11 @@ fn metrics_count_peer_traffic_queue_depth_and_sync() {
             && sample(text, "cairn_sync_target_height").is_some()
             && sample(text, "cairn_sync_target_height") == sample(text, "cairn_height")
     };
-    assert!(settled(&scrape(&net, 0)), "{}", scrape(&net, 0));
+    wait_for(
+        "validator 0 not syncing, its target its height",
+        Duration::from_secs(10),
+        || settled(&scrape(&net, 0)).then_some(()),
+    );
     if has_promtool() {
         promtool_check(&after);
     }
@@ -227,7 +250,12 @@ fn metrics_count_peer_traffic_queue_depth_and_sync() {
                     &format!("{api}/v1/transactions"),
                     &serde_json::to_string(&tx).unwrap(),
                 );
-                assert_eq!(answer.status, 202, "{}", answer.json);
+                if answer.status != 202 {
+                    // Traffic only has to show validator 3 it is behind;
+                    // a refusal (a sender cap) ends it rather than park
+                    // the rest behind a nonce gap.
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
