@@ -210,6 +210,31 @@ cairn_views_other 99
         );
     }
 
+    /// The node's own exposition (`prometheus-client` since issue 12)
+    /// reads back: counters keep their `_total` names, seconds stay seconds.
+    #[test]
+    fn reads_the_node_s_own_exposition() {
+        let metrics = cairn_node::metrics::Metrics::new(4, 0);
+        metrics.view.set(5);
+        metrics.view_changes.inc_by(3);
+        metrics.safety_writes.inc_by(2);
+        metrics.safety_write_seconds.inc_by(0.25);
+        metrics.observe_sent(1, 100);
+        assert_eq!(
+            view_reading(&metrics.render()),
+            ViewReading {
+                view_changes_total: Some(3),
+                view: Some(5),
+                safety_writes: Some(2),
+                safety_write_us: Some(250_000),
+            }
+        );
+        assert_eq!(
+            metric_sum(&metrics.render(), "cairn_p2p_bytes_total"),
+            Some(100.0)
+        );
+    }
+
     fn at(changes: Option<u64>, view: Option<u64>) -> ViewReading {
         ViewReading {
             view_changes_total: changes,

@@ -136,6 +136,13 @@ impl Replica {
         self.sync.is_behind(self.round.height, self.n())
     }
 
+    /// While catching up, the height this replica knows the others have
+    /// committed (see `sync.rs`); `None` when it is not behind. For metrics
+    /// and logs: the replica does not act on it.
+    pub fn sync_target(&self) -> Option<Height> {
+        self.sync.target(self.round.height, self.n())
+    }
+
     /// The height being decided: the ledger tip + 1 (as of the last input).
     pub fn height(&self) -> Height {
         self.round.height

@@ -51,6 +51,24 @@ impl SyncState {
         proven || self.ahead(next).count() > cairn_core::max_faulty(n)
     }
 
+    /// While behind, the height to catch up to: the highest height proven
+    /// committed, or the highest that f+1 validators' signed messages show
+    /// them past (their (f+1)-th highest claim less one, so at least one
+    /// honest validator has committed it; one liar cannot raise it).
+    pub(crate) fn target(&self, next: Height, n: usize) -> Option<Height> {
+        if !self.is_behind(next, n) {
+            return None;
+        }
+        let proven = self.proven.map(|(h, _)| h).filter(|h| *h >= next);
+        let mut claims = self.claims.clone();
+        claims.sort_unstable_by(|a, b| b.cmp(a));
+        let honest = claims
+            .get(cairn_core::max_faulty(n))
+            .filter(|h| **h > next)
+            .map(|h| Height(h.0 - 1));
+        proven.max(honest)
+    }
+
     fn ahead(&self, next: Height) -> impl Iterator<Item = ValidatorIndex> + '_ {
         self.claims
             .iter()

@@ -293,6 +293,7 @@ fn far_future_messages_are_bounded_and_f_plus_1_of_them_start_a_sync() {
     let bound = cairn_consensus::limits::FUTURE_MESSAGES_PER_SENDER_MAX;
     assert_eq!(replica.buffered_message_count(), bound);
     assert!(!replica.is_syncing(), "one validator ahead may be lying");
+    assert_eq!(replica.sync_target(), None);
     let far = Message::ViewChange {
         new_view: View(0),
         height: Height(500),
@@ -301,6 +302,9 @@ fn far_future_messages_are_bounded_and_f_plus_1_of_them_start_a_sync() {
     };
     replica.handle(&mut ledger, net.signed(3, far));
     assert!(replica.is_syncing(), "f+1 validators are ahead");
+    // Validator 3 claims height 500 alone; validator 2 works on height 2,
+    // so height 1 is committed: the target one liar cannot raise.
+    assert_eq!(replica.sync_target(), Some(Height(1)));
     let mut requests = 0;
     for now_ms in (0..2_000).step_by(10) {
         let actions = replica.handle(&mut ledger, Input::Tick { now_ms });

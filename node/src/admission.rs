@@ -2,8 +2,6 @@
 //! (well-formed, right chain, amount > 0, nonce, balance, caps, signature), shared
 //! by the API and by transactions gossiped from peers.
 
-use std::sync::atomic::Ordering;
-
 use cairn_core::state::Account;
 use cairn_core::{Hash, SignedTransaction};
 
@@ -225,12 +223,10 @@ impl Node {
         {
             self.metrics.saw_overload();
         }
-        self.metrics
-            .rejected_transactions
-            .fetch_add(refused as u64, Ordering::Relaxed);
+        self.metrics.rejected_transactions.inc_by(refused as u64);
         self.metrics
             .admitted_transactions
-            .fetch_add(admitted.len() as u64, Ordering::Relaxed);
+            .inc_by(admitted.len() as u64);
         if !admitted.is_empty() {
             if gossip {
                 self.network.gossip_transactions(admitted);

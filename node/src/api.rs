@@ -232,7 +232,7 @@ pub fn routes(node: Arc<Node>) -> impl Filter<Extract = (Response,), Error = Inf
             warp::reply::with_header(
                 node.metrics.render(),
                 "content-type",
-                "text/plain; version=0.0.4",
+                crate::metrics::CONTENT_TYPE,
             )
             .into_response()
         });
@@ -387,10 +387,7 @@ fn status(node: &Node) -> Response {
             view: consensus.view.0,
             leader: validators[consensus.leader.get() % validators.len()].to_hex(),
             validators: validators.iter().map(|v| v.to_hex()).collect(),
-            peers: node
-                .metrics
-                .peers_connected
-                .load(std::sync::atomic::Ordering::Relaxed) as usize,
+            peers: node.metrics.peers_connected.get() as usize,
             mempool_size: node.mempool.lock().expect("mempool lock").len(),
             syncing: consensus.syncing,
         },
@@ -403,10 +400,7 @@ fn status(node: &Node) -> Response {
 fn ready(node: &Node) -> Response {
     let consensus = node.status.read().expect("status lock").clone();
     let n = node.genesis.validators.len();
-    let peers = node
-        .metrics
-        .peers_connected
-        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let peers = node.metrics.peers_connected.get() as usize;
     let quorum = cairn_core::quorum(n);
     if consensus.syncing {
         return error_response(

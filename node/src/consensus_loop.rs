@@ -2,7 +2,6 @@
 //! and ticks, and carries out their actions in order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use cairn_consensus::{Action, Config, Input, Ledger, Replica, SafetyState};
 use cairn_core::{Height, ValidatorIndex};
 
 use crate::ledger::{now_ms, NodeLedger};
+use crate::metrics::{CountGauge, Metrics};
 use crate::p2p::{Wire, SYNC_BLOCKS_MAX};
 use crate::{ConsensusStatus, Event, Node};
 
@@ -33,6 +33,24 @@ pub struct EventQueue {
     ready: Condvar,
     frames_per_peer_max: usize,
     bytes_per_peer_max: usize,
+    gauges: QueueGauges,
+}
+
+/// The queue's depth as metrics (`cairn_consensus_events_queued` and
+/// `_queued_bytes`), updated under the queue's lock.
+#[derive(Default)]
+pub struct QueueGauges {
+    events: CountGauge,
+    bytes: CountGauge,
+}
+
+impl QueueGauges {
+    pub fn of(metrics: &Metrics) -> QueueGauges {
+        QueueGauges {
+            events: metrics.consensus_events_queued.clone(),
+            bytes: metrics.consensus_events_queued_bytes.clone(),
+        }
+    }
 }
 
 struct QueueState {
@@ -46,7 +64,12 @@ struct QueueState {
 }
 
 impl EventQueue {
-    pub fn new(peers: usize, frames_per_peer_max: usize, bytes_per_peer_max: usize) -> EventQueue {
+    pub fn new(
+        peers: usize,
+        frames_per_peer_max: usize,
+        bytes_per_peer_max: usize,
+        gauges: QueueGauges,
+    ) -> EventQueue {
         EventQueue {
             state: Mutex::new(QueueState {
                 events: VecDeque::new(),
@@ -58,6 +81,7 @@ impl EventQueue {
             ready: Condvar::new(),
             frames_per_peer_max,
             bytes_per_peer_max,
+            gauges,
         }
     }
 
@@ -76,6 +100,8 @@ impl EventQueue {
         held.0 += 1;
         held.1 += bytes;
         state.events.push_back((peer.get(), event, bytes));
+        self.gauges.events.inc();
+        self.gauges.bytes.inc_by(bytes as u64);
         self.ready.notify_one();
         true
     }
@@ -117,6 +143,8 @@ impl EventQueue {
                 held.0 -= 1;
                 held.1 -= bytes;
                 state.nudge_taken = false;
+                self.gauges.events.dec();
+                self.gauges.bytes.dec_by(bytes as u64);
                 return Some(event);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -153,7 +181,7 @@ pub fn start(
         Replica::new(config, node.key.clone(), safety)
     };
     if replica.is_abstaining() {
-        node.metrics.abstaining.store(1, Ordering::Relaxed);
+        node.metrics.abstaining.set(1);
         tracing::warn!(
             "abstaining: this validator has no record of the votes it may have signed, so it \
              signs nothing until it has committed past the heights its peers report"
@@ -226,9 +254,7 @@ fn step(
     let abstaining = replica.is_abstaining();
     record.set_abstaining(abstaining);
     if abstaining != abstaining_before {
-        node.metrics
-            .abstaining
-            .store(abstaining as u64, Ordering::Relaxed);
+        node.metrics.abstaining.set(abstaining as u64);
         if abstaining {
             tracing::warn!(
                 event = "abstain_start",
@@ -252,7 +278,7 @@ fn step(
     }
     ledger.carry_out_effects(now_ms());
     if replica.view() != view_before {
-        node.metrics.view_changes.fetch_add(1, Ordering::Relaxed);
+        node.metrics.view_changes.inc();
         tracing::info!(
             event = "view_change",
             from_view = view_before.0,
@@ -266,9 +292,11 @@ fn step(
             replica.primary().0
         );
     }
+    observe_sync(&node.metrics, replica, ledger);
     if replica.is_syncing() != syncing_before {
         let tip = ledger.tip().0 .0;
         if replica.is_syncing() {
+            node.metrics.syncs.inc();
             tracing::info!(
                 event = "sync_start",
                 height = tip,
@@ -287,8 +315,17 @@ fn step(
         leader: replica.primary(),
         syncing: replica.is_syncing(),
     };
-    node.metrics.view.store(status.view.0, Ordering::Relaxed);
+    node.metrics.view.set(status.view.0);
     *node.status.write().expect("status lock") = status;
+}
+
+/// Sync progress as metrics: whether catching up, and to which height (the
+/// local tip when not behind, so the gap reads as zero).
+fn observe_sync(metrics: &Metrics, replica: &Replica, ledger: &NodeLedger) {
+    let tip = ledger.tip().0;
+    let target = replica.sync_target().map_or(tip, |target| target.max(tip));
+    metrics.syncing.set(replica.is_syncing() as u64);
+    metrics.sync_target_height.set(target.0);
 }
 
 fn execute(node: &Node, record: &SafetyRecord, action: Action) {
@@ -297,14 +334,12 @@ fn execute(node: &Node, record: &SafetyRecord, action: Action) {
             let started = Instant::now();
             let written = record.persist(state);
             let metrics = &node.metrics;
-            metrics.safety_writes.fetch_add(1, Ordering::Relaxed);
+            metrics.safety_writes.inc();
             metrics
-                .safety_write_us
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .safety_write_seconds
+                .inc_by(started.elapsed().as_secs_f64());
             if let Ok(bytes) = written {
-                metrics
-                    .safety_write_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
+                metrics.safety_write_bytes.inc_by(bytes);
             }
             if let Err(e) = written {
                 // Voting without a durable record could equivocate after a
@@ -392,17 +427,21 @@ mod tests {
     #[test]
     fn the_event_queue_is_bounded_per_peer_and_nudges_coalesce() {
         let frame = 8 * 1024 * 1024;
-        let queue = EventQueue::new(3, 100, 4 * frame);
+        let gauges = QueueGauges::default();
+        let (events, bytes) = (gauges.events.clone(), gauges.bytes.clone());
+        let queue = EventQueue::new(3, 100, 4 * frame, gauges);
         let flooded = (0..10)
             .filter(|_| queue.push(ValidatorIndex(1), message(), frame))
             .count();
         assert_eq!(flooded, 4, "bytes bound the flooding peer");
         assert_eq!(queue.held_by(ValidatorIndex(1)), (4, 4 * frame));
+        assert_eq!((events.get(), bytes.get()), (4, 4 * frame as u64));
         let small = (0..1_000)
             .filter(|_| queue.push(ValidatorIndex(2), message(), 10))
             .count();
         assert_eq!(small, 100, "frames bound it too");
         assert!(!queue.push(ValidatorIndex(9), message(), 1), "no such peer");
+        assert_eq!(events.get(), 104, "the depth gauge follows the queue");
         for _ in 0..10_000 {
             queue.nudge();
         }
@@ -418,6 +457,7 @@ mod tests {
         // coalesced API nudge.
         assert_eq!((taken, nudges), (105, 105));
         assert_eq!(queue.held_by(ValidatorIndex(1)), (0, 0));
+        assert_eq!((events.get(), bytes.get()), (0, 0), "drained");
         assert!(
             queue.push(ValidatorIndex(1), message(), frame),
             "room again"

@@ -9,7 +9,6 @@
 //! queued and carried out by the consensus loop after `handle` returns
 //! ([`NodeLedger::carry_out_effects`], [`NodeLedger::take_fatal`]).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cairn_consensus::Ledger;
@@ -294,9 +293,8 @@ impl crate::Node {
     /// line, the SSE event.
     fn after_commit(&self, done: &CommitEffects, now_ms: u64) {
         let m = &self.metrics;
-        m.height.store(done.height.0, Ordering::Relaxed);
-        m.committed_transactions
-            .fetch_add(done.tx_count as u64, Ordering::Relaxed);
+        m.height.set(done.height.0);
+        m.committed_transactions.inc_by(done.tx_count as u64);
         let latency_ms = now_ms.saturating_sub(done.timestamp_ms);
         m.observe_commit_latency(latency_ms as f64 / 1000.0);
         tracing::debug!(height = done.height.0, txs = done.tx_count, "committed");

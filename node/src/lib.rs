@@ -125,9 +125,7 @@ impl Node {
     /// protocol tolerates lost messages).
     pub fn deliver(&self, peer: ValidatorIndex, event: Event, bytes: usize) {
         if !self.consensus_events.push(peer, event, bytes) {
-            self.metrics
-                .consensus_events_dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.consensus_events_dropped.inc();
             tracing::debug!("consensus queue full for validator {peer}; event dropped");
         }
     }
@@ -173,12 +171,13 @@ pub async fn run(home: &Path) -> Result<(), String> {
     let p2p_listen = config.p2p_listen.unwrap_or(genesis.p2p_addresses[me]);
     let api_listen = config.api_listen.unwrap_or(genesis.api_addresses[me]);
 
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(genesis.validators.len(), me));
     let (network, queues) = Network::new(genesis.validators.len(), me, metrics.clone());
     let consensus_events = Arc::new(consensus_loop::EventQueue::new(
         genesis.validators.len(),
         config.limits.consensus_queue_frames_per_peer,
         config.limits.consensus_queue_bytes_per_peer,
+        consensus_loop::QueueGauges::of(&metrics),
     ));
     let mempool = Mempool::new(
         genesis.chain_id().to_string(),
@@ -203,9 +202,8 @@ pub async fn run(home: &Path) -> Result<(), String> {
         limits: config.limits.clone(),
     });
     let tip = node.storage.tip_height().map_err(|e| e.to_string())?;
-    node.metrics
-        .height
-        .store(tip.0, std::sync::atomic::Ordering::Relaxed);
+    node.metrics.height.set(tip.0);
+    node.metrics.sync_target_height.set(tip.0);
     tracing::info!(
         "validator {me} ({}) of chain {} starting at height {tip}",
         node.key.public(),

@@ -258,9 +258,7 @@ impl Network {
         if fits && queues[lane as usize].try_send(frame.clone()).is_ok() {
             queued.fetch_add(frame.len(), Ordering::Relaxed);
         } else {
-            self.metrics
-                .p2p_frames_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.p2p_frames_dropped.inc();
         }
     }
 
@@ -317,9 +315,7 @@ impl Network {
             tracing::debug!("validator {peer} sent {offence} while already refused");
             return;
         };
-        self.metrics
-            .p2p_peers_punished
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.p2p_peers_punished.inc();
         tracing::warn!(
             "punished validator {peer} for sending {offence}: disconnected and refused for {} ms",
             backoff.as_millis()
@@ -340,9 +336,7 @@ impl Network {
     /// them if it is behind.
     pub(crate) fn receive_gossip(&self, txs: Vec<SignedTransaction>) {
         if self.gossip_inbox.try_send(txs).is_err() {
-            self.metrics
-                .p2p_gossip_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.p2p_gossip_dropped.inc();
             self.metrics.saw_overload();
         }
     }
@@ -439,10 +433,7 @@ async fn accept_loop(
         // Over the cap: closed at once, before a task, a buffer or a
         // signature is spent on it.
         let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
-            limits
-                .refused
-                .p2p_handshakes_refused
-                .fetch_add(1, Ordering::Relaxed);
+            limits.refused.p2p_handshakes_refused.inc();
             tracing::debug!("p2p handshakes at their cap; closed connection from {address}");
             drop(stream);
             continue;
@@ -541,9 +532,9 @@ async fn manage_peer(
             peer,
             "connected to validator {peer}"
         );
-        node.metrics.peers_connected.fetch_add(1, Ordering::Relaxed);
+        node.metrics.peers_connected.inc();
         next = serve(&node, connection, &mut queue, &mut inbound, dialer).await;
-        node.metrics.peers_connected.fetch_sub(1, Ordering::Relaxed);
+        node.metrics.peers_connected.dec();
         tracing::info!(
             event = "peer_disconnected",
             peer,
@@ -719,24 +710,26 @@ async fn serve(
         };
         let Some(frame) = frame else { break None };
         node.network.dequeued(peer, &frame, lane);
-        if let Err(e) =
-            write_frame(&mut writer, &transport, &mut nonce, &frame, &mut ciphertext).await
-        {
-            tracing::debug!("write to validator {peer}: {e}");
-            break None;
+        match write_frame(&mut writer, &transport, &mut nonce, &frame, &mut ciphertext).await {
+            Ok(written) => node.metrics.observe_sent(peer, written),
+            Err(e) => {
+                tracing::debug!("write to validator {peer}: {e}");
+                break None;
+            }
         }
     };
     reader_task.abort();
     replacement
 }
 
+/// Writes one frame; returns the bytes it took on the wire.
 async fn write_frame(
     writer: &mut tokio::net::tcp::OwnedWriteHalf,
     transport: &snow::StatelessTransportState,
     nonce: &mut u64,
     frame: &[u8],
     ciphertext: &mut [u8],
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let length = (frame.len() as u32).to_le_bytes();
     let mut out =
         Vec::with_capacity(frame.len() + 4 + (frame.len() / CHUNK_PLAINTEXT_BYTES_MAX + 1) * 18);
@@ -751,7 +744,8 @@ async fn write_frame(
         out.extend_from_slice(&(n as u16).to_be_bytes());
         out.extend_from_slice(&ciphertext[..n]);
     }
-    writer.write_all(&out).await.map_err(|e| e.to_string())
+    writer.write_all(&out).await.map_err(|e| e.to_string())?;
+    Ok(out.len())
 }
 
 /// Reads, decrypts, decodes and dispatches frames until the peer misbehaves
@@ -778,6 +772,7 @@ async fn read_loop(
             .read_exact(&mut ciphertext[..length])
             .await
             .map_err(|e| e.to_string())?;
+        node.metrics.observe_received_bytes(peer, 2 + length);
         let n = transport
             .read_message(nonce, &ciphertext[..length], &mut chunk)
             .map_err(|_| "message does not decrypt".to_string())?;
@@ -796,6 +791,7 @@ async fn read_loop(
             let wire: Wire = codec::decode(&pending[start + 4..start + 4 + frame_length])
                 .map_err(|e| format!("undecodable frame: {e}"))?;
             start += 4 + frame_length;
+            node.metrics.observe_received_frame(peer);
             dispatch(&node, peer, wire, frame_length).await;
         }
         pending.drain(..start);
@@ -1030,7 +1026,7 @@ mod tests {
         let noise_key = Arc::new(builder.generate_keypair().unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(1, 0));
         let limits = HandshakeLimits {
             slots: Arc::new(tokio::sync::Semaphore::new(2)),
             timeout: Duration::from_millis(1_500),
@@ -1062,14 +1058,14 @@ mod tests {
             closed_within(third, 300).await,
             "over the cap: closed at once"
         );
-        assert_eq!(metrics.p2p_handshakes_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.p2p_handshakes_refused.get(), 1);
         // The held ones time out, which frees their slots.
         for stream in held {
             assert!(closed_within(stream, 3_000).await, "handshake timed out");
         }
         let later = TcpStream::connect(address).await.unwrap();
         assert!(!closed_within(later, 300).await, "a slot is free again");
-        assert_eq!(metrics.p2p_handshakes_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.p2p_handshakes_refused.get(), 1);
     }
 
     /// Issue 10: a punished peer is refused 1 s, then 2 s, 4 s, ... up to
@@ -1115,13 +1111,13 @@ mod tests {
 
     #[test]
     fn a_peer_queue_is_bounded_in_bytes() {
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(2, 0));
         let (network, _receivers) = Network::new(2, 0, metrics.clone());
         let frame: Frame = Arc::new(vec![0u8; PEER_QUEUE_BYTES_MAX / 4]);
         for _ in 0..5 {
             network.enqueue(1, &frame, Lane::Consensus);
         }
-        let dropped = || metrics.p2p_frames_dropped.load(Ordering::Relaxed);
+        let dropped = || metrics.p2p_frames_dropped.get();
         assert_eq!(dropped(), 1, "the fifth quarter does not fit");
         assert_eq!(
             network.queued_bytes[1][0].load(Ordering::Relaxed),
