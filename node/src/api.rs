@@ -1057,7 +1057,7 @@ mod batch_http_tests {
             )
             .unwrap();
             let limits = NodeLimits::default();
-            let metrics = Arc::new(crate::metrics::Metrics::default());
+            let metrics = Arc::new(crate::metrics::Metrics::new(1, 0));
             let (network, queues) = crate::p2p::Network::new(1, 0, metrics.clone());
             let params = &self.genesis.genesis.params;
             let mempool = crate::mempool::Mempool::new(
@@ -1074,7 +1074,7 @@ mod batch_http_tests {
                 me: cairn_core::ValidatorIndex(0),
                 storage,
                 mempool: std::sync::Mutex::new(mempool),
-                metrics,
+                metrics: metrics.clone(),
                 events: tokio::sync::broadcast::channel(4).0,
                 stopping: tokio::sync::watch::channel(false).0,
                 status: Default::default(),
@@ -1083,6 +1083,7 @@ mod batch_http_tests {
                     1,
                     limits.consensus_queue_frames_per_peer,
                     limits.consensus_queue_bytes_per_peer,
+                    crate::consensus_loop::QueueGauges::of(&metrics),
                 )),
                 limits,
             };
