@@ -906,11 +906,12 @@ impl Mempool {
 
     /// Up to `max` transactions to gossip again: for each ready sender
     /// whose next transaction has waited here since `before_ms` or earlier,
-    /// the first `per_sender` of its run of consecutive nonces, the senders
-    /// that waited longest first. A peer that missed a gossip frame misses
-    /// one nonce of each of its senders and parks their later ones behind
-    /// it: the heads are what it lacks, so a bounded round reaches every
-    /// stuck sender rather than the whole runs of a few.
+    /// the start of its run of consecutive nonces, the senders that waited
+    /// longest first. `max` is shared out evenly, at least `per_sender`
+    /// each: a peer that missed a gossip frame lacks one nonce of each of
+    /// many senders (their heads are what it needs, and a bounded round
+    /// reaches every one of them), while a peer cut off for a while lacks
+    /// the whole runs of a few.
     pub fn ready_since(
         &self,
         before_ms: u64,
@@ -927,6 +928,7 @@ impl Mempool {
             })
             .collect();
         heads.sort_unstable_by_key(|(since, _)| *since);
+        let per_sender = per_sender.max(max / heads.len().max(1));
         let mut out = Vec::new();
         for (_, queue) in heads {
             let room = max.saturating_sub(out.len());
@@ -1449,7 +1451,16 @@ mod tests {
             vec![a0.hash(), b0.hash(), b1.hash()],
             "longest waiting first, a run in nonce order"
         );
-        assert_eq!(pool.ready_since(250, 1, 10).len(), 2, "one per sender");
+        assert_eq!(
+            pool.ready_since(250, 1, 2).len(),
+            2,
+            "one per sender when the budget is tight"
+        );
+        assert_eq!(
+            pool.ready_since(250, 1, 10).len(),
+            3,
+            "the budget shared out: b's whole run"
+        );
         assert_eq!(pool.ready_since(250, 4, 1).len(), 1, "bounded");
         pool.remove_committed(
             std::slice::from_ref(&a0),
