@@ -30,7 +30,7 @@ impl Refusal {
 impl From<AdmitError> for Refusal {
     fn from(e: AdmitError) -> Refusal {
         let status = match e {
-            AdmitError::Full(_) | AdmitError::ParkedFull(_) | AdmitError::GapRefused(_) => 503,
+            AdmitError::Full(_) | AdmitError::ParkedFull(_) => 503,
             AdmitError::SenderLimit { .. } | AdmitError::SenderParkedLimit { .. } => 429,
             AdmitError::NoncePending(_) => 409,
             AdmitError::Invalid(_) | AdmitError::PendingOverspend { .. } => 400,
@@ -38,9 +38,6 @@ impl From<AdmitError> for Refusal {
         Refusal::new(status, e.code(), e.to_string())
     }
 }
-
-/// The refusals that say "no room now, send again later".
-const ROOM_CODES: [&str; 3] = ["mempool_full", "sender_limit", "overloaded"];
 
 /// Verifies signatures in one batch (ZIP-215, same verdicts as one by one).
 pub fn verify_signatures(txs: &[&SignedTransaction]) -> Vec<Result<(), ()>> {
@@ -183,22 +180,6 @@ impl Node {
                 );
             }
             self.metrics.observe_mempool(&mempool);
-        }
-        // A client's transaction refused for want of room leaves a gap in
-        // its sender's nonces: later ones are refused until it is back.
-        if origin == Origin::Client {
-            let refused_for_room: Vec<(cairn_core::PublicKey, u64)> = verdicts
-                .iter()
-                .zip(&txs)
-                .filter(|(v, _)| matches!(v, Some(Err(r)) if ROOM_CODES.contains(&r.code)))
-                .map(|(_, tx)| (tx.transfer.from, tx.transfer.nonce))
-                .collect();
-            if !refused_for_room.is_empty() {
-                let mut mempool = self.mempool.lock().expect("mempool lock");
-                for (from, nonce) in refused_for_room {
-                    mempool.remember_refused_for_room(from, nonce);
-                }
-            }
         }
         // Duplicates within the request share the first one's verdict.
         let mut first_verdict: std::collections::HashMap<Hash, Result<Hash, Refusal>> =

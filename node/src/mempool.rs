@@ -61,10 +61,6 @@ pub const NONCE_GAP_MAX: u64 = 1_000;
 /// queries.
 pub const DROPPED_REMEMBERED_MAX: usize = 100_000;
 
-/// How many senders' refused nonces are remembered (see
-/// [`Mempool::remember_refused_for_room`]).
-pub const REFUSED_GAPS_MAX: usize = 65_536;
-
 /// The bounds of one mempool (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MempoolLimits {
@@ -123,10 +119,6 @@ pub enum AdmitError {
     Full(usize),
     #[error("too many transactions wait behind nonce gaps ({0}); send the missing nonces first")]
     ParkedFull(usize),
-    #[error(
-        "nonce {0} of this sender was refused for want of room; send it again before later ones"
-    )]
-    GapRefused(u64),
 }
 
 impl AdmitError {
@@ -136,9 +128,7 @@ impl AdmitError {
             AdmitError::NoncePending(_) => "nonce_pending",
             AdmitError::PendingOverspend { .. } => "insufficient_funds",
             AdmitError::SenderLimit { .. } | AdmitError::SenderParkedLimit { .. } => "sender_limit",
-            AdmitError::Full(_) | AdmitError::ParkedFull(_) | AdmitError::GapRefused(_) => {
-                "mempool_full"
-            }
+            AdmitError::Full(_) | AdmitError::ParkedFull(_) => "mempool_full",
         }
     }
 }
@@ -245,15 +235,6 @@ pub struct Mempool {
     parked_ages: BTreeSet<Aged>,
     dropped: HashMap<Hash, Dropped>,
     dropped_order: VecDeque<Hash>,
-    /// For senders a client transaction of which was refused for want of
-    /// room, the lowest such nonce. While that nonce is still missing here,
-    /// clients' later nonces of the sender are refused too instead of
-    /// parked: admitted, they could never commit unless the client sent the
-    /// refused one again, and at twice the peak load such parked
-    /// transactions filled the pools. Refused, the client learns it must
-    /// send again, in order. At most [`REFUSED_GAPS_MAX`] senders.
-    refused_gaps: HashMap<PublicKey, u64>,
-    refused_gaps_order: VecDeque<PublicKey>,
 }
 
 impl Mempool {
@@ -275,8 +256,6 @@ impl Mempool {
             parked_ages: BTreeSet::new(),
             dropped: HashMap::new(),
             dropped_order: VecDeque::new(),
-            refused_gaps: HashMap::new(),
-            refused_gaps_order: VecDeque::new(),
         }
     }
 
@@ -375,7 +354,6 @@ impl Mempool {
         let (held, parked_held, ready_end) = queue.map_or((0, 0, account.nonce), |q| {
             (q.txs.len(), q.parked, q.ready_end)
         });
-        self.check_refused_gap(&t.from, t.nonce, ready_end, origin)?;
         self.check_room(&t.from, held, parked_held, t.nonce != ready_end, origin)
     }
 
@@ -481,7 +459,6 @@ impl Mempool {
             None => (0, 0, account.nonce, 0),
         };
         check_spend(spend, amount, account)?;
-        self.check_refused_gap(&from, nonce, ready_end, origin)?;
         let parked = nonce != ready_end;
         // Make room: parked transactions first, and only ever from a sender
         // holding more than this one would.
@@ -537,61 +514,8 @@ impl Mempool {
                 queue.ready_end += 1;
             }
         }
-        if self
-            .refused_gaps
-            .get(&from)
-            .is_some_and(|&refused| queue.ready_end > refused)
-        {
-            self.refused_gaps.remove(&from);
-        }
         self.reindex(&from);
         Ok(Admitted::New)
-    }
-
-    /// Refuses a client's transaction behind a nonce of its sender that
-    /// this pool refused for room and still lacks (`next` is the sender's
-    /// next ready nonce here).
-    fn check_refused_gap(
-        &self,
-        from: &PublicKey,
-        nonce: u64,
-        next: u64,
-        origin: Origin,
-    ) -> Result<(), AdmitError> {
-        match self.refused_gaps.get(from) {
-            Some(&refused) if origin == Origin::Client && nonce > refused && next <= refused => {
-                Err(AdmitError::GapRefused(refused))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Remembers that a client's transaction of `from` with `nonce` was
-    /// refused for want of room (see `refused_gaps`).
-    pub fn remember_refused_for_room(&mut self, from: PublicKey, nonce: u64) {
-        match self.refused_gaps.entry(from) {
-            std::collections::hash_map::Entry::Occupied(mut lowest) => {
-                if nonce < *lowest.get() {
-                    lowest.insert(nonce);
-                }
-            }
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert(nonce);
-                self.refused_gaps_order.push_back(from);
-            }
-        }
-        // The oldest go first; an order entry may outlive its sender's
-        // (cleared when the gap filled), so the queue is bounded too.
-        while self.refused_gaps.len() > REFUSED_GAPS_MAX
-            || self.refused_gaps_order.len() > 2 * REFUSED_GAPS_MAX
-        {
-            match self.refused_gaps_order.pop_front() {
-                Some(old) => {
-                    self.refused_gaps.remove(&old);
-                }
-                None => break,
-            }
-        }
     }
 
     /// Evicts the last parked transaction of the sender with the most
@@ -1171,75 +1095,6 @@ mod tests {
         let verdict = pool.admit(t.clone(), t.hash(), account, now, Origin::Client);
         pool.check_invariants().unwrap();
         verdict
-    }
-
-    /// A nonce refused for want of room: clients' later nonces of that
-    /// sender are refused (not parked) until it is back; a peer's still
-    /// park; once it is admitted (or committed) they get in again.
-    #[test]
-    fn later_nonces_wait_for_one_refused_for_room() {
-        let mut pool = pool(100);
-        let a = Keypair::from_seed([1; 32]);
-        let account = funded(100, 0);
-        admit(&mut pool, &tx(&a, 1, 0), account, 0).unwrap();
-        pool.remember_refused_for_room(a.public(), 1);
-        let later = tx(&a, 1, 2);
-        assert_eq!(
-            pool.precheck(&later, account, Origin::Client),
-            Err(AdmitError::GapRefused(1))
-        );
-        assert_eq!(
-            admit(&mut pool, &later, account, 0),
-            Err(AdmitError::GapRefused(1))
-        );
-        assert_eq!(AdmitError::GapRefused(1).code(), "mempool_full");
-        let from_peer = tx(&a, 1, 3);
-        assert_eq!(
-            pool.admit(
-                from_peer.clone(),
-                from_peer.hash(),
-                account,
-                0,
-                Origin::Peer
-            ),
-            Ok(Admitted::New),
-            "a peer's transaction parks as before"
-        );
-        assert_eq!(
-            admit(&mut pool, &tx(&a, 1, 1), account, 0),
-            Ok(Admitted::New)
-        );
-        assert_eq!(admit(&mut pool, &later, account, 0), Ok(Admitted::New));
-        assert_eq!(pool.sender_counts(&a.public()), (4, 0));
-
-        // Committed past it: the memory no longer applies.
-        let b = Keypair::from_seed([2; 32]);
-        pool.remember_refused_for_room(b.public(), 0);
-        assert_eq!(
-            admit(&mut pool, &tx(&b, 1, 1), funded(100, 0), 0),
-            Err(AdmitError::GapRefused(0))
-        );
-        assert_eq!(
-            admit(&mut pool, &tx(&b, 1, 2), funded(100, 1), 0),
-            Ok(Admitted::New),
-            "parked behind nonce 1, which was never refused"
-        );
-    }
-
-    /// The memory of refused nonces is bounded.
-    #[test]
-    fn refused_nonces_are_remembered_for_a_bounded_number_of_senders() {
-        let mut pool = pool(10);
-        for i in 0..(REFUSED_GAPS_MAX as u32 * 3) {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_be_bytes());
-            pool.remember_refused_for_room(PublicKey(key), 7);
-            if i % 2 == 0 {
-                pool.refused_gaps.remove(&PublicKey(key));
-            }
-        }
-        assert!(pool.refused_gaps.len() <= REFUSED_GAPS_MAX);
-        assert!(pool.refused_gaps_order.len() <= 2 * REFUSED_GAPS_MAX);
     }
 
     /// Once clients filled half their share, a client's transaction behind
