@@ -27,11 +27,6 @@
 //!   half of `client_max`, a client's transaction that would be parked is
 //!   refused (`mempool_full`): under load the gap is most likely a refused
 //!   transaction, and the client should send again in order.
-//!   And whenever a client's transaction was refused for want of room
-//!   (`mempool_full`, `sender_limit`, `overloaded`), the sender's later
-//!   nonces from clients are refused (`mempool_full`) until that one is
-//!   back, so no transaction is acknowledged that only a resend could
-//!   unblock (at most [`REFUSED_GAPS_MAX`] senders remembered).
 //!
 //! When the pool is full, a newcomer takes the place of the last parked
 //! transaction of the sender with the most parked ones (if that sender holds
