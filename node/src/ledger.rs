@@ -21,8 +21,9 @@ use crate::Node;
 /// [`NodeLedger::regossip_overdue`]).
 const REGOSSIP_TXS_MAX: usize = 4_096;
 
-/// Most transactions of one sender in a re-gossip round: the head of its
-/// run and a few after it (see [`crate::mempool::Mempool::ready_since`]).
+/// Fewest transactions of each stuck sender in a re-gossip round (the
+/// round's budget is shared out evenly above that; see
+/// [`crate::mempool::Mempool::ready_since`]).
 const REGOSSIP_TXS_PER_SENDER: usize = 4;
 
 pub struct NodeLedger {
