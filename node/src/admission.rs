@@ -6,6 +6,7 @@ use cairn_core::state::Account;
 use cairn_core::{Hash, SignedTransaction};
 
 use crate::mempool::{AdmitError, Admitted, Origin};
+use crate::p2p::HeldBack;
 use crate::Node;
 
 /// Why a submitted transaction was refused: an HTTP status, the API error
@@ -77,9 +78,22 @@ impl Node {
         // outside the mempool lock).
         // A node still checking what its peers gossiped is at its limit:
         // new clients wait (503, retry later) so that the validators'
-        // mempools stay alike and consensus keeps its share of the CPU.
-        let overloaded = origin == Origin::Client
-            && self.network.gossip_backlog() >= crate::p2p::GOSSIP_INBOX_FRAMES_MAX / 2;
+        // mempools stay alike and consensus keeps its share of the CPU. So
+        // do they while the primary (or f + 1 peers) has not taken the
+        // gossip we sent it: what we admitted now would wait in our queue,
+        // and the primary could not propose it.
+        let busy = origin == Origin::Client && self.network.gossip_inbox_busy();
+        let view_timeout =
+            std::time::Duration::from_millis(self.genesis.genesis.params.view_timeout_ms);
+        let held_back = if origin == Origin::Client && !busy {
+            let primary = self.status.read().expect("status lock").leader;
+            let quorum_gap = cairn_core::max_faulty(self.genesis.validators.len()) + 1;
+            self.network
+                .gossip_held_back(primary, quorum_gap, view_timeout)
+        } else {
+            HeldBack::Not
+        };
+        let overloaded = busy || held_back != HeldBack::Not;
         let mut candidates: Vec<(usize, Account)> = Vec::with_capacity(txs.len());
         let mut seen = std::collections::HashSet::with_capacity(txs.len());
         for (i, tx) in txs.iter().enumerate() {
@@ -198,9 +212,15 @@ impl Node {
             })
             .collect();
         let refused = verdicts.iter().filter(|v| v.is_err()).count();
-        if verdicts
-            .iter()
-            .any(|v| matches!(v, Err(r) if r.code == "mempool_full" || r.code == "overloaded"))
+        // Refusals for want of room here mean the other validators are
+        // likely refusing too, which quiets the censorship judge for a
+        // while (`NodeLedger::oldest_pending_ms`). Gossip held back by a
+        // primary that credits nothing does not: a faulty primary must
+        // still be voted out for the transactions it never takes.
+        if held_back != (HeldBack::ByPrimary { draining: false })
+            && verdicts
+                .iter()
+                .any(|v| matches!(v, Err(r) if r.code == "mempool_full" || r.code == "overloaded"))
         {
             self.metrics.saw_overload();
         }

@@ -1330,8 +1330,8 @@ mod batch_http_tests {
     async fn an_overloaded_node_refuses_a_binary_batch_before_checking_signatures() {
         let net = Net::new();
         let node = net.node();
-        for _ in 0..crate::p2p::GOSSIP_INBOX_FRAMES_MAX / 2 {
-            node.node.network.receive_gossip(vec![]);
+        for _ in 0..crate::p2p::gossip_inbox_frames(4) / 2 {
+            node.node.network.receive_gossip(1, vec![]);
         }
         let mut forged = net.transfer(0, 1, 0);
         forged.transfer.amount = 2;

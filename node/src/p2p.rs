@@ -18,6 +18,16 @@
 //! lower index and accepted by the higher, redialed with backoff. Each peer
 //! has one bounded outbound queue; a full queue drops the frame (consensus
 //! tolerates loss; catch-up repairs it).
+//!
+//! Gossip flow control: a peer is sent at most [`GOSSIP_WINDOW_FRAMES`]
+//! gossip frames ([`GOSSIP_WINDOW_TXS`] transactions) it has not yet
+//! credited back ([`Wire::GossipCredit`], sent once its admission is done
+//! with a frame, admitted or not). Beyond the window, gossip waits in the
+//! sender's queue, where the backlog turns the sender's clients away
+//! ([`Network::gossip_held_back`]) instead of being dropped in the
+//! receiver's inbox, which left the receiver behind a nonce gap of each
+//! sender in the frame (at twice the peak, the primary's pool filled with
+//! transactions parked behind such gaps, issue 8).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -53,9 +63,21 @@ pub const PEER_QUEUE_FRAMES_MAX: usize = 8_192;
 pub const PEER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Bytes of transaction gossip waiting for one peer (its own lane).
 pub const GOSSIP_QUEUE_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Gossip frames received and waiting for admission (each up to
-/// [`GOSSIP_TXS_MAX`] transactions).
-pub const GOSSIP_INBOX_FRAMES_MAX: usize = 16;
+/// Gossip frames one peer may have sent and not yet had credited back
+/// (the window of gossip flow control).
+pub const GOSSIP_WINDOW_FRAMES: usize = 4;
+/// Transactions one peer may have been sent in gossip and not yet had
+/// credited back; a frame goes out while fewer are outstanding (so one
+/// frame larger than this still goes, alone).
+pub const GOSSIP_WINDOW_TXS: usize = 4_096;
+/// Bytes of gossip waiting (unsent, for want of window) for one peer above
+/// which that peer counts as held back: about 3,000 transfers, a fraction of a
+/// second of a validator's admission, well under a view timeout.
+pub const GOSSIP_HELD_BACK_BYTES: usize = 512 * 1024;
+/// If a peer credits nothing for this long while its window is full, the
+/// window is opened again (a credit lost with a full consensus queue must not
+/// stop gossip to that peer for good).
+pub const GOSSIP_CREDIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most transactions in one gossip frame.
 pub const GOSSIP_TXS_MAX: usize = cairn_core::limits::HTTP_BATCH_TXS_MAX;
 /// Most blocks in one sync response: as many as the replica applies from
@@ -90,6 +112,12 @@ pub enum Wire {
         max_blocks: u32,
     },
     SyncResponse(Vec<(Block, Certificate)>),
+    /// The receiver's admission is done with one gossip frame of `txs`
+    /// transactions from us (admitted, refused or dropped): room again in
+    /// our window to it.
+    GossipCredit {
+        txs: u32,
+    },
 }
 
 /// The identity proof inside the handshake.
@@ -107,6 +135,9 @@ fn hello_message(genesis_hash: &Hash, noise_static: &[u8]) -> Vec<u8> {
 }
 
 type Frame = Arc<Vec<u8>>;
+/// A frame in a peer's queue, with the transactions it gossips (0 for the
+/// consensus lane).
+type Queued = (Frame, u32);
 
 /// How a peer stands after its offences: refused until a time, for a
 /// backoff that doubles per offence (from [`PUNISH_BACKOFF_MIN`] to
@@ -193,13 +224,20 @@ const LANE_BYTES_MAX: [usize; 2] = [PEER_QUEUE_BYTES_MAX, GOSSIP_QUEUE_BYTES_MAX
 /// admission.
 pub struct Network {
     me: usize,
-    queues: Vec<Option<[mpsc::Sender<Frame>; 2]>>,
+    queues: Vec<Option<[mpsc::Sender<Queued>; 2]>>,
     /// Bytes waiting in each peer's queues (taken off when written).
     queued_bytes: Vec<[std::sync::atomic::AtomicUsize; 2]>,
-    /// Gossiped transactions from peers, admitted by one task off the read
-    /// loops (so checking their signatures never delays a consensus frame
-    /// read after them); dropped when full, gossip being best effort.
-    gossip_inbox: mpsc::Sender<Vec<SignedTransaction>>,
+    /// Each peer's gossip window: what it was sent and has not credited.
+    windows: Vec<std::sync::Mutex<GossipWindow>>,
+    /// Wakes a peer's connection task when that peer credits gossip.
+    credited: Vec<tokio::sync::Notify>,
+    /// Gossiped transactions from peers (and who sent them), admitted by
+    /// one task off the read loops (so checking their signatures never
+    /// delays a consensus frame read after them). Honest peers keep to
+    /// their windows, which together fill half of it; beyond that a frame
+    /// is dropped (and credited).
+    gossip_inbox: mpsc::Sender<(usize, Vec<SignedTransaction>)>,
+    gossip_inbox_frames: usize,
     metrics: Arc<crate::metrics::Metrics>,
     /// Each peer's standing after its offences.
     penalties: Vec<std::sync::Mutex<Penalty>>,
@@ -211,9 +249,78 @@ pub struct Network {
 /// The receiving ends of the per-peer queues and of the gossip inbox,
 /// consumed by [`start`].
 pub struct Queues(
-    Vec<Option<[mpsc::Receiver<Frame>; 2]>>,
-    mpsc::Receiver<Vec<SignedTransaction>>,
+    Vec<Option<[mpsc::Receiver<Queued>; 2]>>,
+    mpsc::Receiver<(usize, Vec<SignedTransaction>)>,
 );
+
+/// Whether our gossip waits for the other validators' windows (see
+/// [`Network::gossip_held_back`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldBack {
+    Not,
+    /// f + 1 peers are behind: the network is at its limit.
+    ByPeers,
+    /// The primary alone is behind; `draining` if it credited gossip
+    /// lately (slow, not silent).
+    ByPrimary {
+        draining: bool,
+    },
+}
+
+/// Gossip sent to one peer on the current connection and not yet
+/// credited back.
+#[derive(Debug, Default)]
+struct GossipWindow {
+    frames: usize,
+    txs: usize,
+    /// When the window last moved (a frame sent or credited).
+    moved: Option<Instant>,
+    /// When the peer last credited a frame (kept across connections).
+    credited: Option<Instant>,
+}
+
+impl GossipWindow {
+    /// Whether one more frame may go now. A window that stayed full for
+    /// [`GOSSIP_CREDIT_TIMEOUT`] is opened again: its credits were lost.
+    fn open(&mut self, now: Instant) -> bool {
+        if self.frames < GOSSIP_WINDOW_FRAMES && self.txs < GOSSIP_WINDOW_TXS {
+            return true;
+        }
+        if self
+            .moved
+            .is_some_and(|at| now.duration_since(at) >= GOSSIP_CREDIT_TIMEOUT)
+        {
+            self.reset();
+            return true;
+        }
+        false
+    }
+
+    fn reset(&mut self) {
+        (self.frames, self.txs, self.moved) = (0, 0, None);
+    }
+
+    fn sent(&mut self, txs: usize, now: Instant) {
+        self.frames += 1;
+        self.txs += txs;
+        self.moved = Some(now);
+    }
+
+    /// Credits beyond what was sent (a lying peer, or frames of an older
+    /// connection) only empty the window.
+    fn credit(&mut self, txs: usize, now: Instant) {
+        self.frames = self.frames.saturating_sub(1);
+        self.txs = self.txs.saturating_sub(txs);
+        self.moved = Some(now);
+        self.credited = Some(now);
+    }
+}
+
+/// Gossip frames the inbox holds: twice what the other validators' windows
+/// allow together (at least 16).
+pub fn gossip_inbox_frames(validators: usize) -> usize {
+    (2 * validators.saturating_sub(1) * GOSSIP_WINDOW_FRAMES).max(16)
+}
 
 impl Network {
     pub fn new(
@@ -228,19 +335,23 @@ impl Network {
                 queues.push(None);
                 receivers.push(None);
             } else {
-                let (consensus_tx, consensus_rx) = mpsc::channel(PEER_QUEUE_FRAMES_MAX);
-                let (gossip_tx, gossip_rx) = mpsc::channel(PEER_QUEUE_FRAMES_MAX);
+                let (consensus_tx, consensus_rx) = mpsc::channel::<Queued>(PEER_QUEUE_FRAMES_MAX);
+                let (gossip_tx, gossip_rx) = mpsc::channel::<Queued>(PEER_QUEUE_FRAMES_MAX);
                 queues.push(Some([consensus_tx, gossip_tx]));
                 receivers.push(Some([consensus_rx, gossip_rx]));
             }
         }
-        let (gossip_inbox, gossip_rx) = mpsc::channel(GOSSIP_INBOX_FRAMES_MAX);
+        let gossip_inbox_frames = gossip_inbox_frames(validators);
+        let (gossip_inbox, gossip_rx) = mpsc::channel(gossip_inbox_frames);
         (
             Network {
                 me,
                 queued_bytes: (0..validators).map(|_| Default::default()).collect(),
+                windows: (0..validators).map(|_| Default::default()).collect(),
+                credited: (0..validators).map(|_| Default::default()).collect(),
                 queues,
                 gossip_inbox,
+                gossip_inbox_frames,
                 metrics,
                 penalties: (0..validators).map(|_| Default::default()).collect(),
                 cut: (0..validators).map(|_| Default::default()).collect(),
@@ -249,13 +360,15 @@ impl Network {
         )
     }
 
-    fn enqueue(&self, peer: usize, frame: &Frame, lane: Lane) {
+    /// Queues `frame` (gossiping `txs` transactions) for `peer`, or drops
+    /// it if that lane is full.
+    fn enqueue(&self, peer: usize, frame: &Frame, txs: u32, lane: Lane) {
         let Some(Some(queues)) = self.queues.get(peer) else {
             return;
         };
         let queued = &self.queued_bytes[peer][lane as usize];
         let fits = queued.load(Ordering::Relaxed) + frame.len() <= LANE_BYTES_MAX[lane as usize];
-        if fits && queues[lane as usize].try_send(frame.clone()).is_ok() {
+        if fits && queues[lane as usize].try_send((frame.clone(), txs)).is_ok() {
             queued.fetch_add(frame.len(), Ordering::Relaxed);
         } else {
             self.metrics.p2p_frames_dropped.inc();
@@ -269,7 +382,12 @@ impl Network {
 
     pub fn send(&self, peer: ValidatorIndex, wire: &Wire) {
         if peer.get() != self.me {
-            self.enqueue(peer.get(), &Arc::new(codec::encode(wire)), Lane::Consensus);
+            self.enqueue(
+                peer.get(),
+                &Arc::new(codec::encode(wire)),
+                0,
+                Lane::Consensus,
+            );
         }
     }
 
@@ -281,9 +399,13 @@ impl Network {
         if self.queues.len() <= 1 {
             return;
         }
+        let txs = match wire {
+            Wire::Transactions(txs) => txs.len() as u32,
+            _ => 0,
+        };
         let frame = Arc::new(codec::encode(wire));
         for peer in 0..self.queues.len() {
-            self.enqueue(peer, &frame, lane);
+            self.enqueue(peer, &frame, txs, lane);
         }
     }
 
@@ -297,6 +419,67 @@ impl Network {
     /// of being behind.
     pub fn gossip_backlog(&self) -> usize {
         self.gossip_inbox.max_capacity() - self.gossip_inbox.capacity()
+    }
+
+    /// Whether this node is behind on its peers' gossip: its inbox holds
+    /// as many frames as their windows together allow (half its room).
+    pub fn gossip_inbox_busy(&self) -> bool {
+        self.gossip_backlog() >= self.gossip_inbox_frames / 2
+    }
+
+    /// Whether our gossip to the other validators is held back by their
+    /// windows, so that new clients should wait: `quorum_gap` (f + 1)
+    /// peers have not taken what we sent them ([`GOSSIP_HELD_BACK_BYTES`]
+    /// wait for each), so at least one honest validator is behind; or the
+    /// primary (`primary`) has not. Fewer than f + 1 others may be faulty
+    /// peers that credit nothing; a faulty primary that does so gets voted
+    /// out, since what we admitted before waits ready in our pool (see
+    /// [`HeldBack::ByPrimary`]).
+    pub fn gossip_held_back(
+        &self,
+        primary: ValidatorIndex,
+        quorum_gap: usize,
+        credited_within: Duration,
+    ) -> HeldBack {
+        let held = |peer: usize| {
+            self.queues.get(peer).is_some_and(Option::is_some)
+                && self.queued_bytes[peer][Lane::Gossip as usize].load(Ordering::Relaxed)
+                    > GOSSIP_HELD_BACK_BYTES
+        };
+        if (0..self.queues.len()).filter(|&peer| held(peer)).count() >= quorum_gap.max(1) {
+            return HeldBack::ByPeers;
+        }
+        if primary.get() != self.me && held(primary.get()) {
+            let draining = self.windows[primary.get()]
+                .lock()
+                .expect("window lock")
+                .credited
+                .is_some_and(|at| at.elapsed() < credited_within);
+            return HeldBack::ByPrimary { draining };
+        }
+        HeldBack::Not
+    }
+
+    /// A new connection to `peer`: what the old one carried is lost or
+    /// will be credited late, so its window starts empty.
+    fn reset_window(&self, peer: usize) {
+        self.windows[peer].lock().expect("window lock").reset();
+    }
+
+    /// `peer` credited one gossip frame of `txs` transactions.
+    fn credited(&self, peer: usize, txs: u32) {
+        if let Some(window) = self.windows.get(peer) {
+            window
+                .lock()
+                .expect("window lock")
+                .credit(txs as usize, Instant::now());
+            self.credited[peer].notify_one();
+        }
+    }
+
+    /// Tells `peer` we are done with one gossip frame of `txs` it sent.
+    fn credit(&self, peer: usize, txs: u32) {
+        self.send(ValidatorIndex(peer as u16), &Wire::GossipCredit { txs });
     }
 
     /// `peer` sent, on its own connection, a consensus message of its own
@@ -332,12 +515,14 @@ impl Network {
             .refused_for(Instant::now())
     }
 
-    /// Hands transactions a peer gossiped to the admission task, or drops
-    /// them if it is behind.
-    pub(crate) fn receive_gossip(&self, txs: Vec<SignedTransaction>) {
-        if self.gossip_inbox.try_send(txs).is_err() {
+    /// Hands transactions `peer` gossiped to the admission task, or drops
+    /// (and credits) them if it is behind.
+    pub(crate) fn receive_gossip(&self, peer: usize, txs: Vec<SignedTransaction>) {
+        let count = txs.len() as u32;
+        if self.gossip_inbox.try_send((peer, txs)).is_err() {
             self.metrics.p2p_gossip_dropped.inc();
             self.metrics.saw_overload();
+            self.credit(peer, count);
         }
     }
 }
@@ -406,10 +591,12 @@ struct HandshakeLimits {
 /// the API's lowered CPU priority ([`crate::lower_thread_priority`]): when
 /// the cores are short, votes and proposals go first, this falls behind, and
 /// its backlog turns clients away (`overloaded`) instead of slowing blocks.
-fn admit_gossip(node: Arc<Node>, mut inbox: mpsc::Receiver<Vec<SignedTransaction>>) {
+fn admit_gossip(node: Arc<Node>, mut inbox: mpsc::Receiver<(usize, Vec<SignedTransaction>)>) {
     crate::lower_thread_priority();
-    while let Some(txs) = inbox.blocking_recv() {
+    while let Some((peer, txs)) = inbox.blocking_recv() {
+        let count = txs.len() as u32;
         node.submit(txs, false);
+        node.network.credit(peer, count);
     }
 }
 
@@ -481,7 +668,7 @@ async fn manage_peer(
     noise_key: Arc<snow::Keypair>,
     peer: usize,
     address: SocketAddr,
-    mut queue: [mpsc::Receiver<Frame>; 2],
+    mut queue: [mpsc::Receiver<Queued>; 2],
     mut inbound: mpsc::Receiver<Connection>,
 ) {
     let dialer = node.me.get() < peer;
@@ -674,7 +861,7 @@ fn check_hello(identity: &Identity, bytes: &[u8], remote_static: &[u8]) -> Resul
 async fn serve(
     node: &Arc<Node>,
     connection: Connection,
-    queue: &mut [mpsc::Receiver<Frame>; 2],
+    queue: &mut [mpsc::Receiver<Queued>; 2],
     inbound: &mut mpsc::Receiver<Connection>,
     dialer: bool,
 ) -> Option<Connection> {
@@ -689,11 +876,19 @@ async fn serve(
     let mut nonce: u64 = 0;
     let mut ciphertext = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
     let [consensus, gossip] = queue;
+    node.network.reset_window(peer);
     let replacement = loop {
-        let (frame, lane) = tokio::select! {
+        let window_open = node.network.windows[peer]
+            .lock()
+            .expect("window lock")
+            .open(Instant::now());
+        let (queued, lane) = tokio::select! {
             biased;
             frame = consensus.recv() => (frame, Lane::Consensus),
-            frame = gossip.recv() => (frame, Lane::Gossip),
+            frame = gossip.recv(), if window_open => (frame, Lane::Gossip),
+            _ = node.network.credited[peer].notified(), if !window_open => continue,
+            // A full window whose credits were lost opens again after a while.
+            _ = tokio::time::sleep(GOSSIP_CREDIT_TIMEOUT), if !window_open => continue,
             result = &mut reader_task => {
                 if let Ok(Err(e)) = result {
                     tracing::warn!("closing connection to validator {peer}: {e}");
@@ -708,8 +903,16 @@ async fn serve(
                 continue;
             }
         };
-        let Some(frame) = frame else { break None };
+        let Some((frame, txs)) = queued else {
+            break None;
+        };
         node.network.dequeued(peer, &frame, lane);
+        if lane == Lane::Gossip {
+            node.network.windows[peer]
+                .lock()
+                .expect("window lock")
+                .sent(txs as usize, Instant::now());
+        }
         match write_frame(&mut writer, &transport, &mut nonce, &frame, &mut ciphertext).await {
             Ok(written) => node.metrics.observe_sent(peer, written),
             Err(e) => {
@@ -833,8 +1036,9 @@ async fn dispatch(node: &Arc<Node>, peer: usize, wire: Wire, bytes: usize) {
             }
             // Not awaited here: a consensus frame read after this one must
             // not wait for these signatures to be checked.
-            node.network.receive_gossip(txs);
+            node.network.receive_gossip(peer, txs);
         }
+        Wire::GossipCredit { txs } => node.network.credited(peer, txs),
     }
 }
 
@@ -1010,6 +1214,106 @@ pub mod probe {
 mod tests {
     use super::*;
 
+    /// The window lets a peer have at most GOSSIP_WINDOW_FRAMES frames or
+    /// GOSSIP_WINDOW_TXS transactions outstanding (one large frame alone),
+    /// opens again with each credit, and after a long silence, and never
+    /// goes below empty whatever a peer credits.
+    #[test]
+    fn the_gossip_window_bounds_what_a_peer_has_not_credited() {
+        let t0 = Instant::now();
+        let mut window = GossipWindow::default();
+        for _ in 0..GOSSIP_WINDOW_FRAMES {
+            assert!(window.open(t0));
+            window.sent(10, t0);
+        }
+        assert!(!window.open(t0), "frames: full");
+        window.credit(10, t0);
+        assert!(window.open(t0), "a credit opens it");
+
+        let mut window = GossipWindow::default();
+        assert!(window.open(t0));
+        window.sent(GOSSIP_WINDOW_TXS + 5_000, t0);
+        assert!(
+            !window.open(t0),
+            "one frame over the transactions' bound goes alone"
+        );
+        let later = t0 + GOSSIP_CREDIT_TIMEOUT - Duration::from_millis(1);
+        assert!(!window.open(later));
+        assert!(
+            window.open(t0 + GOSSIP_CREDIT_TIMEOUT),
+            "credits lost for a long while: open again"
+        );
+
+        let mut window = GossipWindow::default();
+        window.sent(3, t0);
+        window.credit(1_000_000, t0);
+        window.credit(1_000_000, t0);
+        assert_eq!(
+            (window.frames, window.txs),
+            (0, 0),
+            "over-credit empties it"
+        );
+        assert!(window.credited.is_some());
+    }
+
+    /// Clients wait while our gossip waits for the primary, or for f + 1
+    /// peers; one slow peer that is not the primary holds nobody back.
+    /// Whether the primary drains (credited lately) is told apart.
+    #[test]
+    fn gossip_held_back_by_the_primary_or_f_plus_one_peers() {
+        let metrics = Arc::new(crate::metrics::Metrics::new(4, 0));
+        let (network, _receivers) = Network::new(4, 0, metrics);
+        let big: Frame = Arc::new(vec![0u8; GOSSIP_HELD_BACK_BYTES + 1]);
+        let primary = ValidatorIndex(1);
+        let second = Duration::from_secs(1);
+        assert_eq!(network.gossip_held_back(primary, 2, second), HeldBack::Not);
+        network.enqueue(2, &big, 100, Lane::Gossip);
+        assert_eq!(
+            network.gossip_held_back(primary, 2, second),
+            HeldBack::Not,
+            "one peer, not the primary"
+        );
+        network.enqueue(1, &big, 100, Lane::Gossip);
+        assert_eq!(
+            network.gossip_held_back(primary, 2, second),
+            HeldBack::ByPeers
+        );
+        network.dequeued(2, &big, Lane::Gossip);
+        assert_eq!(
+            network.gossip_held_back(primary, 2, second),
+            HeldBack::ByPrimary { draining: false }
+        );
+        network.credited(1, 100);
+        assert_eq!(
+            network.gossip_held_back(primary, 2, second),
+            HeldBack::ByPrimary { draining: true }
+        );
+        assert_eq!(
+            network.gossip_held_back(ValidatorIndex(0), 2, second),
+            HeldBack::Not,
+            "we are the primary"
+        );
+    }
+
+    /// A gossip frame the inbox has no room for is dropped and credited at
+    /// once, so the sender's window does not shrink for good.
+    #[tokio::test]
+    async fn a_dropped_gossip_frame_is_credited() {
+        let metrics = Arc::new(crate::metrics::Metrics::new(2, 0));
+        let (network, mut queues) = Network::new(2, 0, metrics.clone());
+        for _ in 0..gossip_inbox_frames(2) {
+            network.receive_gossip(1, vec![]);
+        }
+        assert!(network.gossip_inbox_busy());
+        let [consensus, _] = queues.0[1].as_mut().unwrap();
+        assert!(consensus.try_recv().is_err(), "nothing credited yet");
+        network.receive_gossip(1, Vec::new());
+        assert_eq!(metrics.p2p_gossip_dropped.get(), 1);
+        let (frame, _) = consensus.try_recv().expect("a credit");
+        let wire: Wire = codec::decode(&frame).unwrap();
+        assert!(matches!(wire, Wire::GossipCredit { txs: 0 }));
+    }
+
     /// Handshakes in progress are capped: connections over the cap are
     /// closed at once (issue 10: every TCP connection, from anyone, got a
     /// handshake task that allocated and signed), and a slot frees when a
@@ -1115,7 +1419,7 @@ mod tests {
         let (network, _receivers) = Network::new(2, 0, metrics.clone());
         let frame: Frame = Arc::new(vec![0u8; PEER_QUEUE_BYTES_MAX / 4]);
         for _ in 0..5 {
-            network.enqueue(1, &frame, Lane::Consensus);
+            network.enqueue(1, &frame, 0, Lane::Consensus);
         }
         let dropped = || metrics.p2p_frames_dropped.get();
         assert_eq!(dropped(), 1, "the fifth quarter does not fit");
@@ -1124,19 +1428,19 @@ mod tests {
             PEER_QUEUE_BYTES_MAX
         );
         network.dequeued(1, &frame, Lane::Consensus);
-        network.enqueue(1, &frame, Lane::Consensus);
+        network.enqueue(1, &frame, 0, Lane::Consensus);
         assert_eq!(dropped(), 1, "room again once a frame left the queue");
         // Gossip waits in its own, smaller lane: a full consensus lane does
         // not stop it, and it never takes a consensus frame's room.
-        network.enqueue(1, &frame, Lane::Gossip);
+        network.enqueue(1, &frame, 0, Lane::Gossip);
         assert_eq!(dropped(), 1);
         assert_eq!(
             network.queued_bytes[1][1].load(Ordering::Relaxed),
             GOSSIP_QUEUE_BYTES_MAX
         );
-        network.enqueue(1, &frame, Lane::Gossip);
+        network.enqueue(1, &frame, 0, Lane::Gossip);
         assert_eq!(dropped(), 2, "the gossip lane is full");
-        network.enqueue(0, &frame, Lane::Consensus);
+        network.enqueue(0, &frame, 0, Lane::Consensus);
         assert_eq!(
             network.queued_bytes[0][0].load(Ordering::Relaxed),
             0,
