@@ -28,13 +28,17 @@
 //!   refused (`mempool_full`): under load the gap is most likely a refused
 //!   transaction, and the client should send again in order.
 //!
-//! When the pool is full, a newcomer takes the place of the last parked
-//! transaction of the sender with the most parked ones (if that sender holds
-//! more parked than the newcomer's would); a ready newcomer, when nothing is
-//! parked, that of the last transaction of the sender with the most
-//! transactions, if that sender holds more than twice what the newcomer's
-//! sender would. So whatever others hold, a sender with few transactions
-//! pending always gets room; only the biggest holders are refused.
+//! When the pool (or its parked share) is full, a newcomer takes the place
+//! of the last parked transaction of the sender with the most parked ones,
+//! or failing that (a ready newcomer) of the last transaction of the sender
+//! with the most, but only from a hog: a sender holding more than twice
+//! what the newcomer's sender would (in parked ones for a parked newcomer).
+//! So whatever others hold, a sender with few transactions pending always
+//! gets room, and only the biggest holders are refused; honest senders
+//! holding about as much are refused when the pool is full, to send again,
+//! rather than evicting one another's acknowledged transactions (each
+//! eviction leaves the victim's later transactions behind a gap its client
+//! does not know of).
 //!
 //! After every commit the touched senders are checked again: transactions
 //! whose nonce was used are dropped (`rejected`), and ready ones the balance
@@ -198,9 +202,13 @@ pub enum Origin {
     Peer,
 }
 
-/// A ready newcomer whose sender holds `held` may take the last place of a
-/// sender holding more than this: clearly more than its share, so two
-/// senders holding about as much never evict each other back and forth.
+/// A newcomer whose sender holds `held` (parked ones: `held` parked) may
+/// take the last place of a sender holding more than this: clearly more
+/// than its share, so senders holding about as much never evict each other
+/// back and forth. Evicting an acknowledged transaction of an honest
+/// client leaves its later ones behind a gap it does not know of (at twice
+/// the peak load, pools of honest senders evicting one another by one
+/// transaction filled with parked ones and stopped), so only hogs lose any.
 fn hog_above(held: usize) -> usize {
     2 * (held + 1)
 }
@@ -230,6 +238,51 @@ pub struct Mempool {
     parked_ages: BTreeSet<Aged>,
     dropped: HashMap<Hash, Dropped>,
     dropped_order: VecDeque<Hash>,
+    /// Transactions that left without a block, by [`RemovedReason`].
+    removed: [u64; 4],
+}
+
+/// Why admitted transactions left the pool without a block (a metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovedReason {
+    /// Evicted for room.
+    Evicted = 0,
+    /// Waited longer than their lifetime.
+    Expired = 1,
+    /// Their nonce was used by a commit: as a rule by themselves, when an
+    /// admission read the sender's committed account before the pool
+    /// heard of the block, so not a loss; otherwise by another
+    /// transaction of the sender.
+    NonceUsed = 2,
+    /// A commit spent the balance they needed.
+    Unaffordable = 3,
+}
+
+impl RemovedReason {
+    pub const ALL: [RemovedReason; 4] = [
+        RemovedReason::Evicted,
+        RemovedReason::Expired,
+        RemovedReason::NonceUsed,
+        RemovedReason::Unaffordable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RemovedReason::Evicted => "evicted",
+            RemovedReason::Expired => "expired",
+            RemovedReason::NonceUsed => "nonce_used",
+            RemovedReason::Unaffordable => "unaffordable",
+        }
+    }
+
+    fn of(why: &Dropped) -> RemovedReason {
+        match (why.expired, why.code) {
+            (true, "expired") => RemovedReason::Expired,
+            (true, _) => RemovedReason::Evicted,
+            (false, "insufficient_funds") => RemovedReason::Unaffordable,
+            (false, _) => RemovedReason::NonceUsed,
+        }
+    }
 }
 
 impl Mempool {
@@ -251,7 +304,14 @@ impl Mempool {
             parked_ages: BTreeSet::new(),
             dropped: HashMap::new(),
             dropped_order: VecDeque::new(),
+            removed: [0; 4],
         }
+    }
+
+    /// How many admitted transactions left without a block, for `reason`,
+    /// since the pool was made.
+    pub fn removed(&self, reason: RemovedReason) -> u64 {
+        self.removed[reason as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -349,7 +409,7 @@ impl Mempool {
         let (held, parked_held, ready_end) = queue.map_or((0, 0, account.nonce), |q| {
             (q.txs.len(), q.parked, q.ready_end)
         });
-        self.check_room(&t.from, held, parked_held, t.nonce != ready_end, origin)
+        self.check_room(held, parked_held, t.nonce != ready_end, origin)
     }
 
     /// Whether a newcomer whose sender holds `held` transactions here,
@@ -357,7 +417,6 @@ impl Mempool {
     /// the same rules [`Mempool::admit`] applies, without changing anything.
     fn check_room(
         &self,
-        from: &PublicKey,
         held: usize,
         parked_held: usize,
         parked: bool,
@@ -374,7 +433,7 @@ impl Mempool {
         }
         let most_parked = self.by_parked.last().map_or(0, |(count, _)| *count);
         let most_held = self.by_size.last().map_or(0, |(count, _)| *count);
-        let may_evict_parked = most_parked > parked_held + 1;
+        let may_evict_parked = most_parked > hog_above(parked_held);
         if parked && self.parked_len >= self.limits.parked_max && !may_evict_parked {
             return Err(AdmitError::ParkedFull(self.parked_len));
         }
@@ -382,7 +441,7 @@ impl Mempool {
             let fits = if parked {
                 may_evict_parked
             } else {
-                self.parked_of_others(from).is_some() || most_held > hog_above(held)
+                most_parked > hog_above(held) || most_held > hog_above(held)
             };
             if !fits {
                 return Err(AdmitError::Full(self.size_for(origin)));
@@ -456,20 +515,17 @@ impl Mempool {
         check_spend(spend, amount, account)?;
         let parked = nonce != ready_end;
         // Make room: parked transactions first, and only ever from a sender
-        // holding more than this one would.
-        self.check_room(&from, held, parked_held, parked, origin)?;
+        // holding more than twice what this one's would (a hog).
+        self.check_room(held, parked_held, parked, origin)?;
         let mut evicted = false;
         if parked && self.parked_len >= self.limits.parked_max {
-            evicted = self.evict_parked(parked_held + 1);
+            evicted = self.evict_parked(hog_above(parked_held));
         }
         if !evicted && self.hashes.len() >= self.size_for(origin) {
             evicted = if parked {
-                self.evict_parked(parked_held + 1)
+                self.evict_parked(hog_above(parked_held))
             } else {
-                match self.parked_of_others(&from) {
-                    Some(victim) => self.evict_last(&victim),
-                    None => self.evict_largest(hog_above(held)),
-                }
+                self.evict_parked(hog_above(held)) || self.evict_largest(hog_above(held))
             };
         }
         debug_assert!(self.hashes.len() < self.size_for(origin) || evicted);
@@ -524,17 +580,6 @@ impl Mempool {
             return false;
         }
         self.evict_last(&victim)
-    }
-
-    /// The sender, other than `from`, with the most parked transactions: a
-    /// ready newcomer goes before any of them (but not before its own
-    /// sender's, which it may be about to make ready).
-    fn parked_of_others(&self, from: &PublicKey) -> Option<PublicKey> {
-        self.by_parked
-            .iter()
-            .rev()
-            .map(|(_, sender)| *sender)
-            .find(|sender| sender != from)
     }
 
     /// Evicts the last transaction of the sender holding the most, if it
@@ -613,7 +658,9 @@ impl Mempool {
     /// Removes `nonces` of `sender`, remembering each as `why`, and settles
     /// the sender (later ready ones may become parked).
     fn drop_txs(&mut self, sender: &PublicKey, nonces: &[u64], why: Dropped) {
+        let reason = RemovedReason::of(&why);
         for hash in self.remove_txs(sender, nonces) {
+            self.removed[reason as usize] += 1;
             self.remember_dropped(hash, why.clone());
         }
     }
@@ -1370,6 +1417,68 @@ mod tests {
         assert_eq!((pool.ready_len(), pool.parked_len()), (2, 0));
     }
 
+    /// Senders holding about as many parked transactions never evict one
+    /// another's: at twice the peak load, pools of honest senders took one
+    /// acknowledged transaction from each other, over and over, each time
+    /// leaving the victim's later transactions behind a gap its client did
+    /// not know of, until the pools held nothing a block could take. Now
+    /// the newcomer is refused (its client sends it again); a hog still
+    /// gives way, to a parked newcomer and to a ready one.
+    #[test]
+    fn only_hogs_lose_acknowledged_transactions() {
+        let mut pool = Mempool::new(
+            "c".into(),
+            MempoolLimits {
+                parked_max: 6,
+                ..limits(100)
+            },
+        );
+        let peer = |pool: &mut Mempool, t: &SignedTransaction| {
+            let verdict = pool.admit(t.clone(), t.hash(), funded(100, 0), 0, Origin::Peer);
+            pool.check_invariants().unwrap();
+            verdict
+        };
+        let senders: Vec<Keypair> = (1..=3).map(|i| Keypair::from_seed([i; 32])).collect();
+        for sender in &senders {
+            for nonce in 1..=2 {
+                peer(&mut pool, &tx(sender, 1, nonce)).unwrap();
+            }
+        }
+        assert_eq!(pool.parked_len(), 6);
+        let fourth = Keypair::from_seed([4; 32]);
+        peer(&mut pool, &tx(&fourth, 1, 1)).unwrap_err();
+        peer(&mut pool, &tx(&senders[0], 1, 3)).unwrap_err();
+        assert_eq!(pool.removed(RemovedReason::Evicted), 0, "no equal evicted");
+        // A hog: one sender with 5 of the 6 parked places.
+        let mut pool = Mempool::new(
+            "c".into(),
+            MempoolLimits {
+                parked_max: 6,
+                ..limits(8)
+            },
+        );
+        let hog = Keypair::from_seed([9; 32]);
+        for nonce in 1..=5 {
+            peer(&mut pool, &tx(&hog, 1, nonce)).unwrap();
+        }
+        peer(&mut pool, &tx(&senders[0], 1, 1)).unwrap();
+        peer(&mut pool, &tx(&senders[1], 1, 1)).unwrap();
+        assert_eq!(
+            dropped_code(&pool, &tx(&hog, 1, 5)),
+            Some((true, "mempool_full"))
+        );
+        // The pool (8) full: a ready newcomer takes a hog's parked place.
+        peer(&mut pool, &tx(&senders[2], 1, 0)).unwrap();
+        peer(&mut pool, &tx(&senders[2], 1, 1)).unwrap();
+        assert_eq!(pool.len(), 8);
+        peer(&mut pool, &tx(&fourth, 1, 0)).unwrap();
+        assert_eq!(
+            dropped_code(&pool, &tx(&hog, 1, 4)),
+            Some((true, "mempool_full"))
+        );
+        assert_eq!(pool.removed(RemovedReason::Evicted), 2);
+    }
+
     /// A full pool of ready transactions still takes a sender holding few:
     /// the sender holding the most loses its last one.
     #[test]
@@ -1559,20 +1668,24 @@ mod tests {
                             }
                             prop_assert!(evicted.len() <= 1);
                             if let Some(h) = evicted.first() {
-                                // Taken from the biggest parked holder, else the biggest holder.
+                                // Taken from the biggest parked holder, else
+                                // the biggest holder, and only from a hog:
+                                // one holding more than twice what the
+                                // newcomer's sender holds (in parked ones,
+                                // for a parked newcomer).
                                 let victim = keys.iter().position(|k| k.public() == before[h].transfer.from).unwrap();
-                                // A ready newcomer spares its own sender's parked ones.
-                                let ready_newcomer = t.transfer.nonce == pending_before;
-                                let most_parked = (0..keys.len())
-                                    .filter(|&k| !(ready_newcomer && k == sender as usize))
-                                    .map(|k| sizes[k].1)
-                                    .max()
-                                    .unwrap();
-                                if most_parked > 0 {
+                                let parked_newcomer = t.transfer.nonce != pending_before;
+                                let (own_ready, own_parked) = sizes[sender as usize];
+                                let most_parked = sizes.iter().map(|s| s.1).max().unwrap();
+                                if parked_newcomer {
+                                    prop_assert_eq!(sizes[victim].1, most_parked);
+                                    prop_assert!(most_parked > hog_above(own_parked));
+                                } else if most_parked > hog_above(own_ready + own_parked) {
                                     prop_assert_eq!(sizes[victim].1, most_parked);
                                 } else {
                                     let most = sizes.iter().map(|s| s.0 + s.1).max().unwrap();
                                     prop_assert_eq!(sizes[victim].0 + sizes[victim].1, most);
+                                    prop_assert!(most > hog_above(own_ready + own_parked));
                                 }
                             }
                             match verdict {
@@ -1583,7 +1696,7 @@ mod tests {
                                 Err(AdmitError::Full(_)) if nonce_ahead == 0 && sizes[sender as usize] == (0, 0) => {
                                     // A sender holding nothing is refused only
                                     // when nobody holds more than twice one.
-                                    prop_assert!(sizes.iter().all(|s| s.1 == 0 && s.0 <= hog_above(0)));
+                                    prop_assert!(sizes.iter().all(|s| s.0 + s.1 <= hog_above(0)));
                                 }
                                 Err(_) => {}
                             }

@@ -39,6 +39,12 @@ struct HttpLabels {
     status: u16,
 }
 
+/// Labels of `cairn_mempool_removed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// Which way p2p traffic went.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 enum Direction {
@@ -83,6 +89,9 @@ pub struct Metrics {
     pub mempool_size: CountGauge,
     pub mempool_ready: CountGauge,
     pub mempool_parked: CountGauge,
+    /// Admitted transactions that left the mempool without a block, by
+    /// reason (`evicted`, `expired`, `nonce_used`, `unaffordable`).
+    mempool_removed: Family<ReasonLabels, Counter>,
     /// Times this node moved to a new view (counted whatever the cause).
     pub view_changes: Counter,
     pub peers_connected: CountGauge,
@@ -168,6 +177,17 @@ impl Metrics {
             "mempool_parked",
             "Mempool transactions parked behind a nonce gap",
         );
+        let mempool_removed = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "mempool_removed",
+            "Admitted transactions that left the mempool without a block, by reason",
+            mempool_removed.clone(),
+        );
+        for reason in crate::mempool::RemovedReason::ALL {
+            let _ = mempool_removed.get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            });
+        }
         let view_changes = counter(
             r,
             "view_changes",
@@ -280,6 +300,7 @@ impl Metrics {
             mempool_size,
             mempool_ready,
             mempool_parked,
+            mempool_removed,
             view_changes,
             peers_connected,
             admitted_transactions,
@@ -353,6 +374,15 @@ impl Metrics {
         self.mempool_size.set(mempool.len() as u64);
         self.mempool_ready.set(mempool.ready_len() as u64);
         self.mempool_parked.set(mempool.parked_len() as u64);
+        // The pool counts; the counters catch up (always under the
+        // mempool lock, so never past it).
+        for reason in crate::mempool::RemovedReason::ALL {
+            let counter = self.mempool_removed.get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            });
+            let total = mempool.removed(reason);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// Records the time from a block's proposal timestamp to its commit here.
@@ -486,6 +516,7 @@ mod tests {
             ("cairn_mempool_size", "gauge"),
             ("cairn_mempool_ready", "gauge"),
             ("cairn_mempool_parked", "gauge"),
+            ("cairn_mempool_removed_total", "counter"),
             ("cairn_view_changes_total", "counter"),
             ("cairn_safety_writes_total", "counter"),
             ("cairn_safety_write_bytes_total", "counter"),
