@@ -11,6 +11,13 @@
 //! [`RETRY_INTERVAL_MAX`] per submitter) until the window ends, and then,
 //! with no new entries, for at most [`REPAIR_MAX`] more. They are counted once as submitted, in
 //! `rejected_by_code` per refusal, and in `retries`.
+//!
+//! And like a client that keeps its nonces in order, a submitter does not
+//! send an account's next transfers while an earlier one of that account
+//! waits to be sent again: they join the wait, in order (counted
+//! submitted when their batch was due, and in `retries` when they go).
+//! Sent anyway, they would be parked behind the gap in every validator's
+//! pool, work no block can take, filling the room the refused one needs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,8 +46,49 @@ const RETRYABLE: [&str; 3] = ["mempool_full", "sender_limit", "overloaded"];
 const REPAIR_MAX: Duration = Duration::from_secs(30);
 
 /// Refused entries of one validator's stream waiting to be sent again:
-/// (index of the batch in that validator's list, entry in the batch).
-type RetrySet = Mutex<std::collections::BTreeSet<(u32, u32)>>;
+/// (index of the batch in that validator's list, entry in the batch), and
+/// how many of them each account has.
+#[derive(Default)]
+struct Waiting {
+    entries: std::collections::BTreeSet<(u32, u32)>,
+    by_account: std::collections::HashMap<u32, u32>,
+}
+
+impl Waiting {
+    fn insert(&mut self, entry: (u32, u32), account: u32) {
+        if self.entries.insert(entry) {
+            *self.by_account.entry(account).or_default() += 1;
+        }
+    }
+
+    /// Takes the `limit` oldest entries.
+    fn take(&mut self, limit: usize, batches: &[Batch]) -> Vec<(u32, u32)> {
+        let taken: Vec<(u32, u32)> = self.entries.iter().take(limit).copied().collect();
+        for entry in &taken {
+            self.entries.remove(entry);
+            let account = batches[entry.0 as usize].accounts[entry.1 as usize];
+            if let std::collections::hash_map::Entry::Occupied(mut count) =
+                self.by_account.entry(account)
+            {
+                *count.get_mut() -= 1;
+                if *count.get() == 0 {
+                    count.remove();
+                }
+            }
+        }
+        taken
+    }
+
+    fn waits(&self, account: u32) -> bool {
+        self.by_account.contains_key(&account)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+type RetrySet = Mutex<Waiting>;
 
 /// How the load is offered.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -215,10 +263,26 @@ fn worker(
             break;
         }
         retry_now(&mut last_retry);
+        // Closed loop: wait for room before taking the next batch, so that
+        // a batch taken is always sent. (Taken first, a batch whose wait
+        // outlasted the window was never sent while a later one of the same
+        // accounts was, and the later one waited behind the gap for good:
+        // every closed-loop run ended with transactions parked.)
+        if let Mode::Closed { window_txs } = mode {
+            let batch_txs = batches.first().map_or(0, |b| b.tx_count as u64);
+            while shared.outstanding() + batch_txs > window_txs && shared.outstanding() > 0 {
+                if shared.stop.load(Ordering::Acquire) || Instant::now() >= shared.end {
+                    break 'window;
+                }
+                if !retry_now(&mut last_retry) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
         let j = next.fetch_add(1, Ordering::AcqRel);
-        let Some(batch) = batches.get(j) else {
+        if j >= batches.len() {
             break;
-        };
+        }
         match mode {
             Mode::Open { .. } => {
                 let due = shared.start + Duration::from_micros(due_us[j]);
@@ -234,20 +298,9 @@ fn worker(
                     }
                 }
             }
-            Mode::Closed { window_txs } => {
-                while shared.outstanding() + batch.tx_count as u64 > window_txs
-                    && shared.outstanding() > 0
-                {
-                    if shared.stop.load(Ordering::Acquire) || Instant::now() >= shared.end {
-                        break 'window;
-                    }
-                    if !retry_now(&mut last_retry) {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            }
+            Mode::Closed { .. } => {}
         }
-        send(&agent, url, format, j, batch, shared, retry);
+        send(&agent, url, format, j, batches, shared, retry);
     }
     // The window is over: only refused entries go out again, for at most
     // REPAIR_MAX.
@@ -273,14 +326,7 @@ fn send_again(
     retry: &RetrySet,
 ) -> Option<(u64, u64)> {
     let limit = batches.first().map_or(1, |b| b.tx_count.max(1) as usize);
-    let taken: Vec<(u32, u32)> = {
-        let mut set = retry.lock().expect("retry set");
-        let taken: Vec<(u32, u32)> = set.iter().take(limit).copied().collect();
-        for entry in &taken {
-            set.remove(entry);
-        }
-        taken
-    };
+    let taken = retry.lock().expect("retry set").take(limit, batches);
     if taken.is_empty() {
         return None;
     }
@@ -292,35 +338,72 @@ fn send_again(
     shared
         .retries
         .fetch_add(taken.len() as u64, Ordering::AcqRel);
-    let accepted = post(agent, url, format, &body, &taken, shared, retry);
+    let accepted = post(agent, url, format, &body, &taken, batches, shared, retry);
     Some((taken.len() as u64, accepted))
 }
 
+/// Sends batch `j`, but for the entries of accounts with an earlier
+/// transfer waiting to be sent again: those join the wait.
 fn send(
     agent: &ureq::Agent,
     url: &str,
     format: Format,
     j: usize,
-    batch: &Batch,
+    batches: &[Batch],
     shared: &Shared,
     retry: &RetrySet,
 ) {
+    let batch = &batches[j];
     let count = batch.tx_count as u64;
     shared.sent_us[batch.id as usize].store(shared.elapsed_us(), Ordering::Release);
     shared.submitted.fetch_add(count, Ordering::AcqRel);
-    let entries: Vec<(u32, u32)> = (0..batch.tx_count).map(|i| (j as u32, i)).collect();
-    post(agent, url, format, &batch.body, &entries, shared, retry);
+    let mut entries: Vec<(u32, u32)> = Vec::with_capacity(batch.tx_count as usize);
+    {
+        let mut waiting = retry.lock().expect("retry set");
+        for i in 0..batch.tx_count {
+            let account = batch.accounts[i as usize];
+            if waiting.waits(account) {
+                waiting.insert((j as u32, i), account);
+            } else {
+                entries.push((j as u32, i));
+            }
+        }
+    }
+    if entries.is_empty() {
+        return;
+    }
+    if entries.len() == batch.tx_count as usize {
+        post(
+            agent,
+            url,
+            format,
+            &batch.body,
+            &entries,
+            batches,
+            shared,
+            retry,
+        );
+    } else {
+        let bytes: Vec<&[u8]> = entries
+            .iter()
+            .map(|&(_, i)| batch.entry(i as usize))
+            .collect();
+        let (body, _) = format.body(&bytes);
+        post(agent, url, format, &body, &entries, batches, shared, retry);
+    }
 }
 
 /// POSTs a batch body in `format` whose entries are `entries` (for
 /// retries), counts the answer (JSON whatever the body's format) and
 /// returns how many were accepted.
+#[allow(clippy::too_many_arguments)]
 fn post(
     agent: &ureq::Agent,
     url: &str,
     format: Format,
     body: &[u8],
     entries: &[(u32, u32)],
+    batches: &[Batch],
     shared: &Shared,
     retry: &RetrySet,
 ) -> u64 {
@@ -368,7 +451,10 @@ fn post(
             }
             shared.accepted.fetch_add(accepted, Ordering::AcqRel);
             if !again.is_empty() {
-                retry.lock().expect("retry set").extend(again);
+                let mut waiting = retry.lock().expect("retry set");
+                for (j, i) in again {
+                    waiting.insert((j, i), batches[j as usize].accounts[i as usize]);
+                }
             }
             accepted
         }

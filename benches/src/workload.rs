@@ -95,6 +95,8 @@ pub struct Batch {
     pub body: Vec<u8>,
     /// Where each entry lies in `body`: refused entries are sent again.
     pub spans: Vec<(u32, u32)>,
+    /// The sending account of each entry (its index in the workload).
+    pub accounts: Vec<u32>,
 }
 
 impl Batch {
@@ -225,6 +227,7 @@ pub fn build(
                 tx_count: txs.len() as u32,
                 body,
                 spans,
+                accounts: txs.iter().map(|&k| (k % accounts.len()) as u32).collect(),
             });
             batch_count += 1;
         }
@@ -324,6 +327,7 @@ mod tests {
                 tx_count: 3,
                 body,
                 spans,
+                accounts: vec![0; 3],
             };
             let expected: Vec<SignedTransaction> = [(0, 4), (1, 0), (2, 1)]
                 .iter()
