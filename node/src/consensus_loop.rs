@@ -229,6 +229,7 @@ fn run(
                 &mut ledger,
                 Input::Tick { now_ms: now_ms() },
             );
+            ledger.regossip_if_idle(now_ms());
             next_tick = Instant::now() + TICK;
         }
     }

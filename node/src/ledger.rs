@@ -35,6 +35,8 @@ pub struct NodeLedger {
     executed: Option<Executed>,
     /// When overdue transactions were last gossiped again.
     regossiped_ms: u64,
+    /// When a commit's effects were last carried out (0: none yet).
+    committed_ms: u64,
     /// Commits whose effects the runtime has not carried out yet.
     effects: Vec<CommitEffects>,
     /// Why the node must stop (a committed block it could not store).
@@ -71,6 +73,7 @@ impl NodeLedger {
             parent: Parent::of(&tip),
             executed: None,
             regossiped_ms: 0,
+            committed_ms: 0,
             effects: Vec::new(),
             fatal: None,
         })
@@ -105,6 +108,20 @@ impl NodeLedger {
             "gossiping again transactions that wait although blocks have room"
         );
         self.node.network.gossip_transactions(overdue);
+    }
+
+    /// On a tick: when nothing has committed for half a view timeout,
+    /// the same re-gossip as after a block with room. Otherwise a node
+    /// holding transactions the primary never received (frames lost in a
+    /// partition, or refused by a peer's parked cap) waited for a commit
+    /// that only those transactions could bring: after a validator's
+    /// isolation under load, with the load stopped, 646 of its
+    /// acknowledged transactions stayed there (`partitions.rs`).
+    pub fn regossip_if_idle(&mut self, now_ms: u64) {
+        let half_timeout_ms = self.node.genesis.genesis.params.view_timeout_ms / 2;
+        if now_ms >= self.committed_ms.saturating_add(half_timeout_ms) {
+            self.regossip_overdue(0, now_ms);
+        }
     }
 
     fn rules(&self) -> BlockRules<'_> {
@@ -284,6 +301,7 @@ impl NodeLedger {
             self.node.after_commit(&done, now_ms);
             self.regossip_overdue(done.tx_count, now_ms);
         }
+        self.committed_ms = now_ms;
         let mempool = self.node.mempool.lock().expect("mempool lock");
         self.node.metrics.observe_mempool(&mempool);
     }
