@@ -878,10 +878,19 @@ async fn serve(
     let [consensus, gossip] = queue;
     node.network.reset_window(peer);
     let replacement = loop {
-        let window_open = node.network.windows[peer]
-            .lock()
-            .expect("window lock")
-            .open(Instant::now());
+        let window_open = {
+            let mut window = node.network.windows[peer].lock().expect("window lock");
+            let before = (window.frames, window.txs);
+            let open = window.open(Instant::now());
+            if before.0 >= GOSSIP_WINDOW_FRAMES && window.frames == 0 {
+                tracing::info!(
+                    "validator {peer} credited none of {} gossip frames for {} s: window opened again",
+                    before.0,
+                    GOSSIP_CREDIT_TIMEOUT.as_secs()
+                );
+            }
+            open
+        };
         let (queued, lane) = tokio::select! {
             biased;
             frame = consensus.recv() => (frame, Lane::Consensus),

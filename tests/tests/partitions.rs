@@ -295,6 +295,39 @@ fn check_everything(net: &Testnet, load: Load, what: &str) {
         if missing.is_empty() {
             break;
         }
+        if Instant::now() >= deadline {
+            // What each validator knows of the first missing one, and how
+            // its mempool stands.
+            for i in 0..net.validator_count() {
+                let status = net.get(i, &format!("/v1/transactions/{}", missing[0].hash));
+                let metrics = ureq::get(&format!("{}/metrics", net.api(i)))
+                    .call()
+                    .ok()
+                    .and_then(|r| r.into_string().ok())
+                    .unwrap_or_default();
+                let pool: Vec<&str> = metrics
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("cairn_mempool_")
+                            || l.starts_with("cairn_p2p_gossip_dropped")
+                            || l.starts_with("cairn_p2p_frames_dropped")
+                            || l.starts_with("cairn_admitted_transactions_total")
+                            || l.starts_with("cairn_rejected_transactions_total")
+                    })
+                    .collect();
+                eprintln!(
+                    "{what}: validator {i}: {} {}; {pool:?}",
+                    status.status, status.json
+                );
+                for line in net
+                    .log(i)
+                    .lines()
+                    .filter(|l| l.contains("gossiping again") || l.contains("window opened"))
+                {
+                    eprintln!("{what}: validator {i}: {line}");
+                }
+            }
+        }
         assert!(
             Instant::now() < deadline,
             "{what}: {} of {} acknowledged transactions never committed, e.g. {:?}",
