@@ -105,7 +105,11 @@ impl Node {
                 verdicts[i] = Some(Err(Refusal::new(
                     503,
                     "overloaded",
-                    "this validator is busy checking transactions from its peers; try again shortly",
+                    if busy {
+                        "this validator is busy checking transactions from its peers; try again shortly"
+                    } else {
+                        "the other validators have not yet taken what this one sent them; try again shortly"
+                    },
                 )));
                 continue;
             }
