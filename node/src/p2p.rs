@@ -442,7 +442,7 @@ impl Network {
     pub fn gossip_inbox_busy(&self) -> bool {
         self.gossip_backlog() >= self.gossip_inbox_frames / 2
             || self.gossip_inbox_txs.load(Ordering::Relaxed)
-                >= self.validators.saturating_sub(1) * GOSSIP_WINDOW_TXS
+                >= self.validators.saturating_sub(1).max(1) * GOSSIP_WINDOW_TXS
     }
 
     /// The admission thread took `txs` transactions out of the inbox.
