@@ -471,6 +471,20 @@ impl Testnet {
         http_post(&format!("{}{}", self.api(i), path), body)
     }
 
+    /// The value of one series (`name`, with its labels if any, as
+    /// written) in validator `i`'s `/metrics`, as a whole number.
+    pub fn metric(&self, i: usize, name: &str) -> u64 {
+        let text = ureq::get(&format!("{}/metrics", self.api(i)))
+            .call()
+            .expect("GET /metrics")
+            .into_string()
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}")) as u64
+    }
+
     pub fn height(&self, i: usize) -> u64 {
         self.get(i, "/v1/status").json["height"]
             .as_u64()

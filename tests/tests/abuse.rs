@@ -71,18 +71,6 @@ fn post(net: &Testnet, i: usize, tx: &TxJson) -> cairn_tests::Answer {
     net.post(i, "/v1/transactions", &serde_json::to_string(tx).unwrap())
 }
 
-fn metric(net: &Testnet, i: usize, name: &str) -> u64 {
-    let text = ureq::get(&format!("{}/metrics", net.api(i)))
-        .call()
-        .expect("GET /metrics")
-        .into_string()
-        .expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}")) as u64
-}
-
 /// Funds `keys` from genesis account 0 in one batch through validator 0 and
 /// waits until every validator has committed all of it.
 fn fund(net: &Testnet, keys: &[PublicKey], amount: u64, nonce: &mut u64) {
@@ -138,8 +126,8 @@ fn a_gap_fill_attack_does_not_stop_an_honest_transfer() {
         "no sender was held to its cap: {refused:?}"
     );
     for i in 0..4 {
-        let parked = metric(&net, i, "cairn_mempool_parked");
-        let size = metric(&net, i, "cairn_mempool_size");
+        let parked = net.metric(i, "cairn_mempool_parked");
+        let size = net.metric(i, "cairn_mempool_size");
         assert!(
             parked <= 1_000 && size <= 2_000,
             "validator {i}: {parked} parked, {size} in all"
@@ -203,14 +191,14 @@ fn parked_transactions_expire_and_say_so() {
     assert_eq!(post(&net, 0, &parked).status, 202);
     let path = format!("/v1/transactions/{}", tx_hash(&parked));
     assert_eq!(net.get(0, &path).json["status"], "pending");
-    assert_eq!(metric(&net, 0, "cairn_mempool_parked"), 1);
+    assert_eq!(net.metric(0, "cairn_mempool_parked"), 1);
     let status = wait_for("expiry", Duration::from_secs(15), || {
         let answer = net.get(0, &path);
         (answer.json["status"] == "expired").then_some(answer.json)
     });
     assert_eq!(status["reason"], "expired", "{status}");
     assert!(status["error"].as_str().is_some_and(|e| !e.is_empty()));
-    assert_eq!(metric(&net, 0, "cairn_mempool_parked"), 0);
+    assert_eq!(net.metric(0, "cairn_mempool_parked"), 0);
     assert_eq!(net.get(0, "/v1/status").json["mempool_size"], 0);
     // The sender can simply go on from its committed nonce.
     let first = alice.sign_with_nonce(bob, 1, 0);
@@ -236,7 +224,7 @@ fn a_ready_transaction_whose_balance_went_elsewhere_is_dropped() {
     let to = net.account_keypair(1).public();
     let views: Vec<u64> = (0..4).map(|i| net.view(i)).collect();
     let view_changes: Vec<u64> = (0..4)
-        .map(|i| metric(&net, i, "cairn_view_changes_total"))
+        .map(|i| net.metric(i, "cairn_view_changes_total"))
         .collect();
 
     // Set the race up: A's two and the primary's one must all be admitted
@@ -303,7 +291,7 @@ fn a_ready_transaction_whose_balance_went_elsewhere_is_dropped() {
     for i in 0..4 {
         assert_eq!(net.view(i), views[i], "validator {i} changed view");
         assert_eq!(
-            metric(&net, i, "cairn_view_changes_total"),
+            net.metric(i, "cairn_view_changes_total"),
             view_changes[i],
             "validator {i}"
         );

@@ -280,19 +280,6 @@ async fn strangers_and_garbage_are_refused() {
     .unwrap();
 }
 
-/// The text of validator `i`'s `/metrics`, read for one counter.
-fn metric(net: &Testnet, i: usize, name: &str) -> u64 {
-    let text = ureq::get(&format!("{}/metrics", net.api(i)))
-        .call()
-        .expect("GET /metrics")
-        .into_string()
-        .expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}")) as u64
-}
-
 /// A prepare for validator 3's current height and view, signed by no one:
 /// the replica reaches its signature check (issue 10: "a bad signature
 /// costs its sender nothing").
@@ -335,7 +322,7 @@ async fn a_bad_signature_disconnects_its_sender_for_a_doubling_backoff() {
     };
     let validator0 = identity(&net, key(0));
     let validator1 = identity(&net, key(1));
-    let punished = || metric(&net, 3, "cairn_p2p_peer_punished_total");
+    let punished = || net.metric(3, "cairn_p2p_peer_punished_total");
     assert_eq!(punished(), 0);
 
     // Validator 1 passes on a badly signed message claiming validator 2:
