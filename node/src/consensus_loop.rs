@@ -244,6 +244,8 @@ fn step(
 ) {
     let view_before = replica.view();
     let syncing_before = replica.is_syncing();
+    let tip_before = ledger.tip().0;
+    let sync_reply = matches!(input, Input::SyncResponse { .. });
     let abstaining_before = replica.is_abstaining();
     let actions = replica.handle(ledger, input);
     if let Some(error) = ledger.take_fatal() {
@@ -294,7 +296,25 @@ fn step(
         );
     }
     observe_sync(&node.metrics, replica, ledger);
-    if replica.is_syncing() != syncing_before {
+    let tip = ledger.tip().0;
+    if sync_reply && tip > tip_before && !syncing_before && !replica.is_syncing() {
+        // Caught up in one step from a reply to the idle poll (a quiet
+        // chain shows no votes above our height, so the replica never
+        // knew it was behind): still a catch-up, counted and logged.
+        node.metrics.syncs.inc();
+        tracing::info!(
+            event = "sync_start",
+            height = tip_before.0,
+            "catching up from height {}",
+            tip_before.0
+        );
+        tracing::info!(
+            event = "sync_end",
+            height = tip.0,
+            "caught up at height {}",
+            tip.0
+        );
+    } else if replica.is_syncing() != syncing_before {
         let tip = ledger.tip().0 .0;
         if replica.is_syncing() {
             node.metrics.syncs.inc();

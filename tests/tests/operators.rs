@@ -226,9 +226,32 @@ fn metrics_count_peer_traffic_queue_depth_and_sync() {
         promtool_check(&after);
     }
 
+    // Validator 3 loses its disk and comes back to a quiet chain: the
+    // blocks it lacks were delivered to its old process, so it must fetch
+    // them (on its peers' `Decided`, or its own idle poll when no vote
+    // shows it behind: either is a catch-up, and counted).
+    net.kill9(3);
+    std::fs::remove_dir_all(net.data_dir(3)).expect("delete validator 3's data folder");
+    for amount in 7..=8 {
+        net.wallet_transfer(0, 0, &bob, amount);
+    }
+    net.start(3);
+    net.wait_api(3);
+    let text = wait_for(
+        "validator 3 caught up on a quiet chain",
+        Duration::from_secs(30),
+        || {
+            let text = scrape(&net, 3);
+            (net.height(3) == net.height(0) && settled(&text)).then_some(text)
+        },
+    );
+    assert!(
+        sample(&text, "cairn_syncs_total") >= Some(1.0),
+        "validator 3 counted its quiet catch-up:\n{text}"
+    );
+
     // Validator 3 misses blocks, then comes back while blocks keep
-    // committing: its peers' votes for heights above its own show it that
-    // it is behind, and it catches up.
+    // committing: it catches up, and its sync gauges settle.
     net.kill9(3);
     for amount in 4..=6 {
         net.wallet_transfer(0, 0, &bob, amount);
@@ -266,17 +289,13 @@ fn metrics_count_peer_traffic_queue_depth_and_sync() {
         });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let text = wait_for(
+    // Its sync count is not asserted here: the frames its peers queued for
+    // it while it was down (a peer's queue outlives its connection) may
+    // carry it through the heights it missed without a sync.
+    wait_for(
         "validator 3 caught up and its sync gauges settled",
         Duration::from_secs(30),
-        || {
-            let text = scrape(&net, 3);
-            (net.height(3) == net.height(0) && settled(&text)).then_some(text)
-        },
-    );
-    assert!(
-        sample(&text, "cairn_syncs_total") >= Some(1.0),
-        "validator 3 counted its catch-up:\n{text}"
+        || (net.height(3) == net.height(0) && settled(&scrape(&net, 3))).then_some(()),
     );
 }
 
