@@ -37,6 +37,8 @@ pub struct NodeLedger {
     regossiped_ms: u64,
     /// When a commit's effects were last carried out (0: none yet).
     committed_ms: u64,
+    /// When an idle chain's pool was last looked at for re-gossip.
+    idle_checked_ms: u64,
     /// Commits whose effects the runtime has not carried out yet.
     effects: Vec<CommitEffects>,
     /// Why the node must stop (a committed block it could not store).
@@ -74,6 +76,7 @@ impl NodeLedger {
             executed: None,
             regossiped_ms: 0,
             committed_ms: 0,
+            idle_checked_ms: 0,
             effects: Vec::new(),
             fatal: None,
         })
@@ -117,11 +120,17 @@ impl NodeLedger {
     /// that only those transactions could bring: after a validator's
     /// isolation under load, with the load stopped, 646 of its
     /// acknowledged transactions stayed there (`partitions.rs`).
+    /// Looks at the pool at most once per quarter timeout (it is called on
+    /// every tick, and an idle chain may hold a large pool).
     pub fn regossip_if_idle(&mut self, now_ms: u64) {
-        let half_timeout_ms = self.node.genesis.genesis.params.view_timeout_ms / 2;
-        if now_ms >= self.committed_ms.saturating_add(half_timeout_ms) {
-            self.regossip_overdue(0, now_ms);
+        let timeout_ms = self.node.genesis.genesis.params.view_timeout_ms;
+        if now_ms < self.committed_ms.saturating_add(timeout_ms / 2)
+            || now_ms < self.idle_checked_ms.saturating_add(timeout_ms / 4)
+        {
+            return;
         }
+        self.idle_checked_ms = now_ms;
+        self.regossip_overdue(0, now_ms);
     }
 
     fn rules(&self) -> BlockRules<'_> {
