@@ -10,9 +10,11 @@
 //!   merged in the background ([`tx_index`] says how and why)
 //! - `state`: address -> encoded [`Account`]; the nodes of the state tree
 //!   (`cairn_core::merkle`), [`NodeKey::to_bytes`] (34 bytes) -> encoded
-//!   [`TreeNode`]; and the tip (height and hash of the last committed block)
-//!   under [`TIP_KEY`]. Keys of the three kinds differ in length. Only the
-//!   tree of the tip is kept (nodes are overwritten in place), so proofs are
+//!   [`TreeNode`], but for the internal nodes down to [`TREE_CACHE_DEPTH`]
+//!   (kept in memory and rebuilt at open from the nodes below them); and
+//!   the tip (height and hash of the last committed block) under
+//!   [`TIP_KEY`]. Keys of the three kinds differ in length. Only the tree
+//!   of the tip is kept (nodes are overwritten in place), so proofs are
 //!   served for the last committed height only.
 //! - `meta`: genesis hash, storage format, the transaction index's list of
 //!   runs (the consensus safety state was here before it moved to the
@@ -59,7 +61,14 @@ const META_GENESIS: &[u8] = b"genesis_hash";
 /// Layout version of the trees above, written when a data folder is
 /// created; a folder of another layout is refused, never misread.
 const META_FORMAT: &[u8] = b"format";
-const FORMAT: &[u8] = b"cairn-storage-4";
+const FORMAT: &[u8] = b"cairn-storage-5";
+/// Layouts this version reads, and upgrades to [`FORMAT`] at open: format
+/// 4 stored every node of the state tree; format 5 stores no internal node
+/// down to [`TREE_CACHE_DEPTH`] (they are rebuilt at open, see
+/// [`Storage::load_tree_cache`]). The format is written at once, so a
+/// cairn-node of format 4 refuses the folder rather than trust the stale
+/// internal nodes left there.
+const FORMATS_UPGRADED: [&[u8]; 1] = [b"cairn-storage-4"];
 /// Earlier layouts, whose chains hashed state and transactions without
 /// Merkle trees: their blocks can never be part of a chain of this version,
 /// so they are refused with a word on what to do.
@@ -110,6 +119,17 @@ fn corrupt(message: impl Into<String>) -> StorageError {
     StorageError::Corrupt(message.into())
 }
 
+/// The parent of a state tree node (depth at least 1), and whether the
+/// node is its right child.
+fn parent_of(child: &NodeKey) -> (NodeKey, bool) {
+    let depth = child.depth - 1;
+    let (byte, mask) = (depth as usize / 8, 0x80u8 >> (depth % 8));
+    let mut prefix = child.prefix;
+    let right = prefix[byte] & mask != 0;
+    prefix[byte] &= !mask;
+    (NodeKey { depth, prefix }, right)
+}
+
 /// The node's database. Cheap to clone (sled trees are reference counted).
 #[derive(Clone)]
 pub struct Storage {
@@ -124,10 +144,10 @@ pub struct Storage {
     meta: sled::Tree,
     /// The state tree's nodes down to [`TREE_CACHE_DEPTH`], in memory: every
     /// block's update and every proof reads its top levels, which change
-    /// with every block. Loaded whole at open and kept in step with each
-    /// batch under its write lock, so it is never stale and a miss there
-    /// means no node (it is never filled from a read, which could race a
-    /// commit).
+    /// with every block. Built at open (its internal nodes are not stored)
+    /// and kept in step with each batch under its write lock, so it is
+    /// never stale and a miss there means no node (it is never filled from
+    /// a read, which could race a commit).
     tree_cache: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<NodeKey, TreeNode>>>,
     /// Committed accounts recently read or written, at most
     /// [`ACCOUNT_CACHE_MAX`]: admission reads a sender's account twice per
@@ -263,11 +283,18 @@ impl Storage {
                          of this version: start a new network from a new genesis",
                     ));
                 }
-                if storage.meta.get(META_FORMAT)?.as_deref() != Some(FORMAT) {
-                    return Err(corrupt(
-                        "the data folder was written by another version of cairn-node \
-                         (storage format differs); move it aside to resync from peers",
-                    ));
+                match storage.meta.get(META_FORMAT)?.as_deref() {
+                    Some(f) if f == FORMAT => {}
+                    Some(f) if FORMATS_UPGRADED.contains(&f) => {
+                        storage.meta.insert(META_FORMAT, FORMAT)?;
+                        storage.db.flush()?;
+                    }
+                    _ => {
+                        return Err(corrupt(
+                            "the data folder was written by another version of cairn-node \
+                             (storage format differs); move it aside to resync from peers",
+                        ))
+                    }
                 }
                 let found = Hash(
                     found
@@ -325,6 +352,17 @@ impl Storage {
             .ok_or_else(|| corrupt(format!("tip block {tip} missing")))?;
         if block.hash() != tip_hash {
             return Err(corrupt(format!("block {tip} is not the recorded tip")));
+        }
+        let root = self
+            .tree_cache
+            .read()
+            .map_err(|_| poisoned_cache())?
+            .get(&NodeKey::ROOT)
+            .map_or(Hash::ZERO, TreeNode::hash);
+        if root != block.header.state_root {
+            return Err(corrupt(format!(
+                "the stored state tree's root is not the state root of block {tip}"
+            )));
         }
         if tip.0 > 0 {
             let parent = self
@@ -455,13 +493,24 @@ impl Storage {
         for (address, account) in changes {
             state.insert(&address.0[..], codec::encode(account));
         }
-        for (key, node) in tree_writes {
-            state.insert(&key.to_bytes()[..], codec::encode(node));
-        }
         state.insert(TIP_KEY, &tip_value(height, &hash)[..]);
         // The cache changes with the batch, under its write lock: a reader
         // sees the old or the new nodes, never the new tip with old nodes.
         let mut cache = self.tree_cache.write().map_err(|_| poisoned_cache())?;
+        for (key, node) in tree_writes {
+            match node {
+                // Cached, and rebuilt at open from what lies below: not
+                // stored. Where a leaf stood (an account that moved down
+                // beside a newcomer) the leaf goes, or it would be read at
+                // open as still there.
+                TreeNode::Internal { .. } if key.depth <= TREE_CACHE_DEPTH => {
+                    if matches!(cache.get(key), Some(TreeNode::Leaf { .. })) {
+                        state.remove(&key.to_bytes()[..]);
+                    }
+                }
+                _ => state.insert(&key.to_bytes()[..], codec::encode(node)),
+            }
+        }
         let mut accounts = self.account_cache.write().map_err(|_| poisoned_cache())?;
         accounts.generation += 1;
         self.state.apply_batch(state)?;
@@ -476,12 +525,19 @@ impl Storage {
         Ok(())
     }
 
-    /// Reads every stored tree node down to [`TREE_CACHE_DEPTH`] into the
-    /// cache (their keys sort first by depth).
+    /// Builds the cache of the state tree down to [`TREE_CACHE_DEPTH`]:
+    /// the leaves stored there, and the internal nodes (which are not
+    /// stored) hashed up level by level from the nodes one level below
+    /// (stored) and those leaves. Keys sort first by depth, so this reads
+    /// only the top of the tree. Internal nodes stored there by format 4
+    /// are ignored (rebuilt the same).
     fn load_tree_cache(&self) -> Result<(), StorageError> {
         let mut cache = self.tree_cache.write().map_err(|_| poisoned_cache())?;
         cache.clear();
-        let end = (TREE_CACHE_DEPTH + 1).to_be_bytes();
+        // Nodes one level below the cache: their hashes are all the
+        // deepest cached internal nodes need.
+        let mut below: Vec<(NodeKey, Hash)> = Vec::new();
+        let end = (TREE_CACHE_DEPTH + 2).to_be_bytes();
         for entry in self.state.range(..&end[..]) {
             let (key, value) = entry?;
             if key.len() != 34 {
@@ -492,7 +548,46 @@ impl Storage {
             prefix.copy_from_slice(&key[2..]);
             let node: TreeNode =
                 codec::decode(&value).map_err(|e| corrupt(format!("state tree node: {e}")))?;
-            cache.insert(NodeKey { depth, prefix }, node);
+            let key = NodeKey { depth, prefix };
+            match node {
+                TreeNode::Leaf { .. } if depth <= TREE_CACHE_DEPTH => {
+                    cache.insert(key, node);
+                }
+                TreeNode::Internal { .. } if depth <= TREE_CACHE_DEPTH => {}
+                _ => below.push((key, node.hash())),
+            }
+        }
+        for depth in (0..=TREE_CACHE_DEPTH).rev() {
+            // The children at depth + 1: stored ones, or those just built.
+            let children: Vec<(NodeKey, Hash)> = if depth == TREE_CACHE_DEPTH {
+                std::mem::take(&mut below)
+            } else {
+                cache
+                    .iter()
+                    .filter(|(k, _)| k.depth == depth + 1)
+                    .map(|(k, n)| (*k, n.hash()))
+                    .collect()
+            };
+            let mut parents: std::collections::HashMap<NodeKey, (Hash, Hash)> =
+                std::collections::HashMap::new();
+            for (child, hash) in children {
+                let (parent, right) = parent_of(&child);
+                let sides = parents.entry(parent).or_insert((Hash::ZERO, Hash::ZERO));
+                if right {
+                    sides.1 = hash;
+                } else {
+                    sides.0 = hash;
+                }
+            }
+            for (parent, (left, right)) in parents {
+                if cache.contains_key(&parent) {
+                    return Err(corrupt(format!(
+                        "state tree: a leaf at depth {} has nodes below it",
+                        parent.depth
+                    )));
+                }
+                cache.insert(parent, TreeNode::Internal { left, right });
+            }
         }
         Ok(())
     }
@@ -968,8 +1063,9 @@ pub(crate) mod tests {
             }
         }
         let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
-        // The cache loaded at open says what sled holds, node for node.
-        let mut nodes = 0;
+        // What sled holds of the tree is its leaves (this tree is all
+        // within the cached depth), and the cache built at open agrees.
+        let mut leaves = 0;
         for entry in storage.state.iter() {
             let (key, value) = entry.unwrap();
             if key.len() != 34 {
@@ -980,10 +1076,11 @@ pub(crate) mod tests {
                 prefix: key[2..].try_into().unwrap(),
             };
             let stored: TreeNode = codec::decode(&value).unwrap();
+            assert!(matches!(stored, TreeNode::Leaf { .. }), "{stored:?} stored");
             assert_eq!(storage.tree_node(&node_key).unwrap(), Some(stored));
-            nodes += 1;
+            leaves += 1;
         }
-        assert!(nodes > 15, "{nodes} tree nodes");
+        assert_eq!(leaves, state.accounts().len());
         assert_eq!(
             cairn_core::merkle::stored_root(&cairn_core::state::ViewTree(&storage)),
             parent.header.state_root
@@ -1018,6 +1115,143 @@ pub(crate) mod tests {
             nonce: 0,
         };
         assert!(merkle::verify_account(&root, &absent, &wrong, &proof).is_err());
+    }
+
+    /// Commits `blocks` blocks of `per_block` new accounts each (seeded
+    /// addresses) with their tree writes, returning the last block and the
+    /// accounts in memory.
+    fn commit_new_accounts(
+        storage: &Storage,
+        genesis: &Block,
+        accounts: &BTreeMap<PublicKey, Account>,
+        blocks: u32,
+        per_block: u32,
+    ) -> (Block, cairn_core::state::MemoryState) {
+        let mut state = cairn_core::state::MemoryState::from_accounts(accounts.clone());
+        let mut parent = genesis.clone();
+        for h in 0..blocks {
+            let (mut block, mut certificate) = child(&parent);
+            let changes: BTreeMap<PublicKey, Account> = (0..per_block)
+                .map(|i| {
+                    let seed = (h * per_block + i).to_le_bytes();
+                    let address = PublicKey(Hash::digest(&[b"account", &seed[..]]).0);
+                    let account = Account {
+                        balance: u64::from(i) + 1,
+                        nonce: u64::from(h),
+                    };
+                    (address, account)
+                })
+                .collect();
+            let tree = merkle::update_tree(&cairn_core::state::ViewTree(storage), &changes);
+            block.header.state_root = tree.root;
+            certificate.block_hash = block.hash();
+            let list: Vec<_> = changes.iter().map(|(k, a)| (*k, *a)).collect();
+            storage
+                .commit_block(&block, &certificate, &[], &list, &tree.writes)
+                .unwrap();
+            state.apply_changes(&changes);
+            assert_eq!(state.root(), tree.root);
+            parent = block;
+        }
+        (parent, state)
+    }
+
+    /// Internal nodes down to the cached depth are not stored, and are
+    /// rebuilt at open from the leaves there and the nodes below: with
+    /// enough accounts for leaves above and below that depth (and leaves
+    /// that moved down beside newcomers, leaving no stale copy), every
+    /// proof read after a reopen verifies against the tip's state root.
+    #[test]
+    fn the_cached_top_of_the_state_tree_is_rebuilt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, accounts) = genesis();
+        let (tip, state) = {
+            let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+            commit_new_accounts(&storage, &genesis, &accounts, 8, 5_000)
+        };
+        let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
+        let (mut cached_leaves, mut deep) = (0, 0);
+        for entry in storage.state.iter() {
+            let (key, value) = entry.unwrap();
+            if key.len() != 34 {
+                continue;
+            }
+            let depth = u16::from_be_bytes([key[0], key[1]]);
+            let node: TreeNode = codec::decode(&value).unwrap();
+            if depth <= TREE_CACHE_DEPTH {
+                assert!(matches!(node, TreeNode::Leaf { .. }), "stored: {node:?}");
+                cached_leaves += 1;
+            } else {
+                deep += 1;
+            }
+        }
+        assert!(
+            cached_leaves > 100 && deep > 100,
+            "{cached_leaves} / {deep}"
+        );
+        let root = tip.header.state_root;
+        assert_eq!(
+            merkle::stored_root(&cairn_core::state::ViewTree(&storage)),
+            root
+        );
+        for (address, account) in state.accounts().iter().take(2_000) {
+            let (_, read, proof) = storage.account_with_proof(address).unwrap();
+            assert_eq!(read, *account);
+            assert_eq!(
+                merkle::verify_account(&root, address, account, &proof),
+                Ok(())
+            );
+        }
+    }
+
+    /// A format 4 folder (every tree node stored) opens, ignores the
+    /// internal nodes stored above the cached depth (here made wrong on
+    /// purpose), and is marked format 5; a tree that does not hash to the
+    /// tip's state root is refused.
+    #[test]
+    fn a_format_4_folder_is_upgraded_and_a_wrong_tree_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, accounts) = genesis();
+        let leaf_key = {
+            let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
+            commit_new_accounts(&storage, &genesis, &accounts, 2, 500);
+            let bogus = TreeNode::Internal {
+                left: Hash([5; 32]),
+                right: Hash([6; 32]),
+            };
+            storage
+                .state
+                .insert(&NodeKey::ROOT.to_bytes()[..], codec::encode(&bogus))
+                .unwrap();
+            storage
+                .meta
+                .insert(META_FORMAT, b"cairn-storage-4")
+                .unwrap();
+            storage.flush().unwrap();
+            let leaf = storage
+                .state
+                .iter()
+                .map(|e| e.unwrap())
+                .find(|(k, v)| {
+                    k.len() == 34 && matches!(codec::decode(v).unwrap(), TreeNode::Leaf { .. })
+                })
+                .unwrap();
+            leaf.0
+        };
+        {
+            let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
+            assert_eq!(
+                storage.meta.get(META_FORMAT).unwrap().as_deref(),
+                Some(FORMAT)
+            );
+            // A lost leaf: the tree no longer hashes to the tip's root.
+            storage.state.remove(&leaf_key).unwrap();
+            storage.flush().unwrap();
+        }
+        match reopen(dir.path(), &genesis, &accounts) {
+            Err(StorageError::Corrupt(e)) => assert!(e.contains("state root"), "{e}"),
+            other => panic!("opened a wrong tree: {:?}", other.map(|_| ())),
+        }
     }
 
     /// A folder written by another storage layout is refused by name, not
