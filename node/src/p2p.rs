@@ -84,6 +84,10 @@ pub const GOSSIP_HELD_BACK_BYTES: usize = 512 * 1024;
 pub const GOSSIP_CREDIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most transactions in one gossip frame.
 pub const GOSSIP_TXS_MAX: usize = cairn_core::limits::HTTP_BATCH_TXS_MAX;
+/// Most gossiped transactions admitted in one go: frames that wait in the
+/// inbox are joined up to this many (the last one taken may pass it by
+/// up to one frame).
+pub const GOSSIP_ADMIT_TXS: usize = 1_024;
 /// Most blocks in one sync response: as many as the replica applies from
 /// one reply.
 pub const SYNC_BLOCKS_MAX: u32 = cairn_consensus::limits::SYNC_BLOCKS_MAX as u32;
@@ -620,14 +624,42 @@ struct HandshakeLimits {
 /// the API's lowered CPU priority ([`crate::lower_thread_priority`]): when
 /// the cores are short, votes and proposals go first, this falls behind, and
 /// its backlog turns clients away (`overloaded`) instead of slowing blocks.
-fn admit_gossip(node: Arc<Node>, mut inbox: mpsc::Receiver<(usize, Vec<SignedTransaction>)>) {
+fn admit_gossip(node: Arc<Node>, mut inbox: mpsc::Receiver<GossipFrame>) {
     crate::lower_thread_priority();
-    while let Some((peer, txs)) = inbox.blocking_recv() {
-        let count = txs.len() as u32;
+    while let Some(first) = inbox.blocking_recv() {
+        // Frames that waited meanwhile are admitted together, up to
+        // GOSSIP_ADMIT_TXS: one signature batch and one pass of the pool's
+        // lock for all of them (an open-loop client's frames hold about 50
+        // transactions each, and small batches verify slower per
+        // signature). Each sender's frames stay in order; nothing waits
+        // for a frame that has not arrived.
+        let (frames, txs) = join_waiting_frames(first, &mut inbox);
         node.network.gossip_taken(txs.len());
         node.submit(txs, false);
-        node.network.credit(peer, count);
+        for (peer, count) in frames {
+            node.network.credit(peer, count as u32);
+        }
     }
+}
+
+/// `first` and the frames already waiting behind it, up to
+/// [`GOSSIP_ADMIT_TXS`] transactions: each frame's sender and size, and
+/// their transactions in the order received.
+type GossipFrame = (usize, Vec<SignedTransaction>);
+fn join_waiting_frames(
+    first: GossipFrame,
+    inbox: &mut mpsc::Receiver<GossipFrame>,
+) -> (Vec<(usize, usize)>, Vec<SignedTransaction>) {
+    let mut frames = vec![(first.0, first.1.len())];
+    let mut txs = first.1;
+    while txs.len() < GOSSIP_ADMIT_TXS {
+        let Ok((peer, more)) = inbox.try_recv() else {
+            break;
+        };
+        frames.push((peer, more.len()));
+        txs.extend(more);
+    }
+    (frames, txs)
 }
 
 async fn accept_loop(
@@ -1300,6 +1332,45 @@ mod tests {
     /// Clients wait while our gossip waits for the primary, or for f + 1
     /// peers; one slow peer that is not the primary holds nobody back.
     /// Whether the primary drains (credited lately) is told apart.
+    #[test]
+    fn waiting_gossip_frames_are_admitted_together_in_order_and_bounded() {
+        let key = cairn_core::Keypair::from_seed([4; 32]);
+        let frame = |peer: usize, from_nonce: u64, count: u64| -> GossipFrame {
+            let txs = (from_nonce..from_nonce + count)
+                .map(|nonce| {
+                    SignedTransaction::sign(
+                        cairn_core::Transfer {
+                            chain_id: "p2p-test".into(),
+                            from: key.public(),
+                            to: cairn_core::PublicKey([2; 32]),
+                            amount: 1,
+                            nonce,
+                        },
+                        &key,
+                    )
+                })
+                .collect();
+            (peer, txs)
+        };
+        let (sender, mut inbox) = mpsc::channel(8);
+        sender.try_send(frame(2, 600, 600)).unwrap();
+        sender.try_send(frame(3, 0, 600)).unwrap();
+        let (frames, txs) = join_waiting_frames(frame(1, 0, 600), &mut inbox);
+        assert_eq!(frames, vec![(1, 600), (2, 600)], "stops past the bound");
+        let nonces: Vec<u64> = txs.iter().map(|t| t.transfer.nonce).collect();
+        assert_eq!(
+            nonces,
+            (0..1_200).collect::<Vec<_>>(),
+            "in the order received"
+        );
+        let (frames, _) = join_waiting_frames(inbox.try_recv().unwrap(), &mut inbox);
+        assert_eq!(
+            frames,
+            vec![(3, 600)],
+            "nothing waits for a frame not yet there"
+        );
+    }
+
     #[test]
     fn gossip_held_back_by_the_primary_or_f_plus_one_peers() {
         let metrics = Arc::new(crate::metrics::Metrics::new(4, 0));
