@@ -1040,7 +1040,6 @@ pub(crate) mod tests {
         {
             let storage = Storage::open(dir.path(), &genesis, &accounts).unwrap();
             for h in 1..=3u8 {
-                let (mut block, mut certificate) = child(&parent);
                 let changes: BTreeMap<PublicKey, Account> = (0..5u8)
                     .map(|i| {
                         let account = Account {
@@ -1050,37 +1049,18 @@ pub(crate) mod tests {
                         (PublicKey([10 * h + i; 32]), account)
                     })
                     .collect();
-                let tree = merkle::update_tree(&cairn_core::state::ViewTree(&storage), &changes);
-                block.header.state_root = tree.root;
-                certificate.block_hash = block.hash();
-                let changes_list: Vec<_> = changes.iter().map(|(k, a)| (*k, *a)).collect();
-                storage
-                    .commit_block(&block, &certificate, &[], &changes_list, &tree.writes)
-                    .unwrap();
-                state.apply_changes(&changes);
-                assert_eq!(state.root(), tree.root);
-                parent = block;
+                parent = commit_changes(&storage, &parent, &mut state, &changes);
             }
         }
         let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
         // What sled holds of the tree is its leaves (this tree is all
         // within the cached depth), and the cache built at open agrees.
-        let mut leaves = 0;
-        for entry in storage.state.iter() {
-            let (key, value) = entry.unwrap();
-            if key.len() != 34 {
-                continue;
-            }
-            let node_key = NodeKey {
-                depth: u16::from_be_bytes([key[0], key[1]]),
-                prefix: key[2..].try_into().unwrap(),
-            };
-            let stored: TreeNode = codec::decode(&value).unwrap();
-            assert!(matches!(stored, TreeNode::Leaf { .. }), "{stored:?} stored");
-            assert_eq!(storage.tree_node(&node_key).unwrap(), Some(stored));
-            leaves += 1;
+        let stored = stored_tree_nodes(&storage);
+        for (key, node) in &stored {
+            assert!(matches!(node, TreeNode::Leaf { .. }), "{node:?} stored");
+            assert_eq!(storage.tree_node(key).unwrap(), Some(*node));
         }
-        assert_eq!(leaves, state.accounts().len());
+        assert_eq!(stored.len(), state.accounts().len());
         assert_eq!(
             cairn_core::merkle::stored_root(&cairn_core::state::ViewTree(&storage)),
             parent.header.state_root
@@ -1130,7 +1110,6 @@ pub(crate) mod tests {
         let mut state = cairn_core::state::MemoryState::from_accounts(accounts.clone());
         let mut parent = genesis.clone();
         for h in 0..blocks {
-            let (mut block, mut certificate) = child(&parent);
             let changes: BTreeMap<PublicKey, Account> = (0..per_block)
                 .map(|i| {
                     let seed = (h * per_block + i).to_le_bytes();
@@ -1142,18 +1121,48 @@ pub(crate) mod tests {
                     (address, account)
                 })
                 .collect();
-            let tree = merkle::update_tree(&cairn_core::state::ViewTree(storage), &changes);
-            block.header.state_root = tree.root;
-            certificate.block_hash = block.hash();
-            let list: Vec<_> = changes.iter().map(|(k, a)| (*k, *a)).collect();
-            storage
-                .commit_block(&block, &certificate, &[], &list, &tree.writes)
-                .unwrap();
-            state.apply_changes(&changes);
-            assert_eq!(state.root(), tree.root);
-            parent = block;
+            parent = commit_changes(storage, &parent, &mut state, &changes);
         }
         (parent, state)
+    }
+
+    /// Commits a child of `parent` that changes `changes` (with the state
+    /// tree's writes and root), applies them to `state` too, and returns
+    /// the block.
+    fn commit_changes(
+        storage: &Storage,
+        parent: &Block,
+        state: &mut cairn_core::state::MemoryState,
+        changes: &BTreeMap<PublicKey, Account>,
+    ) -> Block {
+        let (mut block, mut certificate) = child(parent);
+        let tree = merkle::update_tree(&cairn_core::state::ViewTree(storage), changes);
+        block.header.state_root = tree.root;
+        certificate.block_hash = block.hash();
+        let list: Vec<_> = changes.iter().map(|(k, a)| (*k, *a)).collect();
+        storage
+            .commit_block(&block, &certificate, &[], &list, &tree.writes)
+            .unwrap();
+        state.apply_changes(changes);
+        assert_eq!(state.root(), tree.root);
+        block
+    }
+
+    /// Every state tree node stored in sled.
+    fn stored_tree_nodes(storage: &Storage) -> Vec<(NodeKey, TreeNode)> {
+        storage
+            .state
+            .iter()
+            .map(|entry| entry.unwrap())
+            .filter(|(key, _)| key.len() == 34)
+            .map(|(key, value)| {
+                let node_key = NodeKey {
+                    depth: u16::from_be_bytes([key[0], key[1]]),
+                    prefix: key[2..].try_into().unwrap(),
+                };
+                (node_key, codec::decode(&value).unwrap())
+            })
+            .collect()
     }
 
     /// Internal nodes down to the cached depth are not stored, and are
@@ -1171,14 +1180,8 @@ pub(crate) mod tests {
         };
         let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
         let (mut cached_leaves, mut deep) = (0, 0);
-        for entry in storage.state.iter() {
-            let (key, value) = entry.unwrap();
-            if key.len() != 34 {
-                continue;
-            }
-            let depth = u16::from_be_bytes([key[0], key[1]]);
-            let node: TreeNode = codec::decode(&value).unwrap();
-            if depth <= TREE_CACHE_DEPTH {
+        for (key, node) in stored_tree_nodes(&storage) {
+            if key.depth <= TREE_CACHE_DEPTH {
                 assert!(matches!(node, TreeNode::Leaf { .. }), "stored: {node:?}");
                 cached_leaves += 1;
             } else {
@@ -1228,15 +1231,11 @@ pub(crate) mod tests {
                 .insert(META_FORMAT, b"cairn-storage-4")
                 .unwrap();
             storage.flush().unwrap();
-            let leaf = storage
-                .state
-                .iter()
-                .map(|e| e.unwrap())
-                .find(|(k, v)| {
-                    k.len() == 34 && matches!(codec::decode(v).unwrap(), TreeNode::Leaf { .. })
-                })
-                .unwrap();
-            leaf.0
+            stored_tree_nodes(&storage)
+                .into_iter()
+                .find(|(_, node)| matches!(node, TreeNode::Leaf { .. }))
+                .unwrap()
+                .0
         };
         {
             let storage = reopen(dir.path(), &genesis, &accounts).unwrap();
@@ -1245,7 +1244,7 @@ pub(crate) mod tests {
                 Some(FORMAT)
             );
             // A lost leaf: the tree no longer hashes to the tip's root.
-            storage.state.remove(&leaf_key).unwrap();
+            storage.state.remove(leaf_key.to_bytes()).unwrap();
             storage.flush().unwrap();
         }
         match reopen(dir.path(), &genesis, &accounts) {
