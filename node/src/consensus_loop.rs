@@ -296,40 +296,27 @@ fn step(
         );
     }
     observe_sync(&node.metrics, replica, ledger);
-    let tip = ledger.tip().0;
-    if sync_reply && tip > tip_before && !syncing_before && !replica.is_syncing() {
-        // Caught up in one step from a reply to the idle poll (a quiet
-        // chain shows no votes above our height, so the replica never
-        // knew it was behind): still a catch-up, counted and logged.
+    let (tip, syncing) = (ledger.tip().0, replica.is_syncing());
+    // Caught up in one step from a reply to the idle poll (a quiet chain
+    // shows no votes above our height, so the replica never knew it was
+    // behind): still a catch-up, counted and logged.
+    let at_once = sync_reply && tip > tip_before && !syncing_before && !syncing;
+    if (syncing && !syncing_before) || at_once {
         node.metrics.syncs.inc();
+        let from = tip_before.0;
         tracing::info!(
             event = "sync_start",
-            height = tip_before.0,
-            "catching up from height {}",
-            tip_before.0
+            height = from,
+            "catching up from height {from}"
         );
+    }
+    if (!syncing && syncing_before) || at_once {
         tracing::info!(
             event = "sync_end",
             height = tip.0,
             "caught up at height {}",
             tip.0
         );
-    } else if replica.is_syncing() != syncing_before {
-        let tip = ledger.tip().0 .0;
-        if replica.is_syncing() {
-            node.metrics.syncs.inc();
-            tracing::info!(
-                event = "sync_start",
-                height = tip,
-                "catching up from height {tip}"
-            );
-        } else {
-            tracing::info!(
-                event = "sync_end",
-                height = tip,
-                "caught up at height {tip}"
-            );
-        }
     }
     let status = ConsensusStatus {
         view: replica.view(),
