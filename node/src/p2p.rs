@@ -244,7 +244,7 @@ pub struct Network {
     /// delays a consensus frame read after them). Honest peers keep to
     /// their windows, which together fill half of it; beyond that a frame
     /// is dropped (and credited).
-    gossip_inbox: mpsc::Sender<(usize, Vec<SignedTransaction>)>,
+    gossip_inbox: mpsc::Sender<GossipFrame>,
     gossip_inbox_frames: usize,
     /// Transactions in the inbox, at most [`gossip_inbox_txs`].
     gossip_inbox_txs: std::sync::atomic::AtomicUsize,
@@ -261,7 +261,7 @@ pub struct Network {
 /// consumed by [`start`].
 pub struct Queues(
     Vec<Option<[mpsc::Receiver<Queued>; 2]>>,
-    mpsc::Receiver<(usize, Vec<SignedTransaction>)>,
+    mpsc::Receiver<GossipFrame>,
 );
 
 /// Whether our gossip waits for the other validators' windows (see
@@ -642,10 +642,12 @@ fn admit_gossip(node: Arc<Node>, mut inbox: mpsc::Receiver<GossipFrame>) {
     }
 }
 
+/// A gossip frame in the inbox: its sender and its transactions.
+type GossipFrame = (usize, Vec<SignedTransaction>);
+
 /// `first` and the frames already waiting behind it, up to
 /// [`GOSSIP_ADMIT_TXS`] transactions: each frame's sender and size, and
 /// their transactions in the order received.
-type GossipFrame = (usize, Vec<SignedTransaction>);
 fn join_waiting_frames(
     first: GossipFrame,
     inbox: &mut mpsc::Receiver<GossipFrame>,
@@ -1329,9 +1331,8 @@ mod tests {
         assert!(window.credited.is_some());
     }
 
-    /// Clients wait while our gossip waits for the primary, or for f + 1
-    /// peers; one slow peer that is not the primary holds nobody back.
-    /// Whether the primary drains (credited lately) is told apart.
+    /// Frames waiting in the inbox join the first, each sender's in
+    /// order, until the batch reaches its bound; none is waited for.
     #[test]
     fn waiting_gossip_frames_are_admitted_together_in_order_and_bounded() {
         let key = cairn_core::Keypair::from_seed([4; 32]);
@@ -1371,6 +1372,9 @@ mod tests {
         );
     }
 
+    /// Clients wait while our gossip waits for the primary, or for f + 1
+    /// peers; one slow peer that is not the primary holds nobody back.
+    /// Whether the primary drains (credited lately) is told apart.
     #[test]
     fn gossip_held_back_by_the_primary_or_f_plus_one_peers() {
         let metrics = Arc::new(crate::metrics::Metrics::new(4, 0));
