@@ -151,8 +151,10 @@ pub trait Ledger {
     fn has_pending(&self) -> bool;
     /// Since when (`Tick` time) the longest-waiting transaction that a
     /// block could take now has been pending here, as of `now_ms`; `None`
-    /// when there is none (or the ledger does not track it).
-    fn oldest_pending_ms(&self, _now_ms: u64) -> Option<u64> {
+    /// when there is none, when the ledger does not track it, or when
+    /// `primary` (the primary of the block just committed) may not have
+    /// received it yet.
+    fn oldest_pending_ms(&self, _now_ms: u64, _primary: ValidatorIndex) -> Option<u64> {
         None
     }
     /// Builds a block for `tip().0 + 1` on top of the tip, or `None` when there

@@ -534,9 +534,11 @@ impl Replica {
     /// commits by quorum in this replica's own round are judged (synced
     /// blocks were decided while it was away).
     fn check_censorship(&mut self, ledger: &mut impl Ledger, height_started_ms: u64) {
-        let overdue = ledger.oldest_pending_ms(self.now_ms).is_some_and(|since| {
-            since.saturating_add(self.config.view_timeout_ms) <= height_started_ms
-        });
+        let overdue = ledger
+            .oldest_pending_ms(self.now_ms, self.primary())
+            .is_some_and(|since| {
+                since.saturating_add(self.config.view_timeout_ms) <= height_started_ms
+            });
         if overdue {
             self.view_deadline_ms = Some(self.now_ms);
         }

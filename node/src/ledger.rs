@@ -13,13 +13,22 @@ use std::sync::Arc;
 
 use cairn_consensus::Ledger;
 use cairn_core::executor::{build_block, execute_block, BlockRules, Executed, Parent, Proposer};
-use cairn_core::{Block, Certificate, Hash, Height, PublicKey, SignedTransaction, View};
+use cairn_core::{
+    Block, Certificate, Hash, Height, PublicKey, SignedTransaction, ValidatorIndex, View,
+};
 
 use crate::Node;
 
 /// Most transactions sent again in one re-gossip round (see
 /// [`NodeLedger::regossip_overdue`]).
 const REGOSSIP_TXS_MAX: usize = 4_096;
+
+/// How long after a transaction arrived here its gossip may still be queued
+/// for the primary (admission gossips what it admitted at once; this covers
+/// a busy admission thread): while the primary has not credited a frame
+/// queued by then, it may not have the transaction (see
+/// [`NodeLedger::oldest_pending_ms`]).
+const PRIMARY_GOSSIP_GRACE_MS: u64 = 500;
 
 /// Fewest transactions of each stuck sender in a re-gossip round (the
 /// round's budget is shared out evenly above that; see
@@ -182,16 +191,53 @@ impl Ledger for NodeLedger {
     /// are then likely refusing too, so a transaction the primary's block
     /// left out is explained by load, not censorship. Judging it anyway
     /// changed views over and over at twice the peak load (issue 8).
-    fn oldest_pending_ms(&self, now_ms: u64) -> Option<u64> {
+    ///
+    /// None too while the primary has not yet taken the gossip we queued
+    /// for it up to a little after the transaction arrived here
+    /// ([`PRIMARY_GOSSIP_GRACE_MS`]): a primary behind on its gossip has
+    /// not been given the transaction yet, and a new primary would be just
+    /// as far behind. Under load one validator asked alone for the next
+    /// view right after commit after commit, ~200 ms apart (26 view
+    /// changes in 600 s at 80 % of the peak, all but two of them such
+    /// flaps). A primary that credits nothing is still judged:
+    /// frames uncredited for `GOSSIP_CREDIT_TIMEOUT` count as taken.
+    fn oldest_pending_ms(&self, now_ms: u64, primary: ValidatorIndex) -> Option<u64> {
         let view_timeout_ms = self.node.genesis.genesis.params.view_timeout_ms;
         if self.node.metrics.overloaded_within(view_timeout_ms, now_ms) {
             return None;
         }
-        self.node
+        let since = self
+            .node
             .mempool
             .lock()
             .expect("mempool lock")
-            .oldest_ready_since_ms()
+            .oldest_ready_since_ms()?;
+        let in_flight = self
+            .node
+            .network
+            .gossip_unconfirmed_since_ms(primary, now_ms)
+            .filter(|&queued| queued <= since.saturating_add(PRIMARY_GOSSIP_GRACE_MS));
+        if let Some(queued) = in_flight {
+            if since.saturating_add(view_timeout_ms) <= now_ms {
+                tracing::debug!(
+                    waited_ms = now_ms - since,
+                    gossip_waiting_ms = now_ms.saturating_sub(queued),
+                    "not judging validator {primary}: it has not taken our gossip of \
+                     {} ms ago",
+                    now_ms.saturating_sub(queued)
+                );
+            }
+            return None;
+        }
+        if since.saturating_add(view_timeout_ms) <= now_ms {
+            tracing::info!(
+                waited_ms = now_ms - since,
+                "a transaction ready here for {} ms is not in validator {primary}'s block, \
+                 which had room (it took all the gossip we sent it)",
+                now_ms - since
+            );
+        }
+        Some(since)
     }
 
     fn propose(&mut self, view: View, proposer: PublicKey, now_ms: u64) -> Option<Block> {

@@ -82,6 +82,10 @@ pub const GOSSIP_HELD_BACK_BYTES: usize = 512 * 1024;
 /// window is opened again (a credit lost with a full consensus queue must not
 /// stop gossip to that peer for good).
 pub const GOSSIP_CREDIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Gossip frames to one peer whose enqueue times are remembered until the
+/// peer credits them (what its queue and window can hold together; older
+/// ones beyond it count as received).
+const GOSSIP_UNCONFIRMED_MAX: usize = PEER_QUEUE_FRAMES_MAX + GOSSIP_WINDOW_FRAMES;
 /// Most transactions in one gossip frame.
 pub const GOSSIP_TXS_MAX: usize = cairn_core::limits::HTTP_BATCH_TXS_MAX;
 /// Most gossiped transactions admitted in one go: frames that wait in the
@@ -288,6 +292,11 @@ struct GossipWindow {
     moved: Option<Instant>,
     /// When the peer last credited a frame (kept across connections).
     credited: Option<Instant>,
+    /// When each frame queued or sent to the peer and not yet credited was
+    /// queued (ms, the ledger's clock), oldest first: frames are sent in
+    /// order and credited in order, so the front is the oldest one the
+    /// peer may not have yet (see [`Network::gossip_unconfirmed_since_ms`]).
+    unconfirmed: std::collections::VecDeque<u64>,
 }
 
 impl GossipWindow {
@@ -307,8 +316,31 @@ impl GossipWindow {
         false
     }
 
+    /// The window starts empty; the frames sent on the lost connection
+    /// will never be credited, so they leave `unconfirmed` too (those still
+    /// queued stay: the next connection sends them).
     fn reset(&mut self) {
+        let lost = self.frames.min(self.unconfirmed.len());
+        self.unconfirmed.drain(..lost);
         (self.frames, self.txs, self.moved) = (0, 0, None);
+    }
+
+    /// When the oldest frame not credited and not given up on (queued
+    /// within [`GOSSIP_CREDIT_TIMEOUT`] of `now_ms`) was queued.
+    fn unconfirmed_since(&self, now_ms: u64) -> Option<u64> {
+        let given_up = now_ms.saturating_sub(GOSSIP_CREDIT_TIMEOUT.as_millis() as u64);
+        self.unconfirmed
+            .iter()
+            .find(|&&queued_ms| queued_ms > given_up)
+            .copied()
+    }
+
+    /// A gossip frame was queued for the peer at `now_ms`.
+    fn queued(&mut self, now_ms: u64) {
+        if self.unconfirmed.len() >= GOSSIP_UNCONFIRMED_MAX {
+            self.unconfirmed.pop_front();
+        }
+        self.unconfirmed.push_back(now_ms);
     }
 
     fn sent(&mut self, txs: usize, now: Instant) {
@@ -320,6 +352,7 @@ impl GossipWindow {
     /// Credits beyond what was sent (a lying peer, or frames of an older
     /// connection) only empty the window.
     fn credit(&mut self, txs: usize, now: Instant) {
+        self.unconfirmed.pop_front();
         self.frames = self.frames.saturating_sub(1);
         self.txs = self.txs.saturating_sub(txs);
         self.moved = Some(now);
@@ -390,6 +423,12 @@ impl Network {
         let fits = queued.load(Ordering::Relaxed) + frame.len() <= LANE_BYTES_MAX[lane as usize];
         if fits && queues[lane as usize].try_send((frame.clone(), txs)).is_ok() {
             queued.fetch_add(frame.len(), Ordering::Relaxed);
+            if lane == Lane::Gossip {
+                self.windows[peer]
+                    .lock()
+                    .expect("window lock")
+                    .queued(crate::ledger::now_ms());
+            }
         } else {
             self.metrics.p2p_frames_dropped.inc();
         }
@@ -485,6 +524,20 @@ impl Network {
             return HeldBack::ByPrimary { draining };
         }
         HeldBack::Not
+    }
+
+    /// When the oldest gossip frame queued for `peer` that it has not
+    /// credited yet was queued (ms, the ledger's clock), as of `now_ms`:
+    /// what we gossiped before that time, the peer has taken (admitted or
+    /// refused). Frames uncredited for [`GOSSIP_CREDIT_TIMEOUT`] count as
+    /// taken, so a peer that credits nothing can not make this look
+    /// forever in flight. `None` when nothing is in flight.
+    pub fn gossip_unconfirmed_since_ms(&self, peer: ValidatorIndex, now_ms: u64) -> Option<u64> {
+        self.windows
+            .get(peer.get())?
+            .lock()
+            .expect("window lock")
+            .unconfirmed_since(now_ms)
     }
 
     /// A new connection to `peer`: what the old one carried is lost or
@@ -1369,6 +1422,72 @@ mod tests {
             frames,
             vec![(3, 600)],
             "nothing waits for a frame not yet there"
+        );
+    }
+
+    /// What a peer has not credited is known by when it was queued: the
+    /// oldest first, gone with its credit, gone when the connection that
+    /// carried it is lost (not while it still waits in the queue), and
+    /// given up on after the credit timeout.
+    #[test]
+    fn the_oldest_uncredited_gossip_is_known_until_credited() {
+        let timeout_ms = GOSSIP_CREDIT_TIMEOUT.as_millis() as u64;
+        let t0 = Instant::now();
+        let mut window = GossipWindow::default();
+        assert_eq!(window.unconfirmed_since(1_000), None);
+        for queued_ms in [100, 200, 300] {
+            window.queued(queued_ms);
+        }
+        assert_eq!(window.unconfirmed_since(400), Some(100));
+        window.sent(10, t0);
+        window.credit(10, t0);
+        assert_eq!(window.unconfirmed_since(400), Some(200), "credited");
+        window.sent(10, t0);
+        window.reset();
+        assert_eq!(
+            window.unconfirmed_since(400),
+            Some(300),
+            "the frame sent on a lost connection is gone, the queued one stays"
+        );
+        assert_eq!(window.unconfirmed_since(299 + timeout_ms), Some(300));
+        assert_eq!(
+            window.unconfirmed_since(300 + timeout_ms),
+            None,
+            "given up on after the credit timeout"
+        );
+        for queued_ms in 0..GOSSIP_UNCONFIRMED_MAX as u64 + 10 {
+            window.queued(1_000 + queued_ms);
+        }
+        assert_eq!(window.unconfirmed.len(), GOSSIP_UNCONFIRMED_MAX, "bounded");
+        assert_eq!(
+            window.unconfirmed_since(2_000),
+            Some(1_010),
+            "oldest dropped"
+        );
+
+        // Through the network: queued gossip is in flight until credited;
+        // consensus frames are not gossip.
+        let metrics = Arc::new(crate::metrics::Metrics::new(4, 0));
+        let (network, _receivers) = Network::new(4, 0, metrics);
+        let peer = ValidatorIndex(1);
+        let frame: Frame = Arc::new(vec![0u8; 100]);
+        network.enqueue(1, &frame, 5, Lane::Consensus);
+        let now = crate::ledger::now_ms();
+        assert_eq!(network.gossip_unconfirmed_since_ms(peer, now), None);
+        network.enqueue(1, &frame, 5, Lane::Gossip);
+        let in_flight = network.gossip_unconfirmed_since_ms(peer, crate::ledger::now_ms());
+        assert!(
+            in_flight.is_some_and(|queued| queued >= now),
+            "{in_flight:?}"
+        );
+        assert_eq!(
+            network.gossip_unconfirmed_since_ms(ValidatorIndex(2), now),
+            None
+        );
+        network.credited(1, 5);
+        assert_eq!(
+            network.gossip_unconfirmed_since_ms(peer, crate::ledger::now_ms()),
+            None
         );
     }
 

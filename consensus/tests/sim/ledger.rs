@@ -13,7 +13,7 @@ use cairn_core::executor::{
 use cairn_core::state::{Account, MemoryState, StateView};
 use cairn_core::{
     tx_root, Block, BlockHeader, Certificate, Hash, Height, Keypair, PublicKey, Signature,
-    SignedTransaction, Transfer, View,
+    SignedTransaction, Transfer, ValidatorIndex, View,
 };
 
 /// Funded accounts that send the simulated transfers.
@@ -343,7 +343,7 @@ impl Ledger for SimLedger {
         self.pending
     }
 
-    fn oldest_pending_ms(&self, _now_ms: u64) -> Option<u64> {
+    fn oldest_pending_ms(&self, _now_ms: u64, _primary: ValidatorIndex) -> Option<u64> {
         self.client_pending().map(|c| c.since_ms)
     }
 
