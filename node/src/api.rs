@@ -69,9 +69,24 @@ fn wants_proof(query: &Query) -> Result<bool, Box<Response>> {
     }
 }
 
+/// Seconds a client refused for want of room (503, 429) is asked to wait
+/// before sending again (`Retry-After`): about the time a few blocks take
+/// to make room.
+const RETRY_AFTER_S: u32 = 1;
+
 fn refusal_response(refusal: &Refusal) -> Response {
     let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-    error_response(status, refusal.code, refusal.message.clone())
+    let mut response = error_response(status, refusal.code, refusal.message.clone());
+    if matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
+        response.headers_mut().insert(
+            warp::http::header::RETRY_AFTER,
+            warp::http::HeaderValue::from(RETRY_AFTER_S),
+        );
+    }
+    response
 }
 
 fn storage_failure(e: impl std::fmt::Display) -> Response {

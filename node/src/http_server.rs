@@ -360,7 +360,7 @@ fn refusal_bytes(refused: Refused, limits: &ServerLimits) -> Vec<u8> {
     let body = serde_json::json!({ "error": error, "code": "too_many_connections" }).to_string();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

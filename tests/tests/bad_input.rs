@@ -241,6 +241,16 @@ fn a_full_mempool_refuses_with_503() {
     }
     let parked = alice.sign_with_nonce(bob_key, 1, 4);
     assert_error(&post(&parked), 503, "mempool_full");
+    // It says when to come back (RFC 9110 `Retry-After`, in seconds).
+    match ureq::post(&format!("{}/v1/transactions", net.api(0)))
+        .set("content-type", "application/json")
+        .send_string(&serde_json::to_string(&parked).unwrap())
+    {
+        Err(ureq::Error::Status(503, answer)) => {
+            assert_eq!(answer.header("retry-after"), Some("1"))
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
     let mut forged = alice.sign_with_nonce(bob_key, 2, 5);
     forged.amount = 3;
     assert_error(&post(&forged), 503, "mempool_full");
