@@ -216,6 +216,13 @@ impl Node {
             })
             .collect();
         let refused = verdicts.iter().filter(|v| v.is_err()).count();
+        if origin == Origin::Peer {
+            for verdict in &verdicts {
+                if let Err(refusal) = verdict {
+                    self.metrics.gossip_refused(refusal.code);
+                }
+            }
+        }
         // Refusals for want of room here mean the other validators are
         // likely refusing too, which quiets the censorship judge for a
         // while (`NodeLedger::oldest_pending_ms`). Gossip held back by a

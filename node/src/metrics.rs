@@ -45,6 +45,12 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Labels of `cairn_gossip_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
+}
+
 /// Which way p2p traffic went.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 enum Direction {
@@ -97,6 +103,9 @@ pub struct Metrics {
     pub peers_connected: CountGauge,
     pub admitted_transactions: Counter,
     pub rejected_transactions: Counter,
+    /// Transactions peers gossiped that admission refused, by error code:
+    /// what a primary lacks that other validators hold.
+    gossip_refused: Family<CodeLabels, Counter>,
     pub p2p_frames_dropped: Counter,
     /// Peers' consensus frames dropped because the sender's share of the
     /// consensus thread's queue was full.
@@ -214,6 +223,12 @@ impl Metrics {
             "rejected_transactions",
             "Transactions refused at admission",
         );
+        let gossip_refused = Family::<CodeLabels, Counter>::default();
+        r.register(
+            "gossip_refused",
+            "Transactions gossiped by other validators that admission refused, by error code",
+            gossip_refused.clone(),
+        );
         let p2p_frames_dropped = counter(
             r,
             "p2p_frames_dropped",
@@ -305,6 +320,7 @@ impl Metrics {
             peers_connected,
             admitted_transactions,
             rejected_transactions,
+            gossip_refused,
             p2p_frames_dropped,
             consensus_events_dropped,
             consensus_events_queued,
@@ -370,6 +386,13 @@ impl Metrics {
     }
 
     /// Records the mempool's sizes (call with its lock held, after a change).
+    /// A transaction a peer gossiped was refused with `code`.
+    pub fn gossip_refused(&self, code: &'static str) {
+        self.gossip_refused
+            .get_or_create(&CodeLabels { code })
+            .inc();
+    }
+
     pub fn observe_mempool(&self, mempool: &crate::mempool::Mempool) {
         self.mempool_size.set(mempool.len() as u64);
         self.mempool_ready.set(mempool.ready_len() as u64);

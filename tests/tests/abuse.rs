@@ -206,6 +206,54 @@ fn parked_transactions_expire_and_say_so() {
     net.wait_committed(0, &tx_hash(&first), Duration::from_secs(20));
 }
 
+/// What a validator refuses of its peers' gossip is counted by code
+/// (`cairn_gossip_refused_total{code}`: what it lacks that they hold).
+/// Validator 1 keeps at most one parked transaction per sender, the others
+/// the default; a sender's three parked transfers sent to validator 0
+/// reach every validator, and validator 1 refuses two as `sender_limit`.
+#[test]
+fn gossip_a_validator_refuses_is_counted_by_code() {
+    let mut net = Testnet::create(4, 2, BALANCE);
+    let path = net.home(1).join("node.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["limits"]["mempool_sender_parked_max"] = Value::from(1);
+    std::fs::write(&path, config.to_string()).unwrap();
+    start(&mut net);
+    let alice = net.signer(0, 0);
+    let bob = net.account_keypair(1).public();
+    let parked: Vec<TxJson> = (1..=3).map(|n| alice.sign_with_nonce(bob, 1, n)).collect();
+    for entry in post_batch(&net, 0, &parked) {
+        assert!(entry["hash"].is_string(), "refused: {entry}");
+    }
+    let refused = r#"cairn_gossip_refused_total{code="sender_limit"}"#;
+    wait_for(
+        "validator 1 refusing gossip",
+        Duration::from_secs(20),
+        || (metric_or_zero(&net, 1, refused) == 2).then_some(()),
+    );
+    for i in [0, 2, 3] {
+        wait_for("the gossip", Duration::from_secs(20), || {
+            (net.metric(i, "cairn_mempool_parked") == 3).then_some(())
+        });
+        assert_eq!(metric_or_zero(&net, i, refused), 0, "validator {i}");
+    }
+    assert_eq!(net.metric(1, "cairn_mempool_parked"), 1);
+    assert_eq!(metric_or_zero(&net, 1, refused), 2);
+}
+
+/// A series of validator `i`'s `/metrics`, 0 when it is not there yet (a
+/// labelled series appears with its first count).
+fn metric_or_zero(net: &Testnet, i: usize, series: &str) -> u64 {
+    let text = ureq::get(&format!("{}/metrics", net.api(i)))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{series} ")))
+        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
+}
+
 /// The race of issue 8: validator A holds a sender's nonce 0 (amount 1) and
 /// nonce 1 (the rest of its balance); the primary holds another nonce 0
 /// that spends everything, and commits it. A's nonce 1 can no longer run.
