@@ -229,7 +229,7 @@ fn run(
                 &mut ledger,
                 Input::Tick { now_ms: now_ms() },
             );
-            ledger.regossip_if_idle(now_ms());
+            ledger.regossip_if_idle(now_ms(), replica.primary());
             next_tick = Instant::now() + TICK;
         }
     }
@@ -279,7 +279,7 @@ fn step(
     for action in actions {
         execute(node, record, action);
     }
-    ledger.carry_out_effects(now_ms());
+    ledger.carry_out_effects(now_ms(), replica.primary());
     if replica.view() != view_before {
         node.metrics.view_changes.inc();
         tracing::info!(

@@ -97,7 +97,14 @@ impl NodeLedger {
     /// full peer queue drops frames). Send them to every validator again,
     /// at most once per half timeout, before the replica, after a whole
     /// timeout, counts them as censored and asks for the next view.
-    fn regossip_overdue(&mut self, tx_count: usize, now: u64) {
+    ///
+    /// Only what the primary (`primary`) has had time to take: while it
+    /// has not credited gossip we queued for it at time `q`, a transaction
+    /// that arrived here after `q - PRIMARY_GOSSIP_GRACE_MS` may still be
+    /// on its way to it, and sending it again only adds to the primary's
+    /// backlog (under load the primary was 1.6 s behind on our gossip, and
+    /// three validators each sent ~2,000 transactions again every second).
+    fn regossip_overdue(&mut self, tx_count: usize, now: u64, primary: ValidatorIndex) {
         let params = &self.node.genesis.genesis.params;
         if tx_count >= params.block_txs_max {
             return;
@@ -106,10 +113,15 @@ impl NodeLedger {
         if now < self.regossiped_ms.saturating_add(half_timeout_ms) {
             return;
         }
+        let mut before_ms = now.saturating_sub(half_timeout_ms);
+        if let Some(queued) = self.node.network.gossip_unconfirmed_since_ms(primary, now) {
+            before_ms = before_ms.min(queued.saturating_sub(PRIMARY_GOSSIP_GRACE_MS + 1));
+        }
         let overdue = self.node.mempool.lock().expect("mempool lock").ready_since(
-            now.saturating_sub(half_timeout_ms),
+            before_ms,
             REGOSSIP_TXS_PER_SENDER,
             REGOSSIP_TXS_MAX,
+            now,
         );
         if overdue.is_empty() {
             return;
@@ -131,7 +143,7 @@ impl NodeLedger {
     /// acknowledged transactions stayed there (`partitions.rs`).
     /// Looks at the pool at most once per quarter timeout (it is called on
     /// every tick, and an idle chain may hold a large pool).
-    pub fn regossip_if_idle(&mut self, now_ms: u64) {
+    pub fn regossip_if_idle(&mut self, now_ms: u64, primary: ValidatorIndex) {
         let timeout_ms = self.node.genesis.genesis.params.view_timeout_ms;
         if now_ms < self.committed_ms.saturating_add(timeout_ms / 2)
             || now_ms < self.idle_checked_ms.saturating_add(timeout_ms / 4)
@@ -139,7 +151,7 @@ impl NodeLedger {
             return;
         }
         self.idle_checked_ms = now_ms;
-        self.regossip_overdue(0, now_ms);
+        self.regossip_overdue(0, now_ms, primary);
     }
 
     fn rules(&self) -> BlockRules<'_> {
@@ -192,15 +204,19 @@ impl Ledger for NodeLedger {
     /// left out is explained by load, not censorship. Judging it anyway
     /// changed views over and over at twice the peak load (issue 8).
     ///
-    /// None too while the primary has not yet taken the gossip we queued
-    /// for it up to a little after the transaction arrived here
+    /// Only what this node sent the other validators itself is judged (a
+    /// client's transaction, or one it gossiped again because it waited:
+    /// `Mempool::oldest_ready_gossiped_ms`), from when it sent it: a
+    /// transaction known only from a peer's gossip may still wait in that
+    /// peer's queue for the primary. And not while the primary has not
+    /// yet taken the gossip we queued for it up to a little after then
     /// ([`PRIMARY_GOSSIP_GRACE_MS`]): a primary behind on its gossip has
     /// not been given the transaction yet, and a new primary would be just
     /// as far behind. Under load one validator asked alone for the next
-    /// view right after commit after commit, ~200 ms apart (26 view
-    /// changes in 600 s at 80 % of the peak, all but two of them such
-    /// flaps). A primary that credits nothing is still judged:
-    /// frames uncredited for `GOSSIP_CREDIT_TIMEOUT` count as taken.
+    /// view right after commit after commit, ~200 ms apart (most of the
+    /// 26 view changes counted in 600 s at 80 % of the peak). A primary
+    /// that credits nothing is still judged: frames uncredited for
+    /// `GOSSIP_CREDIT_TIMEOUT` count as taken.
     fn oldest_pending_ms(&self, now_ms: u64, primary: ValidatorIndex) -> Option<u64> {
         let view_timeout_ms = self.node.genesis.genesis.params.view_timeout_ms;
         if self.node.metrics.overloaded_within(view_timeout_ms, now_ms) {
@@ -211,7 +227,7 @@ impl Ledger for NodeLedger {
             .mempool
             .lock()
             .expect("mempool lock")
-            .oldest_ready_since_ms()?;
+            .oldest_ready_gossiped_ms()?;
         let in_flight = self
             .node
             .network
@@ -232,8 +248,8 @@ impl Ledger for NodeLedger {
         if since.saturating_add(view_timeout_ms) <= now_ms {
             tracing::info!(
                 waited_ms = now_ms - since,
-                "a transaction ready here for {} ms is not in validator {primary}'s block, \
-                 which had room (it took all the gossip we sent it)",
+                "a transaction we sent {} ms ago is not in validator {primary}'s block, \
+                 which had room (it has taken our gossip since)",
                 now_ms - since
             );
         }
@@ -348,13 +364,13 @@ impl NodeLedger {
     /// Carries out what the commits of the last `handle` left for the world
     /// outside, at wall-clock time `now_ms`: metrics, the SSE event, and
     /// gossiping again the transactions that wait although blocks have room.
-    pub fn carry_out_effects(&mut self, now_ms: u64) {
+    pub fn carry_out_effects(&mut self, now_ms: u64, primary: ValidatorIndex) {
         if self.effects.is_empty() {
             return;
         }
         for done in std::mem::take(&mut self.effects) {
             self.node.after_commit(&done, now_ms);
-            self.regossip_overdue(done.tx_count, now_ms);
+            self.regossip_overdue(done.tx_count, now_ms, primary);
         }
         self.committed_ms = now_ms;
         let mempool = self.node.mempool.lock().expect("mempool lock");

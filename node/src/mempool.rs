@@ -164,6 +164,11 @@ struct Pending {
     hash: Hash,
     /// When it was admitted here (`ledger::now_ms` time).
     since_ms: u64,
+    /// When this node first sent it to the other validators itself:
+    /// admitted from a client (gossiped at once), or gossiped again
+    /// ([`Mempool::ready_since`]); `None` while it is known here only from
+    /// a peer's gossip, which may not have reached the primary yet.
+    gossiped_ms: Option<u64>,
     parked: bool,
 }
 
@@ -544,6 +549,7 @@ impl Mempool {
                 tx,
                 hash,
                 since_ms: now_ms,
+                gossiped_ms: (origin == Origin::Client).then_some(now_ms),
                 parked,
             },
         );
@@ -860,13 +866,16 @@ impl Mempool {
     }
 
     /// Since when the longest-waiting transaction a block could take now
-    /// (the next one of each ready sender) has been here. Walks the ready
-    /// senders.
-    pub fn oldest_ready_since_ms(&self) -> Option<u64> {
+    /// (the next one of each ready sender) has been sent by this node to
+    /// the other validators: what the censorship judge counts, since only
+    /// what a node sent the primary itself can it tell the primary has
+    /// had (a transaction known only from a peer's gossip may still wait
+    /// in that peer's queue for the primary). Walks the ready senders.
+    pub fn oldest_ready_gossiped_ms(&self) -> Option<u64> {
         self.ready
             .keys()
             .filter_map(|sender| self.senders.get(sender)?.txs.values().next())
-            .map(|pending| pending.since_ms)
+            .filter_map(|pending| pending.gossiped_ms)
             .min()
     }
 
@@ -878,37 +887,44 @@ impl Mempool {
     /// many senders (their heads are what it needs, and a bounded round
     /// reaches every one of them), while a peer cut off for a while lacks
     /// the whole runs of a few.
+    ///
+    /// They count as sent by this node from `now_ms` on (see
+    /// [`Mempool::oldest_ready_gossiped_ms`]), if they did not already.
     pub fn ready_since(
-        &self,
+        &mut self,
         before_ms: u64,
         per_sender: usize,
         max: usize,
+        now_ms: u64,
     ) -> Vec<SignedTransaction> {
-        let mut heads: Vec<(u64, &SenderQueue)> = self
+        let mut heads: Vec<(u64, PublicKey)> = self
             .ready
             .keys()
             .filter_map(|sender| {
-                let queue = self.senders.get(sender)?;
-                let head = queue.txs.values().next()?;
-                (!head.parked && head.since_ms <= before_ms).then_some((head.since_ms, queue))
+                let head = self.senders.get(sender)?.txs.values().next()?;
+                (!head.parked && head.since_ms <= before_ms).then_some((head.since_ms, *sender))
             })
             .collect();
         heads.sort_unstable_by_key(|(since, _)| *since);
         let per_sender = per_sender.max(max / heads.len().max(1));
         let mut out = Vec::new();
-        for (_, queue) in heads {
+        for (_, sender) in heads {
             let room = max.saturating_sub(out.len());
             if room == 0 {
                 break;
             }
-            out.extend(
-                queue
-                    .txs
-                    .values()
-                    .take_while(|p| !p.parked)
-                    .take(per_sender.min(room))
-                    .map(|p| p.tx.clone()),
-            );
+            let Some(queue) = self.senders.get_mut(&sender) else {
+                continue;
+            };
+            for pending in queue
+                .txs
+                .values_mut()
+                .take_while(|p| !p.parked)
+                .take(per_sender.min(room))
+            {
+                pending.gossiped_ms.get_or_insert(now_ms);
+                out.push(pending.tx.clone());
+            }
         }
         out
     }
@@ -1311,25 +1327,26 @@ mod tests {
     }
 
     /// The age a replica judges censorship by counts only transactions a
-    /// block could take now: the next one of each ready sender.
+    /// block could take now: the next one of each ready sender (clients'
+    /// here, sent on at once).
     #[test]
     fn the_oldest_ready_transaction_and_the_overdue_ones() {
         let a = Keypair::from_seed([1; 32]);
         let b = Keypair::from_seed([2; 32]);
         let gapped = Keypair::from_seed([3; 32]);
         let mut pool = pool(100);
-        assert_eq!(pool.oldest_ready_since_ms(), None);
+        assert_eq!(pool.oldest_ready_gossiped_ms(), None);
         admit(&mut pool, &tx(&gapped, 1, 5), funded(100, 0), 50).unwrap();
-        assert_eq!(pool.oldest_ready_since_ms(), None, "a gap is no work");
+        assert_eq!(pool.oldest_ready_gossiped_ms(), None, "a gap is no work");
         let a0 = tx(&a, 1, 0);
         admit(&mut pool, &a0, funded(100, 0), 100).unwrap();
         let b1 = tx(&b, 1, 1);
         admit(&mut pool, &b1, funded(100, 0), 10).unwrap();
         let b0 = tx(&b, 1, 0);
         admit(&mut pool, &b0, funded(100, 0), 200).unwrap();
-        assert_eq!(pool.oldest_ready_since_ms(), Some(100));
+        assert_eq!(pool.oldest_ready_gossiped_ms(), Some(100));
         let overdue: Vec<Hash> = pool
-            .ready_since(150, 4, 10)
+            .ready_since(150, 4, 10, 150)
             .iter()
             .map(|t| t.hash())
             .collect();
@@ -1339,7 +1356,7 @@ mod tests {
             "not b's run (its next one, b0, is new), not g (behind a gap)"
         );
         let b_first: Vec<Hash> = pool
-            .ready_since(250, 4, 10)
+            .ready_since(250, 4, 10, 250)
             .iter()
             .map(|t| t.hash())
             .collect();
@@ -1349,23 +1366,45 @@ mod tests {
             "longest waiting first, a run in nonce order"
         );
         assert_eq!(
-            pool.ready_since(250, 1, 2).len(),
+            pool.ready_since(250, 1, 2, 250).len(),
             2,
             "one per sender when the budget is tight"
         );
         assert_eq!(
-            pool.ready_since(250, 1, 10).len(),
+            pool.ready_since(250, 1, 10, 250).len(),
             3,
             "the budget shared out: b's whole run"
         );
-        assert_eq!(pool.ready_since(250, 4, 1).len(), 1, "bounded");
+        assert_eq!(pool.ready_since(250, 4, 1, 250).len(), 1, "bounded");
         pool.remove_committed(
             std::slice::from_ref(&a0),
             &[a0.hash()],
             |k| funded(100, u64::from(*k == a.public())),
             300,
         );
-        assert_eq!(pool.oldest_ready_since_ms(), Some(200));
+        assert_eq!(pool.oldest_ready_gossiped_ms(), Some(200));
+    }
+
+    /// A transaction known only from a peer's gossip is not judged until
+    /// this node sends it on itself (gossips it again): from then on, from
+    /// the first time, however often it goes again.
+    #[test]
+    fn a_peers_transaction_is_judged_from_when_this_node_sent_it() {
+        let a = Keypair::from_seed([1; 32]);
+        let b = Keypair::from_seed([2; 32]);
+        let mut pool = pool(100);
+        let from_peer = tx(&a, 1, 0);
+        pool.admit(from_peer.clone(), from_peer.hash(), funded(100, 0), 100, Origin::Peer)
+            .unwrap();
+        assert_eq!(pool.oldest_ready_gossiped_ms(), None, "only a peer sent it");
+        admit(&mut pool, &tx(&b, 1, 0), funded(100, 0), 300).unwrap();
+        assert_eq!(pool.oldest_ready_gossiped_ms(), Some(300), "a client's");
+        let again = pool.ready_since(150, 4, 10, 200);
+        assert_eq!(again, vec![from_peer.clone()]);
+        assert_eq!(pool.oldest_ready_gossiped_ms(), Some(200), "sent on at 200");
+        assert_eq!(pool.ready_since(400, 4, 10, 500).len(), 2);
+        assert_eq!(pool.oldest_ready_gossiped_ms(), Some(200), "the first time");
+        pool.check_invariants().unwrap();
     }
 
     /// The attack of issue 8: senders fill the pool with transactions behind
