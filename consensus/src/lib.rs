@@ -149,11 +149,12 @@ pub trait Ledger {
     fn tip(&self) -> (Height, Hash);
     /// Whether the mempool holds transactions waiting for a block.
     fn has_pending(&self) -> bool;
-    /// Since when (`Tick` time) the longest-waiting transaction that a
-    /// block could take now has been pending here, as of `now_ms`; `None`
-    /// when there is none, when the ledger does not track it, or when
-    /// `primary` (the primary of the block just committed) may not have
-    /// received it yet.
+    /// Since when (`Tick` time) `primary` (the primary of the block just
+    /// committed) has had the longest-waiting transaction that a block
+    /// could take now and that is pending here, as far as this ledger can
+    /// tell (at the latest, since it has been pending here), as of
+    /// `now_ms`; `None` when there is none, when the ledger does not track
+    /// it, or while the primary may not have received it yet.
     fn oldest_pending_ms(&self, _now_ms: u64, _primary: ValidatorIndex) -> Option<u64> {
         None
     }

@@ -526,9 +526,10 @@ impl Replica {
         false
     }
 
-    /// A transaction that was ready here for a whole view timeout before
-    /// the height started, and that a block with room for it (at most half
-    /// full) left out, means
+    /// A transaction ready here that the primary has had (by the ledger's
+    /// account, `Ledger::oldest_pending_ms`) for a whole view timeout
+    /// before the height started, and that a block with room for it (at
+    /// most half full) left out, means
     /// the primary censors it (or never received it): the commit is no
     /// progress, and the replica asks for the next view at once. Only
     /// commits by quorum in this replica's own round are judged (synced

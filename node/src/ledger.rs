@@ -208,11 +208,13 @@ impl Ledger for NodeLedger {
     /// client's transaction, or one it gossiped again because it waited:
     /// `Mempool::oldest_ready_gossiped_ms`), from when it sent it: a
     /// transaction known only from a peer's gossip may still wait in that
-    /// peer's queue for the primary. And not while the primary has not
-    /// yet taken the gossip we queued for it up to a little after then
-    /// ([`PRIMARY_GOSSIP_GRACE_MS`]): a primary behind on its gossip has
-    /// not been given the transaction yet, and a new primary would be just
-    /// as far behind. Under load one validator asked alone for the next
+    /// peer's queue for the primary. And the age is counted from when the
+    /// primary took (credited) the gossip we queued for it up to a little
+    /// after then ([`PRIMARY_GOSSIP_GRACE_MS`]), `None` while it has not:
+    /// a primary behind on its gossip has not been given the transaction
+    /// yet, and a new primary would be just as far behind (a block
+    /// proposed before the primary took it, and judged when committed
+    /// after, must not count either). Under load one validator asked alone for the next
     /// view right after commit after commit, ~200 ms apart (most of the
     /// 26 view changes counted in 600 s at 80 % of the peak). A primary
     /// that credits nothing is still judged: frames uncredited for
@@ -222,38 +224,40 @@ impl Ledger for NodeLedger {
         if self.node.metrics.overloaded_within(view_timeout_ms, now_ms) {
             return None;
         }
-        let since = self
+        let sent = self
             .node
             .mempool
             .lock()
             .expect("mempool lock")
             .oldest_ready_gossiped_ms()?;
-        let in_flight = self
+        let queued_by = sent.saturating_add(PRIMARY_GOSSIP_GRACE_MS);
+        let Some(delivered) = self
             .node
             .network
-            .gossip_unconfirmed_since_ms(primary, now_ms)
-            .filter(|&queued| queued <= since.saturating_add(PRIMARY_GOSSIP_GRACE_MS));
-        if let Some(queued) = in_flight {
-            if since.saturating_add(view_timeout_ms) <= now_ms {
+            .gossip_delivered_ms(primary, queued_by, now_ms)
+        else {
+            if sent.saturating_add(view_timeout_ms) <= now_ms {
                 tracing::debug!(
-                    waited_ms = now_ms - since,
-                    gossip_waiting_ms = now_ms.saturating_sub(queued),
-                    "not judging validator {primary}: it has not taken our gossip of \
-                     {} ms ago",
-                    now_ms.saturating_sub(queued)
+                    sent_ms_ago = now_ms - sent,
+                    "not judging validator {primary}: it has not yet taken the gossip \
+                     we sent {} ms ago",
+                    now_ms - sent
                 );
             }
             return None;
-        }
-        if since.saturating_add(view_timeout_ms) <= now_ms {
+        };
+        let had = delivered.max(sent);
+        if had.saturating_add(view_timeout_ms) <= now_ms {
             tracing::info!(
-                waited_ms = now_ms - since,
-                "a transaction we sent {} ms ago is not in validator {primary}'s block, \
-                 which had room (it has taken our gossip since)",
-                now_ms - since
+                sent_ms_ago = now_ms - sent,
+                had_ms_ago = now_ms - had,
+                "validator {primary} has had for {} ms a transaction we sent {} ms ago, \
+                 and its block, which had room, left it out",
+                now_ms - had,
+                now_ms - sent
             );
         }
-        Some(since)
+        Some(had)
     }
 
     fn propose(&mut self, view: View, proposer: PublicKey, now_ms: u64) -> Option<Block> {

@@ -1394,8 +1394,14 @@ mod tests {
         let b = Keypair::from_seed([2; 32]);
         let mut pool = pool(100);
         let from_peer = tx(&a, 1, 0);
-        pool.admit(from_peer.clone(), from_peer.hash(), funded(100, 0), 100, Origin::Peer)
-            .unwrap();
+        pool.admit(
+            from_peer.clone(),
+            from_peer.hash(),
+            funded(100, 0),
+            100,
+            Origin::Peer,
+        )
+        .unwrap();
         assert_eq!(pool.oldest_ready_gossiped_ms(), None, "only a peer sent it");
         admit(&mut pool, &tx(&b, 1, 0), funded(100, 0), 300).unwrap();
         assert_eq!(pool.oldest_ready_gossiped_ms(), Some(300), "a client's");

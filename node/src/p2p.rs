@@ -86,6 +86,9 @@ pub const GOSSIP_CREDIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// peer credits them (what its queue and window can hold together; older
 /// ones beyond it count as received).
 const GOSSIP_UNCONFIRMED_MAX: usize = PEER_QUEUE_FRAMES_MAX + GOSSIP_WINDOW_FRAMES;
+/// Credited gossip frames to one peer remembered with their times: some
+/// tens of seconds of gossip under load.
+const GOSSIP_CONFIRMED_MAX: usize = 4_096;
 /// Most transactions in one gossip frame.
 pub const GOSSIP_TXS_MAX: usize = cairn_core::limits::HTTP_BATCH_TXS_MAX;
 /// Most gossiped transactions admitted in one go: frames that wait in the
@@ -297,6 +300,10 @@ struct GossipWindow {
     /// order and credited in order, so the front is the oldest one the
     /// peer may not have yet (see [`Network::gossip_unconfirmed_since_ms`]).
     unconfirmed: std::collections::VecDeque<u64>,
+    /// The last [`GOSSIP_CONFIRMED_MAX`] frames the peer credited: when
+    /// each was queued and when its credit came (ms), oldest first (see
+    /// [`Network::gossip_delivered_ms`]).
+    confirmed: std::collections::VecDeque<(u64, u64)>,
 }
 
 impl GossipWindow {
@@ -335,6 +342,29 @@ impl GossipWindow {
             .copied()
     }
 
+    /// When the peer had credited every frame queued at or before
+    /// `queued_by_ms`, as of `now_ms`; `None` while one of them is in
+    /// flight. A frame uncredited for [`GOSSIP_CREDIT_TIMEOUT`] counts as
+    /// taken then; frames older than those remembered, when queued.
+    fn delivered_ms(&self, queued_by_ms: u64, now_ms: u64) -> Option<u64> {
+        let timeout_ms = GOSSIP_CREDIT_TIMEOUT.as_millis() as u64;
+        let mut given_up = None;
+        for &queued in self.unconfirmed.iter().take_while(|&&q| q <= queued_by_ms) {
+            if queued + timeout_ms > now_ms {
+                return None;
+            }
+            given_up = Some(queued + timeout_ms);
+        }
+        let last = self
+            .confirmed
+            .partition_point(|&(queued, _)| queued <= queued_by_ms);
+        let credited = last
+            .checked_sub(1)
+            .and_then(|i| self.confirmed.get(i))
+            .map(|&(_, credited)| credited);
+        Some(given_up.max(credited).unwrap_or(queued_by_ms))
+    }
+
     /// A gossip frame was queued for the peer at `now_ms`.
     fn queued(&mut self, now_ms: u64) {
         if self.unconfirmed.len() >= GOSSIP_UNCONFIRMED_MAX {
@@ -351,8 +381,13 @@ impl GossipWindow {
 
     /// Credits beyond what was sent (a lying peer, or frames of an older
     /// connection) only empty the window.
-    fn credit(&mut self, txs: usize, now: Instant) {
-        self.unconfirmed.pop_front();
+    fn credit(&mut self, txs: usize, now: Instant, now_ms: u64) {
+        if let Some(queued) = self.unconfirmed.pop_front() {
+            if self.confirmed.len() >= GOSSIP_CONFIRMED_MAX {
+                self.confirmed.pop_front();
+            }
+            self.confirmed.push_back((queued, now_ms));
+        }
         self.frames = self.frames.saturating_sub(1);
         self.txs = self.txs.saturating_sub(txs);
         self.moved = Some(now);
@@ -540,6 +575,26 @@ impl Network {
             .unconfirmed_since(now_ms)
     }
 
+    /// When `peer` had taken (credited) every gossip frame we queued for
+    /// it at or before `queued_by_ms` (ms, the ledger's clock), as of
+    /// `now_ms`: from then on it had what those frames carried. `None`
+    /// while one of them is in flight (queued, sent, or being admitted
+    /// there). A frame uncredited for [`GOSSIP_CREDIT_TIMEOUT`] counts as
+    /// taken then, so a peer that credits nothing can not look forever
+    /// behind.
+    pub fn gossip_delivered_ms(
+        &self,
+        peer: ValidatorIndex,
+        queued_by_ms: u64,
+        now_ms: u64,
+    ) -> Option<u64> {
+        self.windows
+            .get(peer.get())?
+            .lock()
+            .expect("window lock")
+            .delivered_ms(queued_by_ms, now_ms)
+    }
+
     /// A new connection to `peer`: what the old one carried is lost or
     /// will be credited late, so its window starts empty.
     fn reset_window(&self, peer: usize) {
@@ -549,10 +604,11 @@ impl Network {
     /// `peer` credited one gossip frame of `txs` transactions.
     fn credited(&self, peer: usize, txs: u32) {
         if let Some(window) = self.windows.get(peer) {
-            window
-                .lock()
-                .expect("window lock")
-                .credit(txs as usize, Instant::now());
+            window.lock().expect("window lock").credit(
+                txs as usize,
+                Instant::now(),
+                crate::ledger::now_ms(),
+            );
             self.credited[peer].notify_one();
         }
     }
@@ -1355,7 +1411,7 @@ mod tests {
             window.sent(10, t0);
         }
         assert!(!window.open(t0), "frames: full");
-        window.credit(10, t0);
+        window.credit(10, t0, 350);
         assert!(window.open(t0), "a credit opens it");
 
         let mut window = GossipWindow::default();
@@ -1374,8 +1430,8 @@ mod tests {
 
         let mut window = GossipWindow::default();
         window.sent(3, t0);
-        window.credit(1_000_000, t0);
-        window.credit(1_000_000, t0);
+        window.credit(1_000_000, t0, 0);
+        window.credit(1_000_000, t0, 0);
         assert_eq!(
             (window.frames, window.txs),
             (0, 0),
@@ -1440,7 +1496,7 @@ mod tests {
         }
         assert_eq!(window.unconfirmed_since(400), Some(100));
         window.sent(10, t0);
-        window.credit(10, t0);
+        window.credit(10, t0, 350);
         assert_eq!(window.unconfirmed_since(400), Some(200), "credited");
         window.sent(10, t0);
         window.reset();
@@ -1489,6 +1545,41 @@ mod tests {
             network.gossip_unconfirmed_since_ms(peer, crate::ledger::now_ms()),
             None
         );
+    }
+
+    /// When a peer had taken what we queued by some time: when the last
+    /// frame queued by then was credited; unknown while one is in flight;
+    /// at the credit timeout for one never credited; and when queued for
+    /// what is older than the frames remembered.
+    #[test]
+    fn when_a_peer_had_our_gossip_is_known_from_its_credits() {
+        let timeout_ms = GOSSIP_CREDIT_TIMEOUT.as_millis() as u64;
+        let t0 = Instant::now();
+        let mut window = GossipWindow::default();
+        assert_eq!(window.delivered_ms(500, 1_000), Some(500), "nothing sent");
+        for queued_ms in [100, 200, 300] {
+            window.queued(queued_ms);
+            window.sent(10, t0);
+        }
+        assert_eq!(window.delivered_ms(150, 400), None, "in flight");
+        window.credit(10, t0, 1_100);
+        assert_eq!(window.delivered_ms(150, 1_200), Some(1_100));
+        assert_eq!(window.delivered_ms(250, 1_200), None, "200 in flight");
+        window.credit(10, t0, 1_600);
+        assert_eq!(window.delivered_ms(150, 1_700), Some(1_100), "the first");
+        assert_eq!(window.delivered_ms(250, 1_700), Some(1_600));
+        assert_eq!(window.delivered_ms(50, 1_700), Some(50), "before any");
+        assert_eq!(window.delivered_ms(300, 299 + timeout_ms), None);
+        assert_eq!(
+            window.delivered_ms(300, 300 + timeout_ms),
+            Some(300 + timeout_ms),
+            "never credited: taken at the credit timeout"
+        );
+        for i in 0..GOSSIP_CONFIRMED_MAX as u64 + 10 {
+            window.queued(10_000 + i);
+            window.credit(1, t0, 20_000 + i);
+        }
+        assert_eq!(window.confirmed.len(), GOSSIP_CONFIRMED_MAX, "bounded");
     }
 
     /// Clients wait while our gossip waits for the primary, or for f + 1
