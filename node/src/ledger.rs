@@ -284,15 +284,36 @@ impl Ledger for NodeLedger {
             candidates,
         );
         if built.block.transactions.is_empty() {
+            tracing::debug!(
+                "nothing to propose: none of the mempool's candidates executes on the tip"
+            );
             return None;
         }
         self.executed = Some(built.executed);
         Some(built.block)
     }
 
+    /// A proposal that does not validate is logged: an honest primary
+    /// never makes one, and the view change that follows says nothing
+    /// about why.
     fn validate(&mut self, block: &Block) -> Result<(), String> {
-        self.executed = Some(self.execute_block(block)?);
-        Ok(())
+        match self.execute_block(block) {
+            Ok(executed) => {
+                self.executed = Some(executed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    height = block.height().0,
+                    view = block.header.view.0,
+                    "the proposal for height {} (view {}, {} transactions) does not validate: {e}",
+                    block.height(),
+                    block.header.view.0,
+                    block.transactions.len()
+                );
+                Err(e)
+            }
+        }
     }
 
     fn commit(
