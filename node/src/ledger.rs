@@ -214,11 +214,11 @@ impl Ledger for NodeLedger {
     /// a primary behind on its gossip has not been given the transaction
     /// yet, and a new primary would be just as far behind (a block
     /// proposed before the primary took it, and judged when committed
-    /// after, must not count either). Under load one validator asked alone for the next
-    /// view right after commit after commit, ~200 ms apart (most of the
-    /// 26 view changes counted in 600 s at 80 % of the peak). A primary
-    /// that credits nothing is still judged: frames uncredited for
-    /// `GOSSIP_CREDIT_TIMEOUT` count as taken.
+    /// after, must not count either). Under load one validator asked
+    /// alone for the next view right after commit after commit, ~200 ms
+    /// apart (most of the 26 view changes counted in 600 s at 80 % of the
+    /// peak). A primary that credits nothing is still judged: frames
+    /// uncredited for `GOSSIP_CREDIT_TIMEOUT` count as taken.
     fn oldest_pending_ms(&self, now_ms: u64, primary: ValidatorIndex) -> Option<u64> {
         let view_timeout_ms = self.node.genesis.genesis.params.view_timeout_ms;
         if self.node.metrics.overloaded_within(view_timeout_ms, now_ms) {
