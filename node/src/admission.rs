@@ -216,11 +216,17 @@ impl Node {
             })
             .collect();
         let refused = verdicts.iter().filter(|v| v.is_err()).count();
-        if origin == Origin::Peer {
-            for verdict in &verdicts {
-                if let Err(refusal) = verdict {
-                    self.metrics.gossip_refused(refusal.code);
+        if origin == Origin::Peer && refused > 0 {
+            // Counted per code, not per transaction: a few codes at most.
+            let mut by_code: Vec<(&'static str, u64)> = Vec::new();
+            for refusal in verdicts.iter().filter_map(|v| v.as_ref().err()) {
+                match by_code.iter_mut().find(|(code, _)| *code == refusal.code) {
+                    Some((_, count)) => *count += 1,
+                    None => by_code.push((refusal.code, 1)),
                 }
+            }
+            for (code, count) in by_code {
+                self.metrics.gossip_refused(code, count);
             }
         }
         // Refusals for want of room here mean the other validators are

@@ -386,11 +386,11 @@ impl Metrics {
     }
 
     /// Records the mempool's sizes (call with its lock held, after a change).
-    /// A transaction a peer gossiped was refused with `code`.
-    pub fn gossip_refused(&self, code: &'static str) {
+    /// `count` transactions a peer gossiped were refused with `code`.
+    pub fn gossip_refused(&self, code: &'static str, count: u64) {
         self.gossip_refused
             .get_or_create(&CodeLabels { code })
-            .inc();
+            .inc_by(count);
     }
 
     pub fn observe_mempool(&self, mempool: &crate::mempool::Mempool) {
